@@ -1,0 +1,46 @@
+"""Alembic environment for the workbench store.
+
+The database URL comes from, in order: a connection handed over by
+``workbench.store.migrate`` (``config.attributes["connection"]``), ``-x url=...`` on the
+alembic command line, or the workbench settings (``WORKBENCH_DATABASE_URL``).
+"""
+
+from alembic import context
+
+from workbench.store.engine import make_engine
+from workbench.store.migrate import VERSION_TABLE
+from workbench.store.schema import Base
+
+config = context.config
+
+
+def _run(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        # SQLite cannot ALTER most things: batch mode copies the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url")
+    if url:
+        return url
+    from workbench.settings import Settings
+
+    return Settings().database_url
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    engine = make_engine(_url())
+    with engine.begin() as new_connection:
+        _run(new_connection)
+    engine.dispose()

@@ -1,0 +1,178 @@
+"""The ``workbench`` command line."""
+
+import csv
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from workbench.errors import ImportFailed, InputError, ReadOnlyViolation
+from workbench.io.export import export_ase
+from workbench.io.importer import import_file
+from workbench.io.readers import ReadOptions, expand_paths
+from workbench.settings import Settings
+from workbench.store import migrate
+from workbench.store.engine import make_engine
+from workbench.store.queries import run_read_only, store_status
+
+app = typer.Typer(help="Active-learning workbench for crystalline materials.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _engine(settings: Settings, *, create: bool = False):
+    if create:
+        settings.ensure_home()
+    engine = make_engine(settings.database_url)
+    if not create and migrate.current_revision(engine) is None:
+        console.print(f"[red]No workbench store at {settings.database_url}: run `workbench init` first.")
+        raise typer.Exit(1)
+    return engine
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, other = value.partition("=")
+        if not sep or not name or not other:
+            raise typer.BadParameter(f"{option} expects NAME=VALUE, got {value!r}")
+        pairs[name] = other
+    return pairs
+
+
+@app.command()
+def init() -> None:
+    """Create the store, or upgrade it to the newest schema."""
+    settings = Settings()
+    engine = _engine(settings, create=True)
+    migrate.upgrade(engine)
+    console.print(f"Store ready at {settings.database_url} (schema {migrate.current_revision(engine)})")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories to import.")],
+    source: Annotated[str, typer.Option(help="Label for this batch of structures.")] = "import",
+    target: Annotated[list[str], typer.Option(
+        help="NAME=COLUMN: read target NAME from COLUMN (CSV column, key, array or info name); "
+        "repeatable. Default: every numeric column under its own name.")] = [],  # noqa: B006
+    unit: Annotated[list[str], typer.Option(help="NAME=UNITS for targets this import creates.")] = [],  # noqa: B006
+    skip_bad: Annotated[bool, typer.Option(help="Import the good rows, report the bad ones.")] = False,
+    jobs: Annotated[int, typer.Option(help="Worker processes for parsing.")] = os.cpu_count() or 1,
+) -> None:
+    """Import CIF, POSCAR, extxyz, pymatgen JSON, ASE db and CSV files (one transaction per file)."""
+    settings = Settings()
+    engine = _engine(settings)
+    targets = {column: name for name, column in _pairs(target, "--target").items()}
+    options = ReadOptions(targets=targets, units=_pairs(unit, "--unit"))
+    try:
+        files = expand_paths(paths)
+    except InputError as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(2) from None
+    failed = 0
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+    with pool as executor, _progress() as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=None)
+            try:
+                report = import_file(
+                    engine, path, source=source, options=options, skip_bad=skip_bad, executor=executor,
+                    on_total=lambda n, task=task: progress.update(task, total=n),
+                    on_progress=lambda n, task=task: progress.advance(task, n),
+                )
+            except (ImportFailed, InputError) as error:
+                failed += 1
+                progress.console.print(f"[red]{path}: not imported, nothing written.[/red]\n{error}")
+                continue
+            progress.console.print(
+                f"{path}: {report.entries} entries, {report.new_structures} new structures, "
+                f"{report.matched_structures} already stored, {report.new_labels} new labels, "
+                f"{report.unchanged_labels} unchanged, {len(report.skipped)} skipped"
+            )
+            for error in report.skipped:
+                progress.console.print(f"  [yellow]skipped[/yellow] {error}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@app.command("export-ase")
+def export_ase_command(
+    out: Annotated[Path, typer.Argument(help="OUT.db or OUT.json")],
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Export structures and labels to an ASE database (``ase db OUT.db`` lists it)."""
+    settings = Settings()
+    try:
+        count = export_ase(_engine(settings), out, overwrite=overwrite)
+    except FileExistsError as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+    console.print(f"Wrote {count} rows to {out}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SQL statement; the store is opened read-only.")],
+    format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Run a read-only SQL query against the store."""
+    if format not in ("table", "csv", "json"):
+        raise typer.BadParameter("--format must be table, csv or json")
+    settings = Settings()
+    try:
+        result = run_read_only(_engine(settings), query)
+    except ReadOnlyViolation as error:
+        console.print(f"[red]Refused: {error}")
+        raise typer.Exit(1) from None
+    rows = [[_plain(value) for value in row] for row in result.rows]
+    if format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(rows)
+    elif format == "json":
+        print(json.dumps([dict(zip(result.columns, row, strict=True)) for row in rows], indent=1))
+    else:
+        table = Table(*result.columns)
+        for row in rows:
+            table.add_row(*("" if value is None else str(value) for value in row))
+        Console().print(table)
+
+
+def _plain(value):
+    if isinstance(value, bytes | memoryview):
+        return f"<{len(bytes(value))} bytes>"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+@app.command()
+def status() -> None:
+    """Counts of structures, labels, calculations, models and predictions."""
+    summary = store_status(_engine(Settings()))
+    table = Table("what", "count", title="workbench store")
+    table.add_row("structures", str(summary.structures))
+    for name, count in summary.sources.items():
+        table.add_row(f"  from source {name}", str(count))
+    for name, count in summary.targets.items():
+        table.add_row(f"labels: {name}", str(count))
+    for name, count in summary.calculations.items():
+        table.add_row(f"calculations {name}", str(count))
+    table.add_row("model versions", str(summary.models))
+    table.add_row("predictions", str(summary.predictions))
+    Console().print(table)

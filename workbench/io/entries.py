@@ -1,0 +1,36 @@
+"""What readers produce: one entry per structure, with its labels, not yet checked."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workbench.store.schema import TargetKind
+from workbench.structures.crystal import Crystal
+
+
+@dataclass(frozen=True)
+class Label:
+    """One value of one target, as read. ``value`` is a float for scalars, else an array."""
+
+    kind: TargetKind
+    value: float | np.ndarray
+    units: str = ""
+
+
+@dataclass
+class Entry:
+    """One structure as read from a file.
+
+    The structure is either parsed already (``crystal``) or kept as text with its format
+    (``text``, ``text_format`` in ``cif``/``poscar``) so that parsing can run in worker
+    processes. ``row`` locates the entry in its file for error messages.
+    """
+
+    row: str
+    external_id: str
+    crystal: Crystal | None = None
+    text: str | None = None
+    text_format: str | None = None
+    labels: dict[str, Label] = field(default_factory=dict)
+    # Per-site labels keyed by CIF atom-site label, resolved once the CIF is parsed.
+    site_label_columns: dict[str, dict[str, float]] = field(default_factory=dict)

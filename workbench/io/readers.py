@@ -1,0 +1,240 @@
+"""Read structure files into :class:`Entry` records, one reader per format.
+
+Formats are told apart by name (``*.cif``, ``POSCAR*``/``CONTCAR*``/``*.vasp``,
+``*.xyz``/``*.extxyz``, ``*.csv``, ``*.db``) and, for ``*.json``/``*.json.gz``, by content
+(an ASE JSON database or pymatgen structure dicts). Readers check the shape of the file;
+physical checks happen later, in the importer.
+"""
+
+import csv
+import gzip
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from pymatgen.core import Structure
+
+from workbench.errors import InputError
+from workbench.io.ase_db import entries_from_atoms, read_ase_db
+from workbench.io.entries import Entry, Label
+from workbench.io.structure_text import read_cif_blocks, read_poscar
+from workbench.store.schema import TargetKind
+from workbench.structures.crystal import Crystal
+
+ID_COLUMNS = ("material_id", "external_id", "id", "jid", "name")
+STRUCTURE_COLUMNS = {"cif": "cif", "poscar": "poscar", "structure": None}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read labels.
+
+    ``targets`` maps a column, array, info or key-value name in the file to a target name
+    (``--target NAME=COLUMN``); when empty, every numeric column becomes a target of the
+    same name. ``units`` gives units for targets the import creates.
+    """
+
+    targets: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+
+    def target_for(self, column: str) -> str | None:
+        if not self.targets:
+            return column
+        return self.targets.get(column)
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".cif"):
+        return "cif"
+    if name.startswith(("poscar", "contcar")) or name.endswith((".vasp", ".poscar")):
+        return "poscar"
+    if name.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith(".db"):
+        return "ase-db"
+    if name.endswith((".json", ".json.gz")):
+        return "json"
+    raise InputError(
+        "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, .json, .db, .csv)",
+        file=str(path),
+    )
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for every readable file below it, sorted."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    try:
+                        detect_format(child)
+                    except InputError:
+                        continue
+                    files.append(child)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError("no such file or directory", file=str(path))
+    return files
+
+
+def read_entries(path: Path, options: ReadOptions) -> list[Entry]:
+    """All entries of one file; raises :class:`InputError` if the file cannot be read at all."""
+    reader = {
+        "cif": _read_cif_file,
+        "poscar": _read_poscar_file,
+        "extxyz": _read_extxyz,
+        "csv": _read_csv,
+        "ase-db": lambda p, o: read_ase_db(p, o.target_for),
+        "json": _read_json,
+    }[detect_format(path)]
+    try:
+        return reader(path, options)
+    except InputError as error:
+        raise error.located(file=str(path)) from None
+    except (ValueError, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read file: {error}", file=str(path)) from None
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
+def _read_cif_file(path: Path, options: ReadOptions) -> list[Entry]:
+    blocks = read_cif_blocks(path.read_text(encoding="utf-8", errors="replace"))
+    entries = []
+    for index, (block_name, crystal, site_columns) in enumerate(blocks, start=1):
+        external_id = path.stem if len(blocks) == 1 else block_name
+        labels = _site_column_labels(site_columns, options)
+        entries.append(Entry(f"block {index} (data_{block_name})", external_id, crystal, labels=labels))
+    return entries
+
+
+def _site_column_labels(site_columns: dict[str, np.ndarray], options: ReadOptions) -> dict[str, Label]:
+    labels = {}
+    for column, values in site_columns.items():
+        target = options.target_for(column)
+        if target:
+            labels[target] = Label(TargetKind.PER_SITE, values, options.units.get(target, "e"))
+    return labels
+
+
+def _read_poscar_file(path: Path, options: ReadOptions) -> list[Entry]:
+    return [Entry("file", path.name, read_poscar(path.read_text(encoding="utf-8")))]
+
+
+def _read_extxyz(path: Path, options: ReadOptions) -> list[Entry]:
+    frames = ase.io.read(path, index=":", format="extxyz")
+    return entries_from_atoms(frames, path.stem, options.target_for, row_word="frame")
+
+
+def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
+    with _open_text(path) as handle:
+        document = json.load(handle)
+    if isinstance(document, dict) and "nextid" in document:
+        return read_ase_db(path, options.target_for)
+    if isinstance(document, dict) and "lattice" in document and "sites" in document:
+        items = [(path.stem, document)]
+    elif isinstance(document, list):
+        items = [(f"{path.stem}:{index}", item) for index, item in enumerate(document)]
+    elif isinstance(document, dict):
+        items = list(document.items())
+    else:
+        raise InputError("JSON must hold a structure dict, a list of them, or a mapping id -> structure")
+    entries = []
+    for index, (external_id, item) in enumerate(items, start=1):
+        row = f"entry {index} (id {external_id})"
+        if isinstance(item, str):
+            text_format = "cif" if "data_" in item else "poscar"
+            entries.append(Entry(row, str(external_id), text=item, text_format=text_format))
+        elif isinstance(item, dict):
+            try:
+                structure = Structure.from_dict(item)
+            except (KeyError, ValueError, TypeError) as error:
+                raise InputError(f"not a pymatgen structure dict: {error}", row=row) from None
+            entries.append(
+                Entry(row, str(external_id), Crystal.from_pymatgen(structure),
+                      labels=_property_labels(structure.properties, options, row))
+            )
+        else:
+            raise InputError("expected a structure dict or a POSCAR/CIF string", row=row)
+    return entries
+
+
+def _property_labels(properties: dict, options: ReadOptions, row: str) -> dict[str, Label]:
+    labels = {}
+    for key, value in (properties or {}).items():
+        target = options.target_for(key)
+        if target and isinstance(value, int | float) and not isinstance(value, bool):
+            labels[target] = Label(TargetKind.SCALAR, float(value), options.units.get(target, ""))
+    return labels
+
+
+def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
+    csv.field_size_limit(sys.maxsize)  # CIF columns are long
+    with _open_text(path) as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        lowered = {column.lower(): column for column in columns}
+        structure_column = next((lowered[name] for name in STRUCTURE_COLUMNS if name in lowered), None)
+        if structure_column is None:
+            raise InputError(f"no structure column: expected one of {', '.join(STRUCTURE_COLUMNS)}")
+        id_column = next((lowered[name] for name in ID_COLUMNS if name in lowered), None)
+        rows = list(reader)
+    missing = [column for column in options.targets if column not in columns]
+    if missing:
+        raise InputError(f"--target names columns not in the file: {', '.join(missing)}")
+    target_columns = _csv_target_columns(columns, rows, options, {structure_column, id_column})
+    fixed_format = STRUCTURE_COLUMNS[structure_column.lower()]
+    entries = []
+    for number, row in enumerate(rows, start=1):
+        external_id = (row.get(id_column) or "").strip() if id_column else str(number)
+        where = f"row {number}" + (f" (id {external_id})" if id_column else "")
+        if not external_id:
+            raise InputError(f"empty {id_column}", row=where, field=id_column)
+        text = row.get(structure_column) or ""
+        text_format = fixed_format or ("cif" if "data_" in text else "poscar")
+        labels = {}
+        for column, target in target_columns.items():
+            cell = (row.get(column) or "").strip()
+            if cell:  # an empty cell is a missing label, not an error
+                labels[target] = Label(TargetKind.SCALAR, _csv_number(cell, where, column),
+                                       options.units.get(target, ""))
+        entries.append(Entry(where, external_id, text=text, text_format=text_format, labels=labels))
+    return entries
+
+
+def _csv_target_columns(
+    columns: list[str], rows: list[dict], options: ReadOptions, reserved: set[str | None]
+) -> dict[str, str]:
+    if options.targets:
+        return dict(options.targets)
+    first_values = next(
+        ({column: row[column] for column in columns if row.get(column)} for row in rows), {}
+    )
+    targets = {}
+    for column in columns:
+        if column in reserved or not column.strip():
+            continue  # unnamed columns are row indexes written by pandas
+        try:
+            float(first_values.get(column, ""))
+        except ValueError:
+            continue
+        targets[column] = column
+    return targets
+
+
+def _csv_number(cell: str, row: str, column: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise InputError(f"{cell!r} is not a number", row=row, field=column) from None

@@ -1,0 +1,47 @@
+"""Typed settings from ``WORKBENCH_*`` environment variables.
+
+Settings are read when a caller builds :class:`Settings` (the CLI does so once per
+command) and are passed down explicitly; nothing reads the environment at import time.
+"""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the workbench keeps its state.
+
+    - ``WORKBENCH_HOME``: folder for the default SQLite store and MLflow store
+      (default ``./.workbench``, made absolute).
+    - ``WORKBENCH_DATABASE_URL``: SQLAlchemy URL of the store (default: SQLite file
+      ``workbench.db`` in the home).
+    - ``MLFLOW_TRACKING_URI`` (MLflow's own variable) or ``WORKBENCH_MLFLOW_TRACKING_URI``:
+      tracking and registry store (default: SQLite file ``mlflow.db`` in the home).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WORKBENCH_", extra="ignore")
+
+    home: Path = Path(".workbench")
+    database_url: str = ""
+    mlflow_tracking_uri: str = Field(
+        default="",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "WORKBENCH_MLFLOW_TRACKING_URI"),
+    )
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        # Absolute paths: MLflow artifacts and SQLite files otherwise land relative to
+        # whatever directory a worker happens to run in.
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'workbench.db'}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        return self
+
+    def ensure_home(self) -> Path:
+        """Create the home folder if it does not exist and return it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home

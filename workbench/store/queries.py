@@ -1,0 +1,81 @@
+"""Read-only questions users ask of the store: counts, and arbitrary SQL."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from workbench.errors import ReadOnlyViolation
+from workbench.store.engine import read_only_connection
+from workbench.store.schema import (
+    Calculation,
+    ModelVersion,
+    Prediction,
+    Structure,
+    StructureSource,
+    TargetDefinition,
+    TargetValue,
+)
+
+# How SQLite and PostgreSQL word a refused write in a read-only transaction.
+_READ_ONLY_MESSAGES = ("readonly database", "read-only transaction", "query_only")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple]
+
+
+def run_read_only(engine: Engine, sql: str) -> QueryResult:
+    """Run one SQL statement in a read-only transaction; a write raises ReadOnlyViolation."""
+    with read_only_connection(engine) as connection:
+        try:
+            result = connection.execute(text(sql))
+        except DBAPIError as error:
+            if any(message in str(error.orig).lower() for message in _READ_ONLY_MESSAGES):
+                raise ReadOnlyViolation(
+                    "the store is opened read-only here: this statement would write "
+                    f"({str(error.orig).strip().splitlines()[0]})"
+                ) from None
+            raise
+        if not result.returns_rows:
+            return QueryResult([], [])
+        return QueryResult(list(result.keys()), [tuple(row) for row in result])
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    structures: int
+    sources: dict[str, int]
+    targets: dict[str, int]
+    calculations: dict[str, int]
+    models: int
+    predictions: int
+
+
+def store_status(engine: Engine) -> StoreStatus:
+    with read_only_connection(engine) as connection:
+        def count(table) -> int:
+            return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+        sources = connection.execute(
+            select(StructureSource.source, func.count()).group_by(StructureSource.source)
+            .order_by(StructureSource.source)
+        )
+        targets = connection.execute(
+            select(TargetDefinition.name, func.count(TargetValue.id))
+            .outerjoin(TargetValue, TargetValue.target_id == TargetDefinition.id)
+            .group_by(TargetDefinition.name).order_by(TargetDefinition.name)
+        )
+        calculations = connection.execute(
+            select(Calculation.status, func.count()).group_by(Calculation.status)
+        )
+        return StoreStatus(
+            structures=count(Structure),
+            sources=dict(sources.tuples().all()),
+            targets=dict(targets.tuples().all()),
+            calculations={str(status): n for status, n in calculations},
+            models=count(ModelVersion),
+            predictions=count(Prediction),
+        )

@@ -1,0 +1,135 @@
+"""What makes two stored structures the same: descriptors, dedup key, and matching.
+
+The dedup key is ``reduced formula | space group number | volume-per-atom bin``. Lookup
+also tries the neighbouring volume bins, so two copies of one crystal that straddle a bin
+edge still meet. Candidates must then agree in their geometric fingerprint (the
+nearest-neighbour distance of every site, sorted within each element, to 5 %) and
+finally in pymatgen's StructureMatcher. The fingerprint test is cheap and keeps
+StructureMatcher away from the many same-formula, same-group crystals that differ in
+which element sits where (e.g. A- and B-site swaps in perovskites).
+"""
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import moyopy
+import numpy as np
+from ase.data import atomic_masses, atomic_numbers
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition
+
+from workbench.structures.crystal import Crystal
+
+SYMPREC = 0.1  # Å, pymatgen's SpacegroupAnalyzer default
+# moyopy (a Rust successor of spglib by one of its authors) agrees with spglib on 99.7 % of
+# the perovskites at this tolerance and is three times faster (benchmarks/store.md).
+VOLUME_BIN_WIDTH = 0.05  # relative width of a volume-per-atom bin
+FINGERPRINT_RTOL = 0.05  # relative tolerance on nearest-neighbour distances
+AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+
+# Same number of sites required: a supercell is a different structure here, because
+# per-site labels are stored in the order of the stored cell's sites.
+_MATCHER = StructureMatcher(
+    ltol=0.2, stol=0.3, angle_tol=5, primitive_cell=False, scale=False, attempt_supercell=False
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Descriptors of a crystal that SQL filters on and dedup uses."""
+
+    formula: str
+    reduced_formula: str
+    chemical_system: str
+    composition: dict[str, float]
+    elements: list[str]
+    nsites: int
+    volume: float
+    density: float
+    spacegroup_number: int
+    spacegroup_symbol: str
+    volume_bin: int
+    fingerprint: np.ndarray
+
+    @property
+    def dedup_key(self) -> str:
+        return dedup_key(self.reduced_formula, self.spacegroup_number, self.volume_bin)
+
+    def neighbour_keys(self) -> list[str]:
+        return [
+            dedup_key(self.reduced_formula, self.spacegroup_number, self.volume_bin + shift)
+            for shift in (-1, 0, 1)
+        ]
+
+
+def dedup_key(reduced_formula: str, spacegroup_number: int, volume_bin: int) -> str:
+    return f"{reduced_formula}|{spacegroup_number}|{volume_bin}"
+
+
+def identify(crystal: Crystal) -> Identity:
+    composition = Composition(Counter(crystal.species))
+    volume = float(abs(np.linalg.det(crystal.lattice)))
+    numbers = [atomic_numbers[symbol] for symbol in crystal.species]
+    try:
+        cell = moyopy.Cell(crystal.lattice.tolist(), crystal.frac_coords.tolist(), numbers)
+        number = moyopy.MoyoDataset(cell, symprec=SYMPREC).number
+        symbol = moyopy.SpaceGroupType(number).hm_short.replace(" ", "")
+    except (RuntimeError, ValueError):
+        number, symbol = 0, "unknown"  # the search gives up on some badly distorted cells
+    weight = float(sum(atomic_masses[n] for n in numbers))
+    elements = sorted(composition.chemical_system.split("-"))
+    return Identity(
+        formula=composition.formula,
+        reduced_formula=composition.reduced_formula,
+        chemical_system=composition.chemical_system,
+        composition={element: float(amount) for element, amount in composition.as_dict().items()},
+        elements=elements,
+        nsites=crystal.nsites,
+        volume=volume,
+        density=weight * AMU_PER_A3_TO_G_PER_CM3 / volume,
+        spacegroup_number=int(number),
+        spacegroup_symbol=str(symbol),
+        volume_bin=math.floor(math.log(volume / crystal.nsites) / math.log1p(VOLUME_BIN_WIDTH)),
+        fingerprint=fingerprint(crystal, volume),
+    )
+
+
+def fingerprint(crystal: Crystal, volume: float) -> np.ndarray:
+    """Nearest-neighbour distance of each site, ordered by element, then by distance."""
+    structure = crystal.to_pymatgen()
+    radius = 2.0 * (volume / crystal.nsites) ** (1 / 3)
+    while True:
+        centers, _, _, distances = structure.get_neighbor_list(radius)
+        nearest = np.full(crystal.nsites, np.inf)
+        np.minimum.at(nearest, centers, distances)
+        if np.isfinite(nearest).all():
+            break
+        radius *= 2
+    order = np.lexsort((nearest, np.array(crystal.species)))
+    return nearest[order]
+
+
+def fingerprints_agree(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= FINGERPRINT_RTOL * np.maximum(a, b)))
+
+
+def site_mapping(stored: Crystal, incoming: Crystal) -> np.ndarray | None:
+    """If ``incoming`` is the same crystal as ``stored``, the stored index of each incoming site.
+
+    Returns ``None`` when they differ. Identical arrays short-cut StructureMatcher.
+    """
+    if stored.nsites != incoming.nsites:
+        return None
+    if (
+        stored.species == incoming.species
+        and np.allclose(stored.lattice, incoming.lattice, atol=1e-8)
+        and np.allclose(stored.frac_coords, incoming.frac_coords, atol=1e-8)
+    ):
+        return np.arange(stored.nsites)
+    stored_structure, incoming_structure = stored.to_pymatgen(), incoming.to_pymatgen()
+    if not _MATCHER.fit(stored_structure, incoming_structure):
+        return None
+    mapping = _MATCHER.get_mapping(stored_structure, incoming_structure)
+    return None if mapping is None else np.asarray(mapping, dtype=int)
+
