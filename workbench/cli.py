@@ -24,7 +24,7 @@ from workbench.store.engine import make_engine
 from workbench.store.queries import run_read_only, store_status
 
 app = typer.Typer(help="Active-learning workbench for crystalline materials.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _engine(settings: Settings, *, create: bool = False):

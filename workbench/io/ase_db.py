@@ -64,7 +64,7 @@ def entries_from_atoms(
             if isinstance(value, int | float | np.floating) and not isinstance(value, bool):
                 _add(labels, target_for, name, TargetKind.SCALAR, float(value), "")
         _add_calculator_results(labels, target_for, atoms.calc.results if atoms.calc else {})
-        entries.append(Entry(row, external_id, _crystal(atoms, row), labels=labels))
+        entries.append(_entry(row, external_id, atoms, labels))
     return entries
 
 
@@ -94,15 +94,15 @@ def read_ase_db(path: Path, target_for: TargetFor) -> list[Entry]:
             _add(labels, target_for, name, kind, np.asarray(value, dtype=float), spec.get("units", ""))
         results = {prop: row.get(prop) for prop in CALCULATOR_TARGETS if row.get(prop) is not None}
         _add_calculator_results(labels, target_for, results)
-        entries.append(Entry(where, external_id, _crystal(row.toatoms(), where), labels=labels))
+        entries.append(_entry(where, external_id, row.toatoms(), labels))
     return entries
 
 
-def _crystal(atoms: Atoms, row: str) -> Crystal:
+def _entry(row: str, external_id: str, atoms: Atoms, labels: dict[str, Label]) -> Entry:
     try:
-        return Crystal.from_ase(atoms)
+        return Entry(row, external_id, Crystal.from_ase(atoms), labels=labels)
     except ValueError as error:
-        raise InputError(str(error), row=row) from None
+        return Entry(row, external_id, error=InputError(str(error)))
 
 
 def _add_calculator_results(labels: dict[str, Label], target_for: TargetFor, results: dict) -> None:

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from workbench.errors import InputError
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
@@ -32,5 +33,6 @@ class Entry:
     text: str | None = None
     text_format: str | None = None
     labels: dict[str, Label] = field(default_factory=dict)
-    # Per-site labels keyed by CIF atom-site label, resolved once the CIF is parsed.
-    site_label_columns: dict[str, dict[str, float]] = field(default_factory=dict)
+    # A reader that could not make sense of this row says why here; the rest of the file
+    # is still read, so that --skip-bad can leave out just this row.
+    error: InputError | None = None

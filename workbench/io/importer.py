@@ -60,6 +60,8 @@ class FileReport:
 
 def check_entry(entry: Entry) -> Checked | InputError:
     """Parse (if needed), check and describe one entry. Runs in worker processes."""
+    if entry.error is not None:
+        return entry.error.located(row=entry.row)
     try:
         crystal = entry.crystal
         if crystal is None:

@@ -1,8 +1,8 @@
 """Read structure files into :class:`Entry` records, one reader per format.
 
 Formats are told apart by name (``*.cif``, ``POSCAR*``/``CONTCAR*``/``*.vasp``,
-``*.xyz``/``*.extxyz``, ``*.csv``, ``*.db``) and, for ``*.json``/``*.json.gz``, by content
-(an ASE JSON database or pymatgen structure dicts). Readers check the shape of the file;
+``*.xyz``/``*.extxyz``, ``*.csv``, ``*.db``, and ALIGNN's ``id_prop.csv``) and, for
+``*.json``/``*.json.gz``, by content (an ASE JSON database or pymatgen structure dicts). Readers check the shape of the file;
 physical checks happen later, in the importer.
 """
 
@@ -26,6 +26,7 @@ from workbench.structures.crystal import Crystal
 
 ID_COLUMNS = ("material_id", "external_id", "id", "jid", "name")
 STRUCTURE_COLUMNS = {"cif": "cif", "poscar": "poscar", "structure": None}
+ID_PROP_COLUMN = "value"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ def detect_format(path: Path) -> str:
         return "poscar"
     if name.endswith((".xyz", ".extxyz")):
         return "extxyz"
+    if name == "id_prop.csv":
+        return "id-prop"
     if name.endswith((".csv", ".csv.gz")):
         return "csv"
     if name.endswith(".db"):
@@ -92,6 +95,7 @@ def read_entries(path: Path, options: ReadOptions) -> list[Entry]:
         "poscar": _read_poscar_file,
         "extxyz": _read_extxyz,
         "csv": _read_csv,
+        "id-prop": _read_id_prop,
         "ase-db": lambda p, o: read_ase_db(p, o.target_for),
         "json": _read_json,
     }[detect_format(path)]
@@ -159,18 +163,18 @@ def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
         elif isinstance(item, dict):
             try:
                 structure = Structure.from_dict(item)
+                entries.append(Entry(row, str(external_id), Crystal.from_pymatgen(structure),
+                                     labels=_property_labels(structure.properties, options)))
             except (KeyError, ValueError, TypeError) as error:
-                raise InputError(f"not a pymatgen structure dict: {error}", row=row) from None
-            entries.append(
-                Entry(row, str(external_id), Crystal.from_pymatgen(structure),
-                      labels=_property_labels(structure.properties, options, row))
-            )
+                bad = InputError(f"not a usable pymatgen structure dict: {error}")
+                entries.append(Entry(row, str(external_id), error=bad))
         else:
-            raise InputError("expected a structure dict or a POSCAR/CIF string", row=row)
+            bad = InputError("expected a structure dict or a POSCAR/CIF string")
+            entries.append(Entry(row, str(external_id), error=bad))
     return entries
 
 
-def _property_labels(properties: dict, options: ReadOptions, row: str) -> dict[str, Label]:
+def _property_labels(properties: dict, options: ReadOptions) -> dict[str, Label]:
     labels = {}
     for key, value in (properties or {}).items():
         target = options.target_for(key)
@@ -203,13 +207,49 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
             raise InputError(f"empty {id_column}", row=where, field=id_column)
         text = row.get(structure_column) or ""
         text_format = fixed_format or ("cif" if "data_" in text else "poscar")
-        labels = {}
-        for column, target in target_columns.items():
-            cell = (row.get(column) or "").strip()
-            if cell:  # an empty cell is a missing label, not an error
-                labels[target] = Label(TargetKind.SCALAR, _csv_number(cell, where, column),
-                                       options.units.get(target, ""))
-        entries.append(Entry(where, external_id, text=text, text_format=text_format, labels=labels))
+        entry = Entry(where, external_id, text=text, text_format=text_format)
+        try:
+            for column, target in target_columns.items():
+                cell = (row.get(column) or "").strip()
+                if cell:  # an empty cell is a missing label, not an error
+                    entry.labels[target] = Label(TargetKind.SCALAR, _csv_number(cell, where, column),
+                                                 options.units.get(target, ""))
+        except InputError as error:
+            entry.error = error
+        entries.append(entry)
+    return entries
+
+
+def _read_id_prop(path: Path, options: ReadOptions) -> list[Entry]:
+    """ALIGNN's dataset layout: rows of ``structure file, value[, value ...]``, no header.
+
+    The values are read as column ``value``: a scalar if there is one per row, else a
+    spectrum. Name the target with ``--target NAME=value``.
+    """
+    target = options.target_for(ID_PROP_COLUMN)
+    entries = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row:
+                continue
+            file_name, cells = row[0].strip(), row[1:]
+            where = f"row {number} (id {file_name})"
+            text_format = "cif" if file_name.lower().endswith(".cif") else "poscar"
+            entry = Entry(where, file_name, text_format=text_format)
+            try:
+                structure_path = path.parent / file_name
+                if not structure_path.is_file():
+                    raise InputError(f"structure file {file_name!r} not found next to {path.name}")
+                entry.text = structure_path.read_text(encoding="utf-8")
+                values = [_csv_number(cell, where, f"{ID_PROP_COLUMN} {index}")
+                          for index, cell in enumerate(cells, 1)]
+                if target and values:
+                    kind = TargetKind.SCALAR if len(values) == 1 else TargetKind.SPECTRUM
+                    value = values[0] if kind is TargetKind.SCALAR else np.array(values)
+                    entry.labels[target] = Label(kind, value, options.units.get(target, ""))
+            except InputError as error:
+                entry.error = error
+            entries.append(entry)
     return entries
 
 

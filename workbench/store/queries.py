@@ -73,8 +73,8 @@ def store_status(engine: Engine) -> StoreStatus:
         )
         return StoreStatus(
             structures=count(Structure),
-            sources=dict(sources.tuples().all()),
-            targets=dict(targets.tuples().all()),
+            sources=dict(sources.all()),
+            targets=dict(targets.all()),
             calculations={str(status): n for status, n in calculations},
             models=count(ModelVersion),
             predictions=count(Prediction),

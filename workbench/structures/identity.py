@@ -25,6 +25,7 @@ SYMPREC = 0.1  # Å, pymatgen's SpacegroupAnalyzer default
 # moyopy (a Rust successor of spglib by one of its authors) agrees with spglib on 99.7 % of
 # the perovskites at this tolerance and is three times faster (benchmarks/store.md).
 VOLUME_BIN_WIDTH = 0.05  # relative width of a volume-per-atom bin
+SAME_POSITION_TOLERANCE = 1e-3  # Å: two sites closer than this are the same site
 FINGERPRINT_RTOL = 0.05  # relative tolerance on nearest-neighbour distances
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 
@@ -117,19 +118,32 @@ def fingerprints_agree(a: np.ndarray, b: np.ndarray) -> bool:
 def site_mapping(stored: Crystal, incoming: Crystal) -> np.ndarray | None:
     """If ``incoming`` is the same crystal as ``stored``, the stored index of each incoming site.
 
-    Returns ``None`` when they differ. Identical arrays short-cut StructureMatcher.
+    Returns ``None`` when they differ. When both share a cell, sites are matched by
+    position (so per-site labels land on the very site they were given for, even among
+    symmetry-equivalent sites); otherwise StructureMatcher decides and maps.
     """
     if stored.nsites != incoming.nsites:
         return None
-    if (
-        stored.species == incoming.species
-        and np.allclose(stored.lattice, incoming.lattice, atol=1e-8)
-        and np.allclose(stored.frac_coords, incoming.frac_coords, atol=1e-8)
-    ):
-        return np.arange(stored.nsites)
+    if np.allclose(stored.lattice, incoming.lattice, atol=SAME_POSITION_TOLERANCE):
+        mapping = _positional_mapping(stored, incoming)
+        if mapping is not None:
+            return mapping
     stored_structure, incoming_structure = stored.to_pymatgen(), incoming.to_pymatgen()
     if not _MATCHER.fit(stored_structure, incoming_structure):
         return None
     mapping = _MATCHER.get_mapping(stored_structure, incoming_structure)
     return None if mapping is None else np.asarray(mapping, dtype=int)
 
+
+
+def _positional_mapping(stored: Crystal, incoming: Crystal) -> np.ndarray | None:
+    """Stored index of each incoming site at the same place (modulo lattice vectors)."""
+    delta = incoming.frac_coords[:, None, :] - stored.frac_coords[None, :, :]
+    delta -= np.round(delta)
+    distances = np.linalg.norm(delta @ stored.lattice, axis=-1)
+    same_species = np.array(incoming.species)[:, None] == np.array(stored.species)[None, :]
+    close = (distances < SAME_POSITION_TOLERANCE) & same_species
+    if not close.any(axis=1).all():
+        return None
+    mapping = np.argmax(close, axis=1)
+    return mapping if len(set(mapping.tolist())) == len(mapping) else None

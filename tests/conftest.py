@@ -1,0 +1,137 @@
+"""Fixtures: every store test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``WORKBENCH_TEST_POSTGRES_URL`` (default: the local server,
+user postgres). The schema is migrated once per session into a template; each test gets
+a fresh copy (a copied SQLite file, or ``CREATE DATABASE ... TEMPLATE``).
+"""
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.store import migrate
+from workbench.store.engine import make_engine
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "WORKBENCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_admin():
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:  # noqa: BLE001
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {error}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {error}")
+    yield engine
+    engine.dispose()
+
+
+def _database_url(name: str) -> str:
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def create_postgres_database(admin, *, template: str | None = None) -> str:
+    name = f"wbtest_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        clause = f" TEMPLATE {template}" if template else ""
+        connection.execute(text(f"CREATE DATABASE {name}{clause}"))
+    return name
+
+
+def drop_postgres_database(admin, name: str) -> None:
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "store.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin):
+    name = create_postgres_database(postgres_admin)
+    engine = make_engine(_database_url(name))
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield name
+    drop_postgres_database(postgres_admin, name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def empty_database_url(request, backend, tmp_path):
+    """A URL of a database with no schema, on the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    name = create_postgres_database(admin)
+    yield _database_url(name)
+    drop_postgres_database(admin, name)
+
+
+@pytest.fixture
+def database_url(request, backend, tmp_path):
+    """A migrated, empty store on the backend under test."""
+    if backend == "sqlite":
+        path = tmp_path / "store.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    name = create_postgres_database(admin, template=request.getfixturevalue("postgres_template"))
+    yield _database_url(name)
+    drop_postgres_database(admin, name)
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def run_cli(database_url, tmp_path, monkeypatch):
+    """Run ``workbench ...`` in-process against the test store; returns the Result."""
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+
+    def run(*args: str, expect: int = 0):
+        result = runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False)
+        assert result.exit_code == expect, f"exit {result.exit_code}\n{result.output}"
+        return result
+
+    return run

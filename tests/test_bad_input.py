@@ -1,0 +1,176 @@
+"""Bad input: a clear error naming file and row, and nothing half-written."""
+
+import csv
+import json
+import sys
+
+import ase.db
+import numpy as np
+import pytest
+from ase.build import bulk
+from sqlalchemy import func, select
+
+from workbench.errors import ImportFailed, InputError
+from workbench.io.importer import import_file
+from workbench.io.readers import ReadOptions
+from workbench.store.engine import session_scope
+from workbench.store.schema import Structure, StructureSource, TargetDefinition, TargetValue
+
+csv.field_size_limit(sys.maxsize)
+
+CLOSE_ATOMS_CIF = """data_close
+_cell_length_a 4.0
+_cell_length_b 4.0
+_cell_length_c 4.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0.0 0.0 0.0
+Cl1 Cl 0.05 0.0 0.0
+"""
+UNKNOWN_ELEMENT_CIF = CLOSE_ATOMS_CIF.replace("Cl1 Cl 0.05", "Xx1 Xx 0.5").replace("data_close", "data_xx")
+
+
+@pytest.fixture(scope="module")
+def perovskite_rows(shared_data) -> list[dict]:
+    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
+        return [row for _, row in zip(range(4), csv.DictReader(handle), strict=False)]
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "heat_ref", "dir_gap"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row[key] for key in ("material_id", "cif", "heat_ref", "dir_gap")})
+
+
+def nothing_stored(engine) -> bool:
+    with session_scope(engine) as session:
+        return all(
+            session.scalar(select(func.count()).select_from(model)) == 0
+            for model in (Structure, StructureSource, TargetValue, TargetDefinition)
+        )
+
+
+CSV_CASES = {
+    "malformed CIF": ({"cif": "data_broken\n_cell_length_a 4.0\nloop_\n_atom_site_label\n"}, "atom sites"),
+    "unknown element": ({"cif": UNKNOWN_ELEMENT_CIF}, "unknown element"),
+    "atoms too close": ({"cif": CLOSE_ATOMS_CIF}, "closer than 0.5"),
+    "NaN label": ({"heat_ref": "nan"}, "not finite"),
+    "infinite label": ({"dir_gap": "-inf"}, "not finite"),
+    "text in a number column": ({"dir_gap": "n/a"}, "is not a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_bad_csv_row_fails_the_file_and_names_the_row(case, engine, tmp_path, perovskite_rows):
+    change, message = CSV_CASES[case]
+    rows = [dict(row) for row in perovskite_rows]
+    rows[2].update(change)
+    path = tmp_path / "batch.csv"
+    write_csv(path, rows)
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    [error] = failure.value.errors
+    assert error.file == str(path)
+    assert error.row == f"row 3 (id {rows[2]['material_id']})"
+    assert message in str(error)
+    assert str(path) in str(failure.value) and "row 3" in str(failure.value)
+    assert nothing_stored(engine)
+
+    report = import_file(engine, path, source="s", options=ReadOptions(), skip_bad=True)
+    assert [e.row for e in report.skipped] == [error.row]
+    assert report.new_structures == 3
+    with session_scope(engine) as session:
+        imported = set(session.scalars(select(StructureSource.external_id)))
+    assert imported == {row["material_id"] for index, row in enumerate(rows) if index != 2}
+
+
+def test_duplicate_ids_inside_one_file(engine, tmp_path, perovskite_rows):
+    rows = [dict(row) for row in perovskite_rows]
+    rows[3]["material_id"] = rows[1]["material_id"]
+    path = tmp_path / "dups.csv"
+    write_csv(path, rows)
+    with pytest.raises(ImportFailed, match=r"row 4 .*duplicate id .*first at row 2"):
+        import_file(engine, path, source="s", options=ReadOptions())
+    assert nothing_stored(engine)
+
+
+def _ase_db_with_labels(path, labels_per_row: list[dict], per_site: bool) -> None:
+    with ase.db.connect(str(path)) as database:
+        for index, data in enumerate(labels_per_row):
+            database.write(bulk("Si", "diamond", a=5.43 + 0.1 * index), data=data)
+    if per_site:
+        database.metadata = {"workbench": {"targets": {"bader": {"key": "bader", "kind": "per_site"}}}}
+
+
+def test_spectrum_of_the_wrong_length(engine, tmp_path):
+    path = tmp_path / "dos.db"
+    _ase_db_with_labels(path, [{"dos": np.ones(300)}, {"dos": np.ones(299)}], per_site=False)
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    [error] = failure.value.errors
+    assert (error.file, error.row, error.field) == (str(path), "row id 2", "dos")
+    assert "shape (299,), expected (300,)" in str(error)
+    assert nothing_stored(engine)
+
+
+def test_per_site_array_of_the_wrong_length(engine, tmp_path):
+    path = tmp_path / "bader.db"
+    _ase_db_with_labels(path, [{"bader": np.ones(2)}, {"bader": np.ones(3)}], per_site=True)
+    with pytest.raises(ImportFailed, match=r"row id 2, field 'bader': per-site array has shape \(3,\), "
+                       r"expected \(2,\) \(2 sites\)"):
+        import_file(engine, path, source="s", options=ReadOptions())
+    assert nothing_stored(engine)
+
+
+def test_conflicting_label_for_a_stored_structure_is_refused(engine, tmp_path, perovskite_rows):
+    rows = [dict(row) for row in perovskite_rows[:2]]
+    write_csv(tmp_path / "a.csv", rows)
+    import_file(engine, tmp_path / "a.csv", source="a", options=ReadOptions())
+    rows[1]["dir_gap"] = "9.99"
+    write_csv(tmp_path / "b.csv", rows)
+    with pytest.raises(ImportFailed, match=r"b\.csv, row 2 .*'dir_gap'.*already .*a\.csv.*this entry gives 9\.99"):
+        import_file(engine, tmp_path / "b.csv", source="b", options=ReadOptions())
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(StructureSource)) == 2
+
+
+def test_unreadable_files_name_the_file(engine, tmp_path):
+    cases = {
+        "notes.txt": "unknown file type",
+        "empty.csv": "no structure column",
+        "broken.json": "cannot read file",
+        "broken.cif": "cannot read file",
+    }
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "broken.cif").write_text("data_x\nloop_\n_atom_site_label 'unterminated\n")
+    for name, message in cases.items():
+        with pytest.raises(InputError, match=message) as failure:
+            import_file(engine, tmp_path / name, source="s", options=ReadOptions())
+        assert failure.value.file == str(tmp_path / name)
+    (tmp_path / "structures.json").write_text(json.dumps({"a": 3}))
+    with pytest.raises(ImportFailed, match="structures.json, entry 1 .id a.: expected a structure dict"):
+        import_file(engine, tmp_path / "structures.json", source="s", options=ReadOptions())
+    assert nothing_stored(engine)
+
+
+def test_cli_reports_bad_rows_and_skip_bad(run_cli, engine, tmp_path, perovskite_rows):
+    rows = [dict(row) for row in perovskite_rows]
+    rows[1]["heat_ref"] = "inf"
+    path = tmp_path / "batch.csv"
+    write_csv(path, rows)
+    result = run_cli("import", path, "--jobs", "1", expect=1)
+    assert "not imported, nothing written" in result.output
+    assert "row 2" in result.output and "not finite" in result.output
+    result = run_cli("import", path, "--jobs", "1", "--skip-bad")
+    assert "3 new structures" in result.output and "skipped" in result.output

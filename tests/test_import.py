@@ -1,0 +1,214 @@
+"""Importing real files: every format, dedup across sources, idempotence."""
+
+import csv
+import gzip
+import json
+import sys
+import tarfile
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from pymatgen.core import Structure as PmgStructure
+from sqlalchemy import func, select
+
+from workbench.io.importer import import_file
+from workbench.io.readers import ReadOptions
+from workbench.store.engine import session_scope
+from workbench.store.queries import run_read_only
+from workbench.store.schema import (
+    Structure,
+    StructureSource,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+
+csv.field_size_limit(sys.maxsize)
+
+
+def count(engine, model) -> int:
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def labels_of(engine, target: str) -> dict[int, object]:
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(TargetValue.structure_id, TargetValue.value, TargetValue.value_array)
+            .join(TargetDefinition).where(TargetDefinition.name == target)
+        )
+        return {r.structure_id: (r.value if r.value is not None else r.value_array) for r in rows}
+
+
+def test_perovskite_csv_imports_scalars_and_is_idempotent(run_cli, engine, shared_data):
+    path = shared_data / "perov5" / "labeled_val.csv"
+    args = ["import", path, "--source", "perov5", "--target", "heat_ref=heat_ref",
+            "--target", "dir_gap=dir_gap", "--target", "ind_gap=ind_gap", "--unit", "heat_ref=eV"]
+    run_cli(*args)
+    assert count(engine, Structure) == 3787
+    assert count(engine, TargetValue) == 3 * 3787
+    with session_scope(engine) as session:
+        kinds = dict(session.execute(select(TargetDefinition.name, TargetDefinition.kind)).all())
+        units = session.scalar(select(TargetDefinition.units).where(TargetDefinition.name == "heat_ref"))
+    assert kinds == {name: TargetKind.SCALAR for name in ("heat_ref", "dir_gap", "ind_gap")}
+    assert units == "eV"
+    hits = run_read_only(engine, """
+        SELECT count(*) FROM target_values g
+        JOIN target_definitions gd ON gd.id = g.target_id AND gd.name = 'dir_gap'
+        JOIN target_values h ON h.structure_id = g.structure_id
+        JOIN target_definitions hd ON hd.id = h.target_id AND hd.name = 'heat_ref'
+        WHERE g.value BETWEEN 1.5 AND 3 AND h.value < 1.0""")
+    assert hits.rows[0][0] == 43  # the water-splitting screen of the data set's README
+
+    # A value from the file, to the digit.
+    with path.open() as handle:
+        first = next(csv.DictReader(handle))
+    with session_scope(engine) as session:
+        structure_id = session.scalar(
+            select(StructureSource.structure_id).where(StructureSource.external_id == first["material_id"])
+        )
+    assert labels_of(engine, "heat_ref")[structure_id] == float(first["heat_ref"])
+
+    result = run_cli(*args)
+    assert "0 new structures" in result.output and "0 new labels" in result.output
+    assert count(engine, Structure) == 3787
+    assert count(engine, TargetValue) == 3 * 3787
+    assert count(engine, StructureSource) == 3787
+
+
+@pytest.mark.slow
+def test_unlabeled_pool_imports(run_cli, engine, shared_data):
+    run_cli("import", shared_data / "perov5" / "unlabeled_pool.json.gz", "--source", "pool")
+    assert count(engine, Structure) == 11356
+    assert count(engine, TargetValue) == 0
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.max(Structure.nsites))) == 5
+
+
+def test_same_structure_from_two_sources_is_one_row_and_per_site_labels_follow_sites(engine, tmp_path):
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)  # 8 sites
+    charges = np.where(np.array(atoms.get_chemical_symbols()) == "Na", 0.8, -0.8)
+    atoms.arrays["bader"] = charges + np.arange(8) * 0.01
+    ase.io.write(tmp_path / "first.extxyz", atoms, format="extxyz")
+
+    # The same crystal, sites in reverse order and shifted by a lattice vector.
+    order = np.arange(8)[::-1]
+    shuffled = atoms[order]
+    shuffled.positions += atoms.cell[0]
+    shuffled.arrays["bader"] = atoms.arrays["bader"][order]
+    ase.io.write(tmp_path / "second.extxyz", shuffled, format="extxyz")
+    # The second source adds a label the first did not have: a total energy.
+    shuffled.calc = SinglePointCalculator(shuffled, energy=-27.5)
+    ase.io.write(tmp_path / "third.extxyz", shuffled, format="extxyz")
+
+    import_file(engine, tmp_path / "first.extxyz", source="a", options=ReadOptions())
+    report = import_file(engine, tmp_path / "second.extxyz", source="b", options=ReadOptions())
+    assert (report.new_structures, report.matched_structures, report.unchanged_labels) == (0, 1, 1)
+    report = import_file(engine, tmp_path / "third.extxyz", source="c", options=ReadOptions())
+    assert report.new_labels == 1
+
+    assert count(engine, Structure) == 1
+    with session_scope(engine) as session:
+        sources = sorted(session.scalars(select(StructureSource.source)))
+    assert sources == ["a", "b", "c"]
+    [bader] = labels_of(engine, "bader").values()
+    np.testing.assert_allclose(bader, atoms.arrays["bader"])
+    assert list(labels_of(engine, "energy").values()) == [-27.5]
+
+
+def test_mof_cif_charges_become_per_site_labels(engine, shared_data, tmp_path):
+    with tarfile.open(shared_data / "mof_ddec" / "ddec_mofs_1000.tar.gz") as archive:
+        members = [m for m in archive.getmembers() if m.isfile()][:3]
+        archive.extractall(tmp_path, members=members, filter="data")
+    for member in members:
+        import_file(engine, tmp_path / member.name, source="core-mof", options=ReadOptions())
+    assert count(engine, Structure) == 3
+    with session_scope(engine) as session:
+        definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == "charges"))
+        nsites = dict(session.execute(select(Structure.id, Structure.nsites)).all())
+    assert definition.kind is TargetKind.PER_SITE and definition.site_shape == []
+    for structure_id, charges in labels_of(engine, "charges").items():
+        assert charges.shape == (nsites[structure_id],)
+        assert abs(charges.sum()) < 1e-3  # DDEC cells are neutral
+
+
+def test_alignn_directory_imports_poscars_and_dos_spectra(run_cli, engine, shared_data):
+    run_cli("import", shared_data / "jarvis_dos50", "--source", "jarvis", "--target", "dos=value")
+    assert count(engine, Structure) == 50
+    assert count(engine, StructureSource) == 50  # POSCAR files and id_prop rows name the same ids
+    with session_scope(engine) as session:
+        dos = session.scalar(select(TargetDefinition).where(TargetDefinition.name == "dos"))
+        ids = set(session.scalars(select(StructureSource.external_id)))
+    assert "POSCAR-JVASP-10.vasp" in ids
+    assert dos.kind is TargetKind.SPECTRUM and dos.length == 300
+    spectra = labels_of(engine, "dos")
+    assert len(spectra) == 50 and all(spectrum.min() >= 0 for spectrum in spectra.values())
+
+
+def test_pymatgen_json_and_cif_files(engine, shared_data, tmp_path):
+    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
+        rows = [row for _, row in zip(range(3), csv.DictReader(handle), strict=False)]
+    structures = [PmgStructure.from_str(row["cif"], fmt="cif") for row in rows]
+    structures[0].properties = {"band_gap": 1.25}
+    (tmp_path / "one.json").write_text(json.dumps(structures[0].as_dict()))
+    (tmp_path / "many.json").write_text(json.dumps([s.as_dict() for s in structures[1:]]))
+    (tmp_path / "first.cif").write_text(rows[0]["cif"])
+    import_file(engine, tmp_path / "one.json", source="mp", options=ReadOptions())
+    import_file(engine, tmp_path / "many.json", source="mp", options=ReadOptions())
+    report = import_file(engine, tmp_path / "first.cif", source="cif", options=ReadOptions())
+    assert report.matched_structures == 1  # gemmi and pymatgen read the same crystal
+    assert count(engine, Structure) == 3
+    assert list(labels_of(engine, "band_gap").values()) == [1.25]
+
+
+def test_ase_db_results_become_targets(engine, tmp_path):
+    import ase.db
+
+    path = tmp_path / "calcs.db"
+    with ase.db.connect(str(path)) as database:
+        for index, a in enumerate((3.5, 3.6)):
+            atoms = bulk("Cu", "fcc", a=a, cubic=True)
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=-3.0 - index, forces=np.full((4, 3), 0.1 * index),
+                magmoms=np.zeros(4), charges=np.zeros(4),
+            )
+            database.write(atoms, relaxed=index, data={"dos": np.linspace(0, 1, 300)})
+    import_file(engine, path, source="calcs", options=ReadOptions())
+    with session_scope(engine) as session:
+        definitions = {t.name: t for t in session.scalars(select(TargetDefinition))}
+    assert {name: definitions[name].kind for name in definitions} == {
+        "energy": TargetKind.SCALAR, "forces": TargetKind.PER_SITE, "magmoms": TargetKind.PER_SITE,
+        "charges": TargetKind.PER_SITE, "dos": TargetKind.SPECTRUM, "relaxed": TargetKind.SCALAR,
+    }
+    assert definitions["forces"].site_shape == [3] and definitions["dos"].length == 300
+    assert sorted(labels_of(engine, "energy").values()) == [-4.0, -3.0]
+
+
+def test_parallel_parsing_gives_the_same_store(engine, shared_data, tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    source = shared_data / "perov5" / "unlabeled_pool.json.gz"
+    with gzip.open(source, "rt") as handle:
+        pool = json.load(handle)
+    subset = dict(list(pool.items())[:300])
+    (tmp_path / "pool.json").write_text(json.dumps(subset))
+    with ProcessPoolExecutor(2) as executor:
+        report = import_file(engine, tmp_path / "pool.json", source="pool", options=ReadOptions(),
+                             executor=executor)
+    assert report.new_structures == 300
+    with session_scope(engine) as session:
+        formulas = set(session.scalars(select(Structure.reduced_formula)))
+    assert len(formulas) > 100
+
+
+def test_ase_atoms_without_periodicity_are_refused(engine, tmp_path):
+    from workbench.errors import ImportFailed
+
+    ase.io.write(tmp_path / "molecule.xyz", Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]),
+                 format="extxyz")
+    with pytest.raises(ImportFailed, match="not a periodic crystal"):
+        import_file(engine, tmp_path / "molecule.xyz", source="x", options=ReadOptions())
