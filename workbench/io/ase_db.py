@@ -75,8 +75,9 @@ def read_ase_db(path: Path, target_for: TargetFor) -> list[Entry]:
     entries = []
     for row in database.select():
         where = f"row id {row.id}"
-        sources = row.data.get(f"{KEY_PREFIX}sources")
-        external_id = str(sources[0][1]) if sources else row.unique_id
+        origins = [(str(source), str(external_id))
+                   for source, external_id in row.data.get(f"{KEY_PREFIX}sources", [])]
+        external_id = origins[0][1] if origins else row.unique_id
         labels: dict[str, Label] = {}
         for key, value in row.key_value_pairs.items():
             if definitions and key not in key_to_target:
@@ -94,7 +95,9 @@ def read_ase_db(path: Path, target_for: TargetFor) -> list[Entry]:
             _add(labels, target_for, name, kind, np.asarray(value, dtype=float), spec.get("units", ""))
         results = {prop: row.get(prop) for prop in CALCULATOR_TARGETS if row.get(prop) is not None}
         _add_calculator_results(labels, target_for, results)
-        entries.append(_entry(where, external_id, row.toatoms(), labels))
+        entry = _entry(where, external_id, row.toatoms(), labels)
+        entry.origins = origins
+        entries.append(entry)
     return entries
 
 

@@ -33,6 +33,9 @@ class Entry:
     text: str | None = None
     text_format: str | None = None
     labels: dict[str, Label] = field(default_factory=dict)
+    # Earlier (source, external id) pairs of this structure, e.g. kept in a workbench
+    # export, recorded beside the import's own source.
+    origins: list[tuple[str, str]] = field(default_factory=list)
     # A reader that could not make sense of this row says why here; the rest of the file
     # is still read, so that --skip-bad can leave out just this row.
     error: InputError | None = None

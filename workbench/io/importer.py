@@ -225,12 +225,16 @@ class _FileWriter:
                 self.added.setdefault(item.identity.dedup_key, []).append((structure_id, _Candidate.of(item)))
             report.new_structures += len(new_ids)
         value_rows, source_rows = [], []
+        stored_origins = self._stored_origins(batch)
         for item, ref, known, label_rows in planned:
             structure_id = new_ids[ref.index] if isinstance(ref, _New) else ref
             value_rows.extend(dict(row, structure_id=structure_id) for row in label_rows)
             if not known:
-                source_rows.append(self._source_row(item, structure_id))
-        # Two rows of one file naming the same crystal from one source stay two sources.
+                source_rows.append(self._source_row(self.source, item.entry.external_id, structure_id))
+            for origin in item.entry.origins:
+                if origin not in stored_origins and origin != (self.source, item.entry.external_id):
+                    stored_origins.add(origin)
+                    source_rows.append(self._source_row(*origin, structure_id))
         if source_rows:
             self.session.execute(insert(StructureSource), source_rows)
             report.new_sources += len(source_rows)
@@ -377,9 +381,20 @@ class _FileWriter:
             rows.append(row)
         return rows
 
-    def _source_row(self, item: Checked, structure_id: int) -> dict:
-        return {"structure_id": structure_id, "source": self.source,
-                "external_id": item.entry.external_id, "file": self.file}
+    def _source_row(self, source: str, external_id: str, structure_id: int) -> dict:
+        return {"structure_id": structure_id, "source": source, "external_id": external_id,
+                "file": self.file}
+
+    def _stored_origins(self, batch: list[Checked]) -> set[tuple[str, str]]:
+        origins = {origin for item in batch for origin in item.entry.origins}
+        if not origins:
+            return set()
+        rows = self.session.execute(
+            select(StructureSource.source, StructureSource.external_id).where(
+                StructureSource.external_id.in_({external_id for _, external_id in origins})
+            )
+        )
+        return {(row.source, row.external_id) for row in rows} & origins
 
 
 def _crystal(row) -> Crystal:
