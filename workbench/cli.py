@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.exc import DBAPIError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -138,6 +139,9 @@ def sql(
         result = run_read_only(_engine(settings), query)
     except ReadOnlyViolation as error:
         console.print(f"[red]Refused: {error}")
+        raise typer.Exit(1) from None
+    except DBAPIError as error:
+        console.print(f"[red]SQL error: {str(error.orig).strip()}")
         raise typer.Exit(1) from None
     rows = [[_plain(value) for value in row] for row in result.rows]
     if format == "csv":

@@ -1,5 +1,6 @@
 """Engines and transactions for SQLite and PostgreSQL."""
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,18 +42,38 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 @contextmanager
 def read_only_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection whose transaction the database itself refuses to write in."""
+    """A connection the database itself refuses to write through.
+
+    SQLite: the file is opened with ``mode=ro`` and ATTACH is disabled. PostgreSQL: the
+    transaction is ``READ ONLY`` and is rolled back at the end.
+    """
+    if engine.dialect.name == "sqlite":
+        read_only = _sqlite_read_only_engine(engine)
+        try:
+            with read_only.connect() as connection:
+                yield connection
+        finally:
+            read_only.dispose()
+        return
     with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("PRAGMA query_only=ON")
-            try:
-                yield connection
-            finally:
-                connection.rollback()
-                connection.exec_driver_sql("PRAGMA query_only=OFF")
-        else:
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            try:
-                yield connection
-            finally:
-                connection.rollback()
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def _sqlite_read_only_engine(engine: Engine) -> Engine:
+    path = engine.url.database
+    if not path or path == ":memory:":
+        raise ValueError("a read-only connection needs a SQLite file, not an in-memory database")
+    read_only = create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    )
+
+    def configure(dbapi_connection, _record) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+    event.listen(read_only, "connect", configure)
+    return read_only

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import sqlparse
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -18,7 +19,7 @@ from workbench.store.schema import (
 )
 
 # How SQLite and PostgreSQL word a refused write in a read-only transaction.
-_READ_ONLY_MESSAGES = ("readonly database", "read-only transaction", "query_only")
+_READ_ONLY_MESSAGES = ("readonly database", "read-only transaction", "too many attached")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class QueryResult:
 
 def run_read_only(engine: Engine, sql: str) -> QueryResult:
     """Run one SQL statement in a read-only transaction; a write raises ReadOnlyViolation."""
+    # One statement only: a second one could end the read-only transaction and write.
+    statements = [statement for statement in sqlparse.split(sql) if statement.strip(" ;\n\t")]
+    if len(statements) != 1:
+        raise ReadOnlyViolation(f"expected exactly one SQL statement, got {len(statements)}")
     with read_only_connection(engine) as connection:
         try:
             result = connection.execute(text(sql))
