@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, tuple_
 
 from workbench.errors import ImportFailed, InputError
 from workbench.io.entries import Entry, Label
@@ -389,12 +389,11 @@ class _FileWriter:
         origins = {origin for item in batch for origin in item.entry.origins}
         if not origins:
             return set()
+        pair = tuple_(StructureSource.source, StructureSource.external_id)
         rows = self.session.execute(
-            select(StructureSource.source, StructureSource.external_id).where(
-                StructureSource.external_id.in_({external_id for _, external_id in origins})
-            )
+            select(StructureSource.source, StructureSource.external_id).where(pair.in_(sorted(origins)))
         )
-        return {(row.source, row.external_id) for row in rows} & origins
+        return {(row.source, row.external_id) for row in rows}
 
 
 def _crystal(row) -> Crystal:
