@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	.ci/ensure-postgres
+	$(BIN)/ruff check workbench flows tests migrations benchmarks
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 system-packages:
