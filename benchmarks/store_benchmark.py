@@ -18,6 +18,9 @@ Measures, in one run:
    through the ``candidates`` and ``latest_predictions`` views, on both backends: median
    of 5 runs after a warm-up, results checked against NumPy, plans recorded.
 
+``--only``/``--backends``/``--query-structures`` run a part of the benchmark while
+working on it.
+
 PostgreSQL databases ``wbbench_<pid>_*`` are created on ``--pg-url``'s server and dropped
 at the end, also on error; SQLite files live in a temporary directory.
 """
@@ -25,13 +28,13 @@ at the end, also on error; SQLite files live in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import gzip
 import io
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -47,6 +50,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import psycopg
@@ -75,11 +79,14 @@ BATCH = 10_000
 TOP_N = 100
 RUNS = 5
 AIM_MS = 50.0
+# The target given by id (a scalar subquery, so the planner knows it before it starts)
+# lets both backends walk ix_predictions_target_id_std; by name, PostgreSQL sorts instead.
+BY_ID = "target_id = (SELECT id FROM target_definitions WHERE name = 'dir_gap')"
+BY_NAME = "target = 'dir_gap'"
 QUERIES = {
-    "candidates": "SELECT structure_id, mean, std FROM candidates "
-                  "WHERE target = 'dir_gap' ORDER BY std DESC LIMIT 100",
-    "latest_predictions": "SELECT structure_id, mean, std FROM latest_predictions "
-                          "WHERE target = 'dir_gap' ORDER BY std DESC LIMIT 100",
+    f"{view}, {label}": f"SELECT structure_id, mean, std FROM {view} WHERE {where} ORDER BY std DESC LIMIT 100"
+    for view in ("candidates", "latest_predictions")
+    for label, where in (("target_id", BY_ID), ("name", BY_NAME))
 }
 
 
@@ -95,6 +102,7 @@ class Row:
     structures: int
     seconds: float
     notes: str = ""
+    cpu: str = ""
 
     @property
     def rate(self) -> float:
@@ -124,6 +132,61 @@ class Results:
     problems: list[str] = field(default_factory=list)
 
 
+class CpuMeter:
+    """Wall time and CPU seconds of one section: this process, its reaped children (the
+    import's worker pool), the PostgreSQL server processes, and everything else on the
+    machine (``/proc/stat`` minus the rest), to tell a slow section from a busy machine."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> Self:
+        self.wall0 = time.perf_counter()
+        self.total0 = self._machine_busy()
+        self.self0, self.children0 = self._own()
+        self.pg0 = self._postgres()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        own_self, own_children = self._own()
+        self.main = own_self - self.self0
+        self.workers = own_children - self.children0
+        pg1 = self._postgres()
+        self.postgres = sum(pg1[pid] - self.pg0[pid] for pid in pg1.keys() & self.pg0.keys())
+        total = self._machine_busy() - self.total0
+        self.other = max(0.0, total - self.main - self.workers - self.postgres)
+
+    def summary(self) -> str:
+        return f"{self.main:.1f} / {self.workers:.1f} / {self.postgres:.1f} / {self.other:.1f}"
+
+    @classmethod
+    def _machine_busy(cls) -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        return (user + nice + system + irq + softirq + steal) / cls.TICK
+
+    @staticmethod
+    def _own() -> tuple[float, float]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+    @classmethod
+    def _postgres(cls) -> dict[int, float]:
+        seconds = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            name_end = text.rfind(")")
+            if text[text.find("(") + 1 : name_end] != "postgres":
+                continue
+            fields = text[name_end + 2 :].split()
+            seconds[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / cls.TICK
+        return seconds
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -142,8 +205,12 @@ class PgDatabases:
     def _admin(self) -> psycopg.Connection:
         url = self.server_url
         return psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-            dbname="postgres", autocommit=True,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname="postgres",
+            autocommit=True,
         )
 
     def create(self, suffix: str) -> str:
@@ -176,20 +243,21 @@ class PgDatabases:
 # --------------------------------------------------------------------------- 1. import
 
 
-def bench_import(results: Results, backend: str, url: str, engine: sa.Engine) -> None:
+def bench_import(results: Results, backend: str, engine: sa.Engine) -> None:
     migrate.upgrade(engine)
     for label, expect_new in (("import_file, fresh store", True), ("re-import, same files", False)):
         reports = []
-        started = time.perf_counter()
         per_file = []
         # As `workbench import -j 2`: one pool for the whole command, started inside it.
-        with ProcessPoolExecutor(WORKERS) as executor:
+        with CpuMeter() as meter, ProcessPoolExecutor(WORKERS) as executor:
             for path in FILES:
                 t0 = time.perf_counter()
-                reports.append(import_file(engine, path, source=SOURCE, options=ReadOptions(),
-                                           executor=executor))
+                reports.append(
+                    import_file(
+                        engine, path, source=SOURCE, options=ReadOptions(), executor=executor
+                    )
+                )
                 per_file.append(time.perf_counter() - t0)
-        seconds = time.perf_counter() - started
         entries = sum(r.entries for r in reports)
         new = sum(r.new_structures for r in reports)
         matched = sum(r.matched_structures for r in reports)
@@ -197,23 +265,36 @@ def bench_import(results: Results, backend: str, url: str, engine: sa.Engine) ->
         unchanged = sum(r.unchanged_labels for r in reports)
         new_sources = sum(r.new_sources for r in reports)
         skipped = sum(len(r.skipped) for r in reports)
-        files = ", ".join(f"{p.name} {s:.1f} s" for p, s in zip(FILES, per_file, strict=True))
+        files = " + ".join(f"{s:.1f} s" for s in per_file)
         if expect_new:
-            notes = f"{new:,} new structures, {new_labels:,} labels; {files}"
+            notes = (
+                f"{new:,} new structures, {new_labels:,} labels (3,787 CSV rows x 4 targets); "
+                f"CSV + JSON: {files}"
+            )
             ok = new == EXPECTED_STRUCTURES and new_sources == EXPECTED_STRUCTURES and skipped == 0
         else:
-            notes = (f"added {new} structures / {new_sources} sources / {new_labels} labels; "
-                     f"{matched:,} matched, {unchanged:,} labels unchanged; {files}")
+            notes = (
+                f"added {new} structures, {new_sources} sources, {new_labels} labels "
+                f"({matched:,} matched, {unchanged:,} labels unchanged); CSV + JSON: {files}"
+            )
             ok = new == 0 and new_sources == 0 and new_labels == 0 and skipped == 0
         if not ok:
-            results.problems.append(f"{backend} {label}: unexpected counts ({notes}, {skipped} skipped)")
-        results.rows.append(Row(label, backend, entries, seconds, notes))
-        log(f"{backend} {label}: {seconds:.1f} s ({entries / seconds:.0f}/s) {notes}")
+            results.problems.append(
+                f"{backend} {label}: unexpected counts ({notes}, {skipped} skipped)"
+            )
+        results.rows.append(Row(label, backend, entries, meter.wall, notes, meter.summary()))
+        log(
+            f"{backend} {label}: {meter.wall:.1f} s ({entries / meter.wall:.0f}/s) {notes}; "
+            f"CPU main/workers/pg/other {meter.summary()}"
+        )
     with engine.connect() as conn:
-        counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
-                  for t in ("structures", "structure_sources", "target_values", "target_definitions")}
-    results.notes.append(f"{backend} store after both imports: " +
-                         ", ".join(f"{n:,} {t}" for t, n in counts.items()))
+        counts = {
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("structures", "structure_sources", "target_values", "target_definitions")
+        }
+    results.notes.append(
+        f"{backend} store after both imports: " + ", ".join(f"{n:,} {t}" for t, n in counts.items())
+    )
 
 
 def bench_worker_cost(results: Results) -> None:
@@ -227,10 +308,11 @@ def bench_worker_cost(results: Results) -> None:
         check_entry(entry)
     per_entry_ms = (time.perf_counter() - started) / len(sample) * 1000
     results.notes.append(
-        f"parse + check + identify (the worker-side part of the import), serially in one process: "
-        f"{per_entry_ms:.2f} ms per structure on 1,000 CIF + 1,000 POSCAR entries, i.e. "
-        f"~{per_entry_ms * EXPECTED_STRUCTURES / 1000 / WORKERS:.1f} s of the import's wall time "
-        f"for 15,143 structures on {WORKERS} workers"
+        f"Worker-side work of the import (parse + check + identify), serially in one process: "
+        f"{per_entry_ms:.2f} ms per structure (1,000 CIF + 1,000 POSCAR entries), i.e. "
+        f"{per_entry_ms * EXPECTED_STRUCTURES / 1000:.1f} CPU s for all {EXPECTED_STRUCTURES:,}, "
+        f"{per_entry_ms * EXPECTED_STRUCTURES / 1000 / WORKERS:.1f} s of wall time at best "
+        f"on {WORKERS} workers"
     )
 
 
@@ -244,11 +326,16 @@ def read_raw() -> list[tuple[str, str, str, dict]]:
     with FILES[0].open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             labels = {k: float(row[k]) for k in LABEL_COLUMNS if row[k].strip()}
-            records.append((row["material_id"], row["cif"], "cif", labels))
+            records.append((_key_value(row["material_id"]), row["cif"], "cif", labels))
     with gzip.open(FILES[1], "rt", encoding="utf-8") as handle:
         for material_id, text in json.load(handle).items():
-            records.append((material_id, text.replace("\\n", "\n"), "vasp", {}))
+            records.append((_key_value(material_id), text.replace("\\n", "\n"), "vasp", {}))
     return records
+
+
+def _key_value(material_id: str) -> int | str:
+    # ASE refuses a string key-value that reads as a number.
+    return int(material_id) if material_id.isdigit() else material_id
 
 
 def bench_ase(results: Results, workdir: Path) -> None:
@@ -257,30 +344,46 @@ def bench_ase(results: Results, workdir: Path) -> None:
 
     warnings.simplefilter("ignore")  # ASE's CIF reader warns about the pymatgen preamble
 
-    started = time.perf_counter()
-    records = read_raw()
-    db = ase.db.connect(str(workdir / "ase_parse_write.db"))
-    with db:
-        for material_id, text, fmt, labels in records:
-            atoms = ase.io.read(io.StringIO(text), format=fmt)
-            db.write(atoms, material_id=material_id, **labels)
-    seconds = time.perf_counter() - started
+    with CpuMeter() as meter:
+        records = read_raw()
+        db = ase.db.connect(str(workdir / "ase_parse_write.db"))
+        with db:
+            for material_id, text, fmt, labels in records:
+                atoms = ase.io.read(io.StringIO(text), format=fmt)
+                db.write(atoms, material_id=material_id, **labels)
     n = len(records)
-    results.rows.append(Row("ASE db: read files + parse (ase.io.read) + write", "SQLite (ase.db)", n,
-                            seconds, "1 process; labels and material_id as key_value_pairs"))
-    log(f"ASE parse+write: {seconds:.1f} s")
+    results.rows.append(
+        Row(
+            "ASE db: read files + parse (ase.io.read) + write",
+            "SQLite (ase.db)",
+            n,
+            meter.wall,
+            "1 process; labels and material_id as key-value pairs",
+            meter.summary(),
+        )
+    )
+    log(f"ASE parse+write: {meter.wall:.1f} s")
 
-    parsed = [(mid, ase.io.read(io.StringIO(text), format=fmt), labels)
-              for mid, text, fmt, labels in records]
-    started = time.perf_counter()
-    db = ase.db.connect(str(workdir / "ase_write_only.db"))
-    with db:
-        for material_id, atoms, labels in parsed:
-            db.write(atoms, material_id=material_id, **labels)
-    seconds = time.perf_counter() - started
-    results.rows.append(Row("ASE db: write only (Atoms parsed beforehand)", "SQLite (ase.db)", n,
-                            seconds, "1 process"))
-    log(f"ASE write only: {seconds:.1f} s")
+    parsed = [
+        (mid, ase.io.read(io.StringIO(text), format=fmt), labels)
+        for mid, text, fmt, labels in records
+    ]
+    with CpuMeter() as meter:
+        db = ase.db.connect(str(workdir / "ase_write_only.db"))
+        with db:
+            for material_id, atoms, labels in parsed:
+                db.write(atoms, material_id=material_id, **labels)
+    results.rows.append(
+        Row(
+            "ASE db: write only (Atoms parsed beforehand)",
+            "SQLite (ase.db)",
+            n,
+            meter.wall,
+            "1 process",
+            meter.summary(),
+        )
+    )
+    log(f"ASE write only: {meter.wall:.1f} s")
     count = ase.db.connect(str(workdir / "ase_write_only.db")).count()
     if count != EXPECTED_STRUCTURES:
         results.problems.append(f"ASE db holds {count} rows, expected {EXPECTED_STRUCTURES}")
@@ -318,9 +421,23 @@ def make_synthetic(n: int) -> Synthetic:
 
 
 STRUCTURE_COLUMNS = (
-    "id", "formula", "reduced_formula", "chemical_system", "composition", "elements", "nsites",
-    "nelements", "lattice", "species", "frac_coords", "volume", "density", "spacegroup_number",
-    "spacegroup_symbol", "dedup_key", "fingerprint",
+    "id",
+    "formula",
+    "reduced_formula",
+    "chemical_system",
+    "composition",
+    "elements",
+    "nsites",
+    "nelements",
+    "lattice",
+    "species",
+    "frac_coords",
+    "volume",
+    "density",
+    "spacegroup_number",
+    "spacegroup_symbol",
+    "dedup_key",
+    "fingerprint",
 )
 PREDICTION_COLUMNS = ("id", "model_version_id", "structure_id", "target_id", "mean", "std")
 VALUE_COLUMNS = ("id", "structure_id", "target_id", "value", "source_file", "source_row")
@@ -331,8 +448,25 @@ def structure_rows(n: int) -> Iterator[tuple]:
     fingerprint = array_to_bytes(np.zeros(1))
     lattice = json.dumps([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     for i in range(1, n + 1):
-        yield (i, "Na1", "Na", "Na", '{"Na": 1.0}', '["Na"]', 1, 1, lattice, '["Na"]', frac,
-               1.0, 1.0, 229, "Im-3m", f"x|{i}", fingerprint)
+        yield (
+            i,
+            "Na1",
+            "Na",
+            "Na",
+            '{"Na": 1.0}',
+            '["Na"]',
+            1,
+            1,
+            lattice,
+            '["Na"]',
+            frac,
+            1.0,
+            1.0,
+            229,
+            "Im-3m",
+            f"x|{i}",
+            fingerprint,
+        )
 
 
 def prediction_rows(data: Synthetic) -> Iterator[tuple]:
@@ -353,14 +487,21 @@ def value_rows(data: Synthetic) -> Iterator[tuple]:
 
 def fill_small_tables(conn: sa.Connection) -> None:
     for tid, name in enumerate(QUERY_TARGETS, start=1):
-        conn.execute(sa.text(
-            "INSERT INTO target_definitions (id, name, kind, units, description, grid_units) "
-            "VALUES (:id, :name, 'scalar', 'eV', '', '')"), {"id": tid, "name": name})
+        conn.execute(
+            sa.text(
+                "INSERT INTO target_definitions (id, name, kind, units, description, grid_units) "
+                "VALUES (:id, :name, 'scalar', 'eV', '', '')"
+            ),
+            {"id": tid, "name": name},
+        )
     for mid, registry_version in enumerate(QUERY_MODEL_VERSIONS, start=1):
-        conn.execute(sa.text(
-            "INSERT INTO model_versions (id, name, registry_version, targets, architecture, metrics) "
-            "VALUES (:id, 'm', :v, :targets, 'cgcnn', '{}')"),
-            {"id": mid, "v": registry_version, "targets": json.dumps(list(QUERY_TARGETS))})
+        conn.execute(
+            sa.text(
+                "INSERT INTO model_versions (id, name, registry_version, targets, architecture, metrics) "
+                "VALUES (:id, 'm', :v, :targets, 'cgcnn', '{}')"
+            ),
+            {"id": mid, "v": registry_version, "targets": json.dumps(list(QUERY_TARGETS))},
+        )
 
 
 def batched(rows: Iterator[tuple], size: int = BATCH) -> Iterator[list[tuple]]:
@@ -433,7 +574,10 @@ def check_rows(rows: list[tuple], expected: list[tuple]) -> tuple[bool, str]:
     if got_ids != want_ids:
         wrong = len(set(got_ids) - set(want_ids))
         return False, f"{wrong} of {len(rows)} structure ids not in the expected top {TOP_N}"
-    if not all(np.isclose(g[1], w[1]) and np.isclose(g[2], w[2]) for g, w in zip(rows, expected, strict=True)):
+    if not all(
+        np.isclose(g[1], w[1]) and np.isclose(g[2], w[2])
+        for g, w in zip(rows, expected, strict=True)
+    ):
         return False, "mean/std differ from model version 2's"
     return True, f"top {TOP_N} = NumPy's (v2 only, no labelled structure)"
 
@@ -451,8 +595,14 @@ def explain(conn: sa.Connection, backend: str, sql: str) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def run_queries(results: Results, backend: str, engine: sa.Engine, data: Synthetic,
-                queries: dict[str, str] | None = None, record: bool = True) -> list[QueryResult]:
+def run_queries(
+    results: Results,
+    backend: str,
+    engine: sa.Engine,
+    data: Synthetic,
+    queries: dict[str, str] | None = None,
+    record: bool = True,
+) -> list[QueryResult]:
     out = []
     with engine.connect() as conn:
         for view, sql in (queries or QUERIES).items():
@@ -463,8 +613,10 @@ def run_queries(results: Results, backend: str, engine: sa.Engine, data: Synthet
             plan = explain(conn, backend, sql)
             result = QueryResult(view, backend, runs, warmup_ms, correct, check, plan)
             out.append(result)
-            log(f"{backend} {view}: median {result.median_ms:.1f} ms "
-                f"(warm-up {warmup_ms:.1f} ms, runs {', '.join(f'{r:.1f}' for r in runs)}); {check}")
+            log(
+                f"{backend} {view}: median {result.median_ms:.1f} ms "
+                f"(warm-up {warmup_ms:.1f} ms, runs {', '.join(f'{r:.1f}' for r in runs)}); {check}"
+            )
             if record:
                 results.queries.append(result)
                 if not correct:
@@ -473,66 +625,7 @@ def run_queries(results: Results, backend: str, engine: sa.Engine, data: Synthet
     return out
 
 
-# Alternatives measured with --alternatives (printed, not written to the --out file).
-ALT_SETUP = {
-    "common": [
-        # std-leading index: lets the planner walk predictions in std order for any target.
-        "CREATE INDEX ix_alt_predictions_std ON predictions (std)",
-    ],
-}
-ALT_VIEWS = """
-CREATE VIEW latest_predictions_alt AS
-SELECT p.id AS prediction_id, p.structure_id, t.name AS target, p.target_id, p.mean, p.std,
-       p.mean_array, p.std_array, p.model_version_id, m.name AS model_name,
-       m.registry_version, p.created_at
-FROM predictions AS p
-JOIN target_definitions AS t ON t.id = p.target_id
-JOIN model_versions AS m ON m.id = p.model_version_id
-WHERE NOT EXISTS (
-    SELECT 1 FROM predictions AS newer
-    WHERE newer.structure_id = p.structure_id
-      AND newer.target_id = p.target_id
-      AND newer.model_version_id > p.model_version_id
-);
-CREATE VIEW candidates_alt AS
-SELECT p.structure_id, t.name AS target, p.target_id, s.reduced_formula, s.nsites,
-       p.mean, p.std, p.model_version_id
-FROM predictions AS p
-JOIN target_definitions AS t ON t.id = p.target_id
-JOIN structures AS s ON s.id = p.structure_id
-WHERE NOT EXISTS (
-    SELECT 1 FROM predictions AS newer
-    WHERE newer.structure_id = p.structure_id
-      AND newer.target_id = p.target_id
-      AND newer.model_version_id > p.model_version_id
-)
-AND NOT EXISTS (
-    SELECT 1 FROM target_values AS v WHERE v.structure_id = p.structure_id AND v.target_id = p.target_id
-)
-"""
-
-
-def run_alternatives(backend: str, engine: sa.Engine, data: Synthetic) -> None:
-    with engine.begin() as conn:
-        for statement in ALT_SETUP["common"]:
-            conn.exec_driver_sql(statement)
-        for statement in ALT_VIEWS.split(";"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
-        conn.exec_driver_sql("ANALYZE")
-    queries = {
-        "candidates_alt": QUERIES["candidates"].replace("FROM candidates", "FROM candidates_alt"),
-        "latest_predictions_alt": QUERIES["latest_predictions"].replace(
-            "FROM latest_predictions", "FROM latest_predictions_alt"),
-        "candidates (with std index)": QUERIES["candidates"],
-        "latest_predictions (with std index)": QUERIES["latest_predictions"],
-    }
-    for result in run_queries(Results(), backend, engine, data, queries, record=False):
-        print(f"\n--- {backend} {result.view}: median {result.median_ms:.2f} ms; {result.check}\n"
-              f"{result.plan}\n", flush=True)
-
-
-def bench_queries(results: Results, backend: str, engine: sa.Engine, alternatives: bool) -> None:
+def bench_queries(results: Results, backend: str, engine: sa.Engine) -> None:
     data = make_synthetic(QUERY_STRUCTURES)
     migrate.upgrade(engine)
     started = time.perf_counter()
@@ -540,42 +633,78 @@ def bench_queries(results: Results, backend: str, engine: sa.Engine, alternative
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
         n_pred = conn.exec_driver_sql("SELECT count(*) FROM predictions").scalar_one()
-    results.notes.append(f"{backend} query data: {data.n:,} structures, {n_pred:,} predictions, "
-                         f"{int(data.labelled.sum()):,} dir_gap labels, loaded and analysed in "
-                         f"{seconds:.0f} s")
+    results.notes.append(
+        f"{backend} query data: {data.n:,} structures, {n_pred:,} predictions, "
+        f"{int(data.labelled.sum()):,} dir_gap labels, loaded and analysed in "
+        f"{seconds:.0f} s"
+    )
     log(f"{backend} query data loaded in {seconds:.1f} s")
     run_queries(results, backend, engine, data)
-    if alternatives:
-        run_alternatives(backend, engine, data)
 
 
 # --------------------------------------------------------------------------- report
 
 
 def environment(pg: PgDatabases | None) -> list[str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "--no-optional-locks", "status", "--porcelain",
-                            "--", "workbench", "migrations"], capture_output=True, text=True).stdout.split("\n")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    # Read-only: --no-optional-locks keeps git from refreshing the index.
+    dirty = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "--",
+            "workbench",
+            "migrations",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
     dirty = [line[3:] for line in dirty if line.strip()]
-    versions = ", ".join(f"{p} {version(p)}" for p in
-                         ("sqlalchemy", "ase", "pymatgen", "psycopg", "numpy", "gemmi", "moyopy"))
+    versions = ", ".join(
+        f"{p} {version(p)}"
+        for p in ("sqlalchemy", "ase", "pymatgen", "psycopg", "numpy", "gemmi", "moyopy")
+    )
     lines = [
-        f"- Machine: `nproc` = {nproc}, CPU {cpu}, {mem_gib:.0f} GiB RAM, "
-        f"load average {os.getloadavg()[0]:.2f} at the start",
-        f"- Python {platform.python_version()}; {versions}; SQLite {sqlite3.sqlite_version}"
-        + (f"; PostgreSQL {pg.server_version()} (local, default settings)" if pg else ""),
-        f"- Code: commit {commit}" + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else ""),
+        (
+            f"- Machine: `nproc` = {nproc}, CPU {cpu}, {mem_gib:.0f} GiB RAM, "
+            f"load average {os.getloadavg()[0]:.2f} at the start"
+        ),
+        (
+            f"- Python {platform.python_version()}; {versions}; SQLite {sqlite3.sqlite_version}"
+            + (f"; PostgreSQL {pg.server_version()} (local, default settings)" if pg else "")
+        ),
+        f"- Code: commit {commit}"
+        + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else ""),
     ]
     return lines
 
 
 def command_line() -> str:
-    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    exe = (
+        os.path.relpath(sys.executable)
+        if sys.executable.startswith(os.getcwd())
+        else sys.executable
+    )
     return shlex.join([exe, *sys.argv])
 
 
@@ -585,22 +714,28 @@ def render(results: Results, env: list[str], started: str, seconds: float) -> st
         "",
         "What was measured (one run of `benchmarks/store_benchmark.py`):",
         "",
-        f"1. `import_file` of the {EXPECTED_STRUCTURES:,} perov5 structures "
-        f"(`labeled_val.csv`: 3,787 CIF rows with 4 scalar targets; `unlabeled_pool.json.gz`: "
-        f"11,356 POSCAR strings), {WORKERS} worker processes as `workbench import` uses, into a "
-        "fresh store; then the same two files again, which must add nothing. Pool start-up is "
-        "included, as in the CLI.",
-        "2. The peer, ASE's database (`ase.db.connect(file)`, SQLite, all writes in one "
-        "`with db:` block): (a) read both files, parse every string with `ase.io.read` "
-        "(`format=\"cif\"` / `\"vasp\"`) and write it with its labels and material_id as "
-        "key-value pairs; (b) write only, from Atoms parsed beforehand.",
-        f"3. Top {TOP_N} candidates by std for one target, over {QUERY_STRUCTURES * 4:,} "
-        f"prediction rows ({QUERY_STRUCTURES:,} minimal structures x 2 scalar targets x 2 model "
-        f"versions; {LABELLED_FRACTION:.0%} of the structures have a `dir_gap` value), through "
-        f"the `candidates` and `latest_predictions` views: median of {RUNS} runs after one "
-        "warm-up, client-side wall time including fetching the rows; result checked against "
-        "NumPy. Data loaded with SQLAlchemy core executemany (SQLite) / COPY (PostgreSQL), then "
-        "ANALYZE (PostgreSQL: VACUUM ANALYZE).",
+        (
+            f"1. `import_file` of the {EXPECTED_STRUCTURES:,} perov5 structures "
+            f"(`labeled_val.csv`: 3,787 CIF rows with 4 scalar targets; `unlabeled_pool.json.gz`: "
+            f"11,356 POSCAR strings), {WORKERS} worker processes as `workbench import` uses, into a "
+            "fresh store; then the same two files again, which must add nothing. Pool start-up is "
+            "included, as in the CLI."
+        ),
+        (
+            "2. The peer, ASE's database (`ase.db.connect(file)`, SQLite, all writes in one "
+            "`with db:` block): (a) read both files, parse every string with `ase.io.read` "
+            '(`format="cif"` / `"vasp"`) and write it with its labels and material_id as '
+            "key-value pairs; (b) write only, from Atoms parsed beforehand."
+        ),
+        (
+            f"3. Top {TOP_N} candidates by std for one target, over {QUERY_STRUCTURES * 4:,} "
+            f"prediction rows ({QUERY_STRUCTURES:,} minimal structures x 2 scalar targets x 2 model "
+            f"versions; {LABELLED_FRACTION:.0%} of the structures have a `dir_gap` value), through "
+            f"the `candidates` and `latest_predictions` views: median of {RUNS} runs after one "
+            "warm-up, client-side wall time including fetching the rows; result checked against "
+            "NumPy. Data loaded with SQLAlchemy core executemany (SQLite) / COPY (PostgreSQL), then "
+            "ANALYZE (PostgreSQL: VACUUM ANALYZE)."
+        ),
         "",
         *env,
         f"- Command: `{command_line()}`",
@@ -611,12 +746,27 @@ def render(results: Results, env: list[str], started: str, seconds: float) -> st
         out += [
             "## Writing structures",
             "",
-            "| What | Backend | Structures | Seconds | Structures/s | Notes |",
-            "|---|---|---:|---:|---:|---|",
+            (
+                "| What | Backend | Structures | Seconds | Structures/s "
+                "| CPU s: main / workers / PostgreSQL / other | Notes |"
+            ),
+            "|---|---|---:|---:|---:|---|---|",
         ]
-        out += [f"| {r.what} | {r.backend} | {r.structures:,} | {r.seconds:.1f} | {r.rate:,.0f} | {r.notes} |"
-                for r in results.rows]
-        out.append("")
+        out += [
+            f"| {r.what} | {r.backend} | {r.structures:,} | {r.seconds:.1f} | {r.rate:,.0f} "
+            f"| {r.cpu} | {r.notes} |"
+            for r in results.rows
+        ]
+        out += [
+            "",
+            (
+                "CPU seconds during each row: this process / its worker processes / the PostgreSQL "
+                "server's backends / everything else on the machine (other people's jobs: a large "
+                f"value means the row was slowed by them). {os.cpu_count()} cores, so wall time x "
+                f"{os.cpu_count()} is all the CPU there was."
+            ),
+            "",
+        ]
     if results.queries:
         out += [
             f"## Top {TOP_N} by std over {QUERY_STRUCTURES * 4:,} predictions (aim: < {AIM_MS:.0f} ms)",
@@ -628,7 +778,8 @@ def render(results: Results, env: list[str], started: str, seconds: float) -> st
             out.append(
                 f"| `{q.view}` | {q.backend} | {q.median_ms:,.1f} | {min(q.runs_ms):,.1f} | "
                 f"{max(q.runs_ms):,.1f} | {q.warmup_ms:,.1f} | "
-                f"{'yes' if q.median_ms < AIM_MS else '**no**'} | {'ok' if q.correct else '**wrong**'}: {q.check} |"
+                f"{'yes' if q.median_ms < AIM_MS else '**no**'} | "
+                f"{'ok' if q.correct else '**wrong**'}: {q.check} |"
             )
         out += ["", "Queries:", ""]
         out += [f"- `{view}`: `{sql}`" for view, sql in QUERIES.items()]
@@ -663,16 +814,27 @@ def main() -> int:
     global QUERY_STRUCTURES
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write the markdown report here too")
-    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="PostgreSQL server to create throw-away databases on")
-    parser.add_argument("--only", nargs="+", choices=("import", "ase", "queries"),
-                        default=["import", "ase", "queries"], help="run only these parts")
-    parser.add_argument("--backends", nargs="+", choices=("sqlite", "postgresql"),
-                        default=["sqlite", "postgresql"])
-    parser.add_argument("--query-structures", type=int, default=QUERY_STRUCTURES,
-                        help="structures of the query data (4 predictions each)")
-    parser.add_argument("--alternatives", action="store_true",
-                        help="also time alternative views/indexes (printed only, not in --out)")
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server to create throw-away databases on",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("import", "ase", "queries"),
+        default=["import", "ase", "queries"],
+        help="run only these parts",
+    )
+    parser.add_argument(
+        "--backends", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"]
+    )
+    parser.add_argument(
+        "--query-structures",
+        type=int,
+        default=QUERY_STRUCTURES,
+        help="structures of the query data (4 predictions each)",
+    )
     args = parser.parse_args()
     QUERY_STRUCTURES = args.query_structures
 
@@ -694,7 +856,7 @@ def main() -> int:
                 else:
                     url = pg.create("import")
                     engine = pg.engine(url)
-                bench_import(results, backends[key], url, engine)
+                bench_import(results, backends[key], engine)
                 engine.dispose()
             bench_worker_cost(results)
         if "ase" in args.only:
@@ -705,7 +867,7 @@ def main() -> int:
                     engine = make_engine(f"sqlite:///{workdir / 'queries.db'}")
                 else:
                     engine = pg.engine(pg.create("queries"))
-                bench_queries(results, backends[key], engine, args.alternatives)
+                bench_queries(results, backends[key], engine)
                 engine.dispose()
     finally:
         if pg:

@@ -70,14 +70,15 @@ def test_latest_predictions_keep_the_newest_model_per_structure(engine, predicte
 
 def test_candidates_are_unlabeled_with_latest_mean_and_std(engine, predicted_store):
     ids = predicted_store["ids"]
-    result = run_read_only(engine, """
-        SELECT structure_id, mean, std FROM candidates WHERE target = 'gap'
-        ORDER BY std DESC NULLS LAST LIMIT 2""")
-    assert result.rows == [(ids[3], 9.0, 9.0), (ids[2], 2.0, pytest.approx(0.3))]
-    unlabeled = run_read_only(engine, "SELECT count(*) FROM candidates WHERE target = 'gap'").rows[0][0]
-    assert unlabeled == 3  # structure 0 has a label
-    spectra = run_read_only(engine, "SELECT count(*), count(mean) FROM candidates WHERE target = 'dos'")
-    assert spectra.rows == [(4, 0)]  # spectra have no scalar mean
+    for where in ("target = 'gap'", "target_id = (SELECT id FROM target_definitions WHERE name = 'gap')"):
+        result = run_read_only(engine, f"SELECT structure_id, mean, std FROM candidates WHERE {where} "
+                                       "ORDER BY std DESC LIMIT 2")
+        assert result.rows == [(ids[3], 9.0, 9.0), (ids[2], 2.0, pytest.approx(0.3))]
+    unlabeled = run_read_only(engine, "SELECT structure_id FROM candidates WHERE target = 'gap' "
+                                      "ORDER BY structure_id").rows
+    assert unlabeled == [(ids[1],), (ids[2],), (ids[3],)]  # structure 0 has a label
+    spectra = run_read_only(engine, "SELECT structure_id, mean FROM candidates WHERE target = 'dos'")
+    assert spectra.rows == [(ids[1], None)]  # only predicted structures; spectra have no scalar mean
 
 
 def test_writes_are_refused(engine, predicted_store):

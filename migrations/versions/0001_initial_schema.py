@@ -18,7 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 # Views are part of the user interface (docs/sql.md). The newest model version of a
-# (structure, target) pair is the one with the highest model_versions.id.
+# (structure, target) pair is the one with the highest model_versions.id. Both views are
+# driven by `predictions`, so that ranking by std walks ix_predictions_target_id_std
+# (benchmarks/store.md).
 LATEST_PREDICTIONS = """
 CREATE VIEW latest_predictions AS
 SELECT p.id AS prediction_id,
@@ -46,19 +48,26 @@ WHERE NOT EXISTS (
 
 CANDIDATES = """
 CREATE VIEW candidates AS
-SELECT s.id AS structure_id,
+SELECT p.structure_id,
        t.name AS target,
-       t.id AS target_id,
+       p.target_id,
        s.reduced_formula,
        s.nsites,
-       lp.mean,
-       lp.std,
-       lp.model_version_id
-FROM structures AS s
-CROSS JOIN target_definitions AS t
-LEFT JOIN latest_predictions AS lp ON lp.structure_id = s.id AND lp.target_id = t.id
+       p.mean,
+       p.std,
+       p.model_version_id
+FROM predictions AS p
+JOIN target_definitions AS t ON t.id = p.target_id
+JOIN structures AS s ON s.id = p.structure_id
 WHERE NOT EXISTS (
-    SELECT 1 FROM target_values AS v WHERE v.structure_id = s.id AND v.target_id = t.id
+    SELECT 1 FROM predictions AS newer
+    WHERE newer.structure_id = p.structure_id
+      AND newer.target_id = p.target_id
+      AND newer.model_version_id > p.model_version_id
+)
+AND NOT EXISTS (
+    SELECT 1 FROM target_values AS v
+    WHERE v.structure_id = p.structure_id AND v.target_id = p.target_id
 )
 """
 

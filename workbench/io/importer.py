@@ -68,8 +68,9 @@ def check_entry(entry: Entry) -> Checked | InputError:
             crystal, site_columns = parse_structure_text(entry.text or "", entry.text_format or "")
             for name, values in site_columns.items():
                 entry.labels.setdefault(name, Label(TargetKind.PER_SITE, values, "e"))
-        check_crystal(crystal)
-        return Checked(entry, crystal, identify(crystal))
+        nearest = check_crystal(crystal)
+        entry.text = None  # parsed: no need to send it back to the main process
+        return Checked(entry, crystal, identify(crystal, nearest))
     except InputError as error:
         return error.located(row=entry.row)
     except Exception as error:  # noqa: BLE001 - any parser failure is bad input of this row
@@ -188,7 +189,7 @@ class _FileWriter:
     def write(self, batch: list[Checked], report: FileReport) -> list[InputError]:
         errors: list[InputError] = []
         known_sources = self._known_sources([item.entry.external_id for item in batch])
-        stored = self._stored_candidates(batch)
+        stored = self._stored_candidates([item for item in batch if item.entry.external_id not in known_sources])
         candidate_ids = {sid for sid, _, _ in known_sources.values()}
         candidate_ids |= {sid for pairs in stored.values() for sid, _ in pairs}
         candidate_ids |= {sid for pairs in self.added.values() for sid, _ in pairs}

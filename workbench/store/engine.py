@@ -30,7 +30,10 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(url)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # No server-side prepared statements: after five runs psycopg would prepare the
+    # importer's large IN (...) lookups, and PostgreSQL's generic plan for them is slow.
+    connect_args = {"prepare_threshold": None} if url.get_driver_name() == "psycopg" else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 @contextmanager

@@ -68,7 +68,8 @@ def dedup_key(reduced_formula: str, spacegroup_number: int, volume_bin: int) -> 
     return f"{reduced_formula}|{spacegroup_number}|{volume_bin}"
 
 
-def identify(crystal: Crystal) -> Identity:
+def identify(crystal: Crystal, nearest: np.ndarray) -> Identity:
+    """Describe a checked crystal; ``nearest`` is what :func:`check_crystal` returned."""
     composition = Composition(Counter(crystal.species))
     volume = float(abs(np.linalg.det(crystal.lattice)))
     numbers = [atomic_numbers[symbol] for symbol in crystal.species]
@@ -92,23 +93,8 @@ def identify(crystal: Crystal) -> Identity:
         spacegroup_number=int(number),
         spacegroup_symbol=str(symbol),
         volume_bin=math.floor(math.log(volume / crystal.nsites) / math.log1p(VOLUME_BIN_WIDTH)),
-        fingerprint=fingerprint(crystal, volume),
+        fingerprint=nearest[np.lexsort((nearest, np.array(crystal.species)))],
     )
-
-
-def fingerprint(crystal: Crystal, volume: float) -> np.ndarray:
-    """Nearest-neighbour distance of each site, ordered by element, then by distance."""
-    structure = crystal.to_pymatgen()
-    radius = 2.0 * (volume / crystal.nsites) ** (1 / 3)
-    while True:
-        centers, _, _, distances = structure.get_neighbor_list(radius)
-        nearest = np.full(crystal.nsites, np.inf)
-        np.minimum.at(nearest, centers, distances)
-        if np.isfinite(nearest).all():
-            break
-        radius *= 2
-    order = np.lexsort((nearest, np.array(crystal.species)))
-    return nearest[order]
 
 
 def fingerprints_agree(a: np.ndarray, b: np.ndarray) -> bool:
