@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from workbench.errors import ImportFailed, InputError, ReadOnlyViolation
@@ -33,9 +34,13 @@ def _engine(settings: Settings, *, create: bool = False):
         settings.ensure_home()
     engine = make_engine(settings.database_url)
     if not create and migrate.current_revision(engine) is None:
-        console.print(f"[red]No workbench store at {settings.database_url}: run `workbench init` first.")
+        console.print(f"[red]No workbench store at {_shown(settings.database_url)}: run `workbench init` first.")
         raise typer.Exit(1)
     return engine
+
+
+def _shown(database_url: str) -> str:
+    return make_url(database_url).render_as_string(hide_password=True)
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:
@@ -54,7 +59,7 @@ def init() -> None:
     settings = Settings()
     engine = _engine(settings, create=True)
     migrate.upgrade(engine)
-    console.print(f"Store ready at {settings.database_url} (schema {migrate.current_revision(engine)})")
+    console.print(f"Store ready at {_shown(settings.database_url)} (schema {migrate.current_revision(engine)})")
 
 
 @app.command("import")

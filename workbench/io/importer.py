@@ -21,6 +21,7 @@ from workbench.errors import ImportFailed, InputError
 from workbench.io.entries import Entry, Label
 from workbench.io.readers import ReadOptions, read_entries
 from workbench.io.structure_text import parse_structure_text
+from workbench.store.bulk import insert_returning_ids, one_of
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Structure,
@@ -218,10 +219,9 @@ class _FileWriter:
 
         new_ids: list[int] = []
         if new_items:
-            new_ids = list(self.session.scalars(
-                insert(Structure).returning(Structure.id, sort_by_parameter_order=True),
-                [_structure_row(item) for item in new_items],
-            ))
+            new_ids = insert_returning_ids(
+                self.session, Structure.__table__, [_structure_row(item) for item in new_items]
+            )
             for item, structure_id in zip(new_items, new_ids, strict=True):
                 self.added.setdefault(item.identity.dedup_key, []).append((structure_id, _Candidate.of(item)))
             report.new_structures += len(new_ids)
@@ -249,7 +249,8 @@ class _FileWriter:
             select(StructureSource.external_id, Structure.id, Structure.reduced_formula,
                    Structure.lattice, Structure.species, Structure.frac_coords)
             .join(Structure, Structure.id == StructureSource.structure_id)
-            .where(StructureSource.source == self.source, StructureSource.external_id.in_(external_ids))
+            .where(StructureSource.source == self.source,
+                   one_of(self.session, StructureSource.external_id, external_ids))
         )
         return {
             row.external_id: (row.id, row.reduced_formula, _crystal(row))
@@ -263,7 +264,8 @@ class _FileWriter:
             return candidates
         rows = self.session.execute(
             select(Structure.id, Structure.dedup_key, Structure.fingerprint, Structure.lattice,
-                   Structure.species, Structure.frac_coords).where(Structure.dedup_key.in_(keys))
+                   Structure.species, Structure.frac_coords)
+            .where(one_of(self.session, Structure.dedup_key, keys))
         )
         for row in rows:
             candidates.setdefault(row.dedup_key, []).append((row.id, _Candidate(_crystal(row), row.fingerprint)))
@@ -343,7 +345,7 @@ class _FileWriter:
         rows = self.session.execute(
             select(TargetValue.structure_id, TargetValue.target_id, TargetValue.value,
                    TargetValue.value_array, TargetValue.source_file, TargetValue.source_row)
-            .where(TargetValue.structure_id.in_(structure_ids))
+            .where(one_of(self.session, TargetValue.structure_id, structure_ids))
         )
         return {
             (row.structure_id, row.target_id): _LabelSeen(row.value, row.value_array, row.source_file, row.source_row)
