@@ -2,7 +2,7 @@
 
 import numpy as np
 from ase.data import chemical_symbols
-from pymatgen.core import Structure
+from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from workbench.structures.crystal import Crystal
 
@@ -28,25 +28,36 @@ def check_crystal(crystal: Crystal) -> np.ndarray:
         raise ValueError("lattice or coordinates are not finite")
     if abs(np.linalg.det(crystal.lattice)) < 1e-6:
         raise ValueError("lattice vectors are linearly dependent (zero cell volume)")
-    structure = crystal.to_pymatgen()
-    nearest = nearest_neighbour_distances(structure)
-    if nearest.min() < MIN_INTERATOMIC_DISTANCE:
-        centers, neighbors, _, distances = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE)
+    centers, neighbors, distances = neighbour_pairs(crystal, MIN_INTERATOMIC_DISTANCE)
+    if len(distances):
         closest = int(np.argmin(distances))
         i, j = int(centers[closest]), int(neighbors[closest])
         raise ValueError(
             f"atoms {i} ({crystal.species[i]}) and {j} ({crystal.species[j]}) are "
             f"{distances[closest]:.3f} Å apart, closer than {MIN_INTERATOMIC_DISTANCE} Å"
         )
-    return nearest
+    return nearest_neighbour_distances(crystal)
 
 
-def nearest_neighbour_distances(structure: Structure) -> np.ndarray:
+def neighbour_pairs(crystal: Crystal, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(center, neighbour, distance)`` of every pair closer than ``radius``, periodic images
+    included (pymatgen's neighbour search on plain arrays, without building a Structure)."""
+    cartesian = np.ascontiguousarray(crystal.frac_coords @ crystal.lattice)
+    centers, neighbors, offsets, distances = find_points_in_spheres(
+        cartesian, cartesian, float(radius), np.ones(3, dtype=np.int64),
+        np.ascontiguousarray(crystal.lattice, dtype=float),
+    )
+    # Each site finds itself in its own cell; two distinct atoms at one place stay in.
+    itself = (centers == neighbors) & ~offsets.any(axis=1)
+    return centers[~itself], neighbors[~itself], distances[~itself]
+
+
+def nearest_neighbour_distances(crystal: Crystal) -> np.ndarray:
     """Distance from each site to its nearest neighbour, periodic images included."""
-    radius = 2.0 * (structure.volume / len(structure)) ** (1 / 3)
+    radius = 2.0 * (abs(np.linalg.det(crystal.lattice)) / crystal.nsites) ** (1 / 3)
     while True:
-        centers, _, _, distances = structure.get_neighbor_list(radius)
-        nearest = np.full(len(structure), np.inf)
+        centers, _, distances = neighbour_pairs(crystal, radius)
+        nearest = np.full(crystal.nsites, np.inf)
         np.minimum.at(nearest, centers, distances)
         if np.isfinite(nearest).all():
             return nearest
