@@ -17,6 +17,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from workbench.errors import ImportFailed, InputError, ReadOnlyViolation
+from workbench.featurize.cache import featurize_structures
+from workbench.featurize.featurizer import Featurizer
+from workbench.featurize.graph import GraphConfig
 from workbench.io.export import export_ase
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions, expand_paths
@@ -114,6 +117,33 @@ def _progress() -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console,
     )
+
+
+@app.command()
+def featurize(
+    cutoff: Annotated[float, typer.Option(help="Neighbour search radius, Å.")] = GraphConfig.cutoff,
+    max_neighbors: Annotated[int, typer.Option(help="Neighbours kept per atom.")] = GraphConfig.max_neighbors,
+    keep_ties: Annotated[bool, typer.Option(help="Keep the whole shell of the k-th neighbour.")] = False,
+    max_cutoff: Annotated[float, typer.Option(help="Radius tried once for sites short of neighbours.")]
+    = GraphConfig.max_cutoff,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = os.cpu_count() or 1,
+) -> None:
+    """Build and cache the crystal graphs the store does not have yet for this featurizer."""
+    featurizer = Featurizer(GraphConfig(cutoff=cutoff, max_neighbors=max_neighbors,
+                                        keep_ties=keep_ties, max_cutoff=max_cutoff))
+    engine = _engine(Settings())
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+    with pool as executor, _progress() as progress:
+        task = progress.add_task(f"featurizer {featurizer.key}", total=None)
+        report = featurize_structures(
+            engine, featurizer, executor=executor,
+            on_total=lambda n: progress.update(task, total=n),
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    console.print(f"featurizer {report.key}: {report.featurized} graphs built, "
+                  f"{report.already_cached} already cached, {len(report.failed)} failed")
+    for structure_id, reason in report.failed:
+        console.print(f"  [yellow]structure {structure_id}[/yellow]: {reason}")
 
 
 @app.command("export-ase")

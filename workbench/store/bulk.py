@@ -11,6 +11,7 @@ Measured in benchmarks/store.md.
 from collections.abc import Collection
 
 from sqlalchemy import ARRAY, ColumnElement, Table, any_, bindparam, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 
@@ -33,3 +34,13 @@ def one_of(session: Session, column: ColumnElement, values: Collection) -> Colum
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict]) -> None:
+    """Insert ``rows``, skipping any that a unique constraint says are there already
+    (``ON CONFLICT DO NOTHING``): safe beside a concurrent writer of the same rows."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    session.execute(module.insert(table).on_conflict_do_nothing(), rows)
