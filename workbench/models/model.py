@@ -1,0 +1,101 @@
+"""A model is a backbone plus a head, with its target scaling and the featurizer it expects.
+
+Predictions come out in the target's units: the model keeps the shift and scale it was
+trained with as buffers, so a saved model needs nothing else to be used. A saved file
+holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` reads it).
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from workbench import __version__
+from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
+from workbench.models.heads import PerSiteHead, ScalarHead, SpectrumHead
+
+SAVE_FORMAT = 1
+BACKBONES = {"cgcnn": (CGCNN, CGCNNConfig)}
+HEADS = {"scalar": ScalarHead, "spectrum": SpectrumHead, "per_site": PerSiteHead}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model.
+
+    Attributes:
+        architecture: a key of ``BACKBONES``.
+        head: ``scalar``, ``spectrum`` or ``per_site``.
+        target: the target it predicts.
+        featurizer_key: the featurizer whose graphs it reads.
+        backbone: keyword arguments of the backbone's config.
+        head_options: keyword arguments of the head (pooling, bins, site_size, ...).
+    """
+
+    architecture: str
+    head: str
+    target: str
+    featurizer_key: str
+    backbone: dict = field(default_factory=dict)
+    head_options: dict = field(default_factory=dict)
+
+
+class FeaturizerMismatch(ValueError):
+    """Graphs made by another featurizer than the one a model was trained on."""
+
+
+class CrystalModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        backbone_class, backbone_config = BACKBONES[config.architecture]
+        self.backbone = backbone_class(backbone_config(**config.backbone))
+        self.head = HEADS[config.head](self.backbone.out_channels, **config.head_options)
+        self.register_buffer("target_shift", torch.tensor(0.0))
+        self.register_buffer("target_scale", torch.tensor(1.0))
+
+    def set_target_scaling(self, shift: float, scale: float) -> None:
+        """Outputs are ``raw * scale + shift`` (spectra: ``raw * scale``, to stay >= 0)."""
+        self.target_shift.fill_(0.0 if self.config.head == "spectrum" else shift)
+        self.target_scale.fill_(scale if scale > 0 else 1.0)
+
+    def forward(self, data) -> torch.Tensor:
+        """Predictions in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
+        batch = _batch_vector(data)
+        raw = self.head(self.backbone(data), batch)
+        values = raw * self.target_scale + self.target_shift
+        if isinstance(self.head, PerSiteHead):
+            values = self.head.constrain(values, batch, getattr(data, "total", None))
+        return values
+
+    def embed(self, data) -> torch.Tensor:
+        """The pooled crystal representation ``(B, F)`` the head reads (for diversity)."""
+        return self.head.embed(self.backbone(data), _batch_vector(data))
+
+    def check_featurizer(self, featurizer_key: str) -> None:
+        if featurizer_key != self.config.featurizer_key:
+            raise FeaturizerMismatch(
+                f"model for target {self.config.target!r} reads graphs of featurizer "
+                f"{self.config.featurizer_key}, not {featurizer_key}"
+            )
+
+    def save(self, path: Path) -> None:
+        torch.save({"format": SAVE_FORMAT, "workbench_version": __version__,
+                    "config": asdict(self.config), "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: Path, map_location: str | torch.device = "cpu") -> "CrystalModel":
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+        if saved.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{path}: unknown model file format {saved.get('format')!r}")
+        model = cls(ModelConfig(**saved["config"]))
+        model.load_state_dict(saved["state_dict"])
+        return model
+
+
+def _batch_vector(data) -> torch.Tensor:
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.zeros(data.num_nodes, dtype=torch.long, device=data.x.device)
+    return batch
