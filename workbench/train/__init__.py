@@ -1,0 +1,1 @@
+"""Training: deduplicated splits, labeled graphs from the store, ensembles, metrics, baselines."""

@@ -1,0 +1,181 @@
+"""Deep ensembles: M members from different seeds (optionally bootstrapped), each trained
+with early stopping on a validation split; their spread is the uncertainty."""
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+
+from workbench.featurize.data import CrystalGraphData
+from workbench.models import CrystalModel, ModelConfig
+from workbench.store.schema import TargetKind
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    members: int = 5
+    epochs: int = 300
+    patience: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    bootstrap: bool = False
+    seed: int = 0
+
+
+@dataclass
+class MemberHistory:
+    seed: int
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+EpochCallback = Callable[[int, int, float, float], None]  # member, epoch, train, validation
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def target_scaling(kind: TargetKind, train: list[CrystalGraphData]) -> tuple[float, float]:
+    """Shift and scale of the training labels (spectra: scale only, to stay non-negative)."""
+    values = torch.cat([item.y.reshape(-1) for item in train]).double()
+    if kind is TargetKind.SPECTRUM:
+        return 0.0, float(values.abs().mean()) or 1.0
+    return float(values.mean()), float(values.std()) if len(values) > 1 else 1.0
+
+
+class Ensemble:
+    """Members that share a config and target scaling; predicts mean and std."""
+
+    def __init__(self, members: list[CrystalModel]):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = members
+        self.config: ModelConfig = members[0].config
+
+    @torch.no_grad()
+    def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std over members, in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
+        device = device or torch.device("cpu")
+        outputs = []
+        for member in self.members:
+            member.to(device).eval()
+            parts = [member(batch.to(device)).float().cpu()
+                     for batch in DataLoader(data, batch_size=batch_size, shuffle=False)]
+            outputs.append(torch.cat(parts))
+        stacked = torch.stack(outputs)
+        std = stacked.std(dim=0, unbiased=False) if len(outputs) > 1 else torch.zeros_like(stacked[0])
+        return stacked.mean(dim=0), std
+
+    def save(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"member_{index}.pt" for index in range(len(self.members))]
+        for member, path in zip(self.members, paths, strict=True):
+            member.save(path)
+        return paths
+
+    @classmethod
+    def load(cls, folder: Path) -> "Ensemble":
+        paths = sorted(folder.glob("member_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
+        return cls([CrystalModel.load(path) for path in paths])
+
+
+def train_ensemble(
+    model_config: ModelConfig,
+    kind: TargetKind,
+    train: list[CrystalGraphData],
+    validation: list[CrystalGraphData],
+    config: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Ensemble, list[MemberHistory]]:
+    """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU."""
+    device = device or pick_device()
+    shift, scale = target_scaling(kind, train)
+    members, histories = [], []
+    for index in range(config.members):
+        seed = config.seed + index
+        torch.manual_seed(seed)
+        model = CrystalModel(model_config)
+        model.set_target_scaling(shift, scale)
+        member_train = train
+        if config.bootstrap:
+            picks = np.random.default_rng(seed).integers(0, len(train), len(train))
+            member_train = [train[pick] for pick in picks]
+        history = _train_member(model, member_train, validation, config, seed, device,
+                                lambda epoch, loss, val, index=index: on_epoch and on_epoch(index, epoch, loss, val))
+        members.append(model.cpu().eval())
+        histories.append(history)
+    return Ensemble(members), histories
+
+
+def _train_member(model: CrystalModel, train, validation, config: TrainConfig, seed: int,
+                  device: torch.device, on_epoch) -> MemberHistory:
+    history = MemberHistory(seed=seed)
+    started = time.perf_counter()
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator,
+                        drop_last=len(train) > config.batch_size)  # BatchNorm needs 2+ crystals
+    best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
+    for epoch in range(config.epochs):
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = batch.to(device)
+            optimizer.zero_grad()
+            with _autocast(device):
+                loss = _loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * batch.num_graphs
+            count += batch.num_graphs
+        train_loss = total / max(count, 1)
+        validation_loss = evaluate_loss(model, validation, device) if validation else train_loss
+        history.train_loss.append(train_loss)
+        history.validation_loss.append(validation_loss)
+        on_epoch(epoch, train_loss, validation_loss)
+        if validation_loss < best_loss:
+            best_loss, best_state, history.best_epoch = validation_loss, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - history.best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+def _loss(model: CrystalModel, batch: Batch) -> torch.Tensor:
+    """Mean squared error in units of the training labels' spread."""
+    prediction = model(batch).float()
+    return torch.mean(((prediction - batch.y.reshape(prediction.shape)) / model.target_scale) ** 2)
+
+
+@torch.no_grad()
+def evaluate_loss(model: CrystalModel, data: list[CrystalGraphData], device: torch.device,
+                  batch_size: int = 256) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+        batch = batch.to(device)
+        total += _loss(model, batch).item() * batch.num_graphs
+        count += batch.num_graphs
+    return total / max(count, 1)
+
+
+def _autocast(device: torch.device):
+    # bfloat16 on GPUs keeps the exponent range of float32: no loss scaling needed.
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
