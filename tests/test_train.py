@@ -14,8 +14,9 @@ from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
 from workbench.store.schema import TargetKind
 from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
+from workbench.train.config import TrainConfig
 from workbench.train.dataset import load_labeled_graphs
-from workbench.train.ensemble import Ensemble, TrainConfig, train_ensemble
+from workbench.train.ensemble import Ensemble, train_ensemble
 from workbench.train.metrics import band_gap, per_site_metrics, scalar_metrics, spectrum_metrics
 from workbench.train.splits import grouped_split
 
@@ -116,7 +117,7 @@ def test_per_site_charges_train_with_the_neutrality_constraint(engine, shared_da
                          head_options={"conserve_total": True})
     ensemble, _ = train_ensemble(config, TargetKind.PER_SITE, charges.data[:9], charges.data[9:],
                                  TrainConfig(members=2, epochs=3, batch_size=4), device=torch.device("cpu"))
-    mean, std = ensemble.predict(charges.data[9:])
+    mean, _ = ensemble.predict(charges.data[9:])
     assert mean.shape == (sum(item.num_nodes for item in charges.data[9:]),)
     start = 0
     for item in charges.data[9:]:

@@ -27,6 +27,7 @@ from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine
 from workbench.store.queries import run_read_only, store_status
+from workbench.train.config import TrainConfig
 
 app = typer.Typer(help="Active-learning workbench for crystalline materials.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -144,6 +145,79 @@ def featurize(
                   f"{report.already_cached} already cached, {len(report.failed)} failed")
     for structure_id, reason in report.failed:
         console.print(f"  [yellow]structure {structure_id}[/yellow]: {reason}")
+
+
+@app.command()
+def train(
+    target: Annotated[str, typer.Option(help="Target to learn.")],
+    name: Annotated[str, typer.Option(help="Registered model name in MLflow.")],
+    arch: Annotated[str, typer.Option(help="Backbone architecture.")] = "cgcnn",
+    members: Annotated[int, typer.Option(help="Ensemble members.")] = TrainConfig.members,
+    epochs: Annotated[int, typer.Option(help="Most epochs per member.")] = TrainConfig.epochs,
+    patience: Annotated[int, typer.Option(help="Early stopping patience, epochs.")] = TrainConfig.patience,
+    batch_size: Annotated[int, typer.Option()] = TrainConfig.batch_size,
+    learning_rate: Annotated[float, typer.Option()] = TrainConfig.learning_rate,
+    bootstrap: Annotated[bool, typer.Option(help="Train each member on a bootstrap sample.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of member 0 (member i uses seed + i).")] = 0,
+    pooling: Annotated[str, typer.Option(help="Scalar targets: mean (intensive) or sum (extensive).")] = "mean",
+    conserve_total: Annotated[bool, typer.Option(help="Per-site targets: values sum to 0 per structure.")]
+    = False,
+    champion: Annotated[bool, typer.Option(help="Make this version the champion.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    jobs: Annotated[int, typer.Option(help="Worker processes for featurizing.")] = os.cpu_count() or 1,
+) -> None:
+    """Train an ensemble on the store's labels, evaluate it, register it in MLflow."""
+    from workbench.train.pipeline import (  # torch and MLflow: slow imports
+        TrainRequest,
+        train_and_register,
+    )
+
+    settings = Settings()
+    settings.ensure_home()
+    request = TrainRequest(
+        target=target, name=name, architecture=arch, pooling=pooling, conserve_total=conserve_total,
+        champion=champion, device=device,
+        train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
+                          learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
+    )
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+    with pool as executor, _progress() as progress:
+        task = progress.add_task(f"training {members} members", total=members * epochs)
+        result = train_and_register(
+            _engine(settings), settings, request, executor=executor,
+            on_epoch=lambda member, epoch, loss, val: progress.update(
+                task, completed=member * epochs + epoch + 1,
+                description=f"member {member}: epoch {epoch} train {loss:.4f} validation {val:.4f}"),
+        )
+    console.print(f"Registered {result.name} version {result.registry_version} "
+                  f"({', '.join(result.aliases)}), run {result.run_id}")
+    table = Table("metric (test split)", "value")
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key, f"{value:.4g}")
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="NAME@alias or NAME/version.")],
+    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
+    where: Annotated[str, typer.Option(help="SQL condition on structures.")] = "",
+    jobs: Annotated[int, typer.Option(help="Worker processes for featurizing.")] = os.cpu_count() or 1,
+) -> None:
+    """Write a registered model's predictions (mean and std) into the store."""
+    from workbench.train.pipeline import predict_into_store  # torch and MLflow: slow imports
+
+    settings = Settings()
+    structure_ids = [int(value) for value in ids.split(",") if value.strip()] if ids else None
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+    with pool as executor, _progress() as progress:
+        task = progress.add_task(f"predicting with {model}", total=None)
+        written = predict_into_store(
+            _engine(settings), settings, model, structure_ids=structure_ids, where=where or None,
+            executor=executor, on_total=lambda n: progress.update(task, total=n),
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    console.print(f"Wrote {written} predictions of {model}")
 
 
 @app.command("export-ase")

@@ -15,18 +15,7 @@ from torch_geometric.loader import DataLoader
 from workbench.featurize.data import CrystalGraphData
 from workbench.models import CrystalModel, ModelConfig
 from workbench.store.schema import TargetKind
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    members: int = 5
-    epochs: int = 300
-    patience: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    bootstrap: bool = False
-    seed: int = 0
+from workbench.train.config import TrainConfig
 
 
 @dataclass

@@ -1,0 +1,117 @@
+"""Train, register in MLflow, predict into the store, and load the champion in a fresh process."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from sqlalchemy import func, select
+
+from workbench.io.importer import import_file
+from workbench.io.readers import ReadOptions
+from workbench.settings import Settings
+from workbench.store.engine import session_scope
+from workbench.store.queries import run_read_only
+from workbench.store.schema import ModelVersion, Prediction, Structure, StructureSource
+from workbench.train.config import TrainConfig
+from workbench.train.pipeline import TrainRequest, predict_into_store, train_and_register
+
+csv.field_size_limit(sys.maxsize)
+QUICK = TrainConfig(members=2, epochs=3, patience=2, batch_size=32, learning_rate=3e-3)
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url,
+                    mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def perovskite_rows(shared_data) -> list[dict]:
+    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
+        return [row for _, row in zip(range(150), csv.DictReader(handle), strict=False)]
+
+
+@pytest.mark.slow
+def test_train_register_predict_and_load_the_champion(engine, settings, perovskite_rows, tmp_path):
+    labeled, unlabeled = perovskite_rows[:120], perovskite_rows[120:]
+    for name, rows, columns in (("labeled", labeled, ["material_id", "cif", "heat_ref"]),
+                                ("unlabeled", unlabeled, ["material_id", "cif"])):
+        with (tmp_path / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({key: row[key] for key in columns} for row in rows)
+        import_file(engine, tmp_path / f"{name}.csv", source=name, options=ReadOptions())
+
+    request = TrainRequest(target="heat_ref", name="perov-heat", train=QUICK, pooling="sum", device="cpu")
+    first = train_and_register(engine, settings, request)
+    assert (first.registry_version, sorted(first.aliases)) == (1, ["challenger", "champion"])
+    assert {"mae", "rmse", "coverage_2std", "baseline_mean.mae", "baseline_composition.mae"} <= set(first.metrics)
+    second = train_and_register(engine, settings, request)
+    assert (second.registry_version, second.aliases) == (2, ["challenger"])
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias("perov-heat", "champion").version) == 1
+    run = client.get_run(first.run_id)
+    assert run.data.params["target"] == "heat_ref" and "member1.train_loss" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(first.run_id, "plots")] == ["plots/parity.png"]
+    assert str(settings.home) in run.info.artifact_uri  # absolute, under WORKBENCH_HOME
+
+    with session_scope(engine) as session:
+        version = session.scalar(select(ModelVersion).where(ModelVersion.registry_version == 1))
+        assert (version.name, version.mlflow_run_id, version.targets) == ("perov-heat", first.run_id, ["heat_ref"])
+    assert predict_into_store(engine, settings, "perov-heat@champion") == 150
+    assert predict_into_store(engine, settings, "perov-heat@champion") == 0  # nothing twice
+    assert predict_into_store(engine, settings, "perov-heat/2", where="nsites = 5") == 150
+    candidates = run_read_only(engine, "SELECT structure_id, mean, std, model_version_id FROM candidates "
+                                       "WHERE target = 'heat_ref' ORDER BY std DESC")
+    assert len(candidates.rows) == 30 and {row[3] for row in candidates.rows} == {second.model_version_id}
+
+    # A fresh process loads the champion from the registry and predicts from CIF strings.
+    script = (
+        "import json, sys, mlflow\n"
+        f"mlflow.set_tracking_uri({settings.mlflow_tracking_uri!r})\n"
+        "model = mlflow.pyfunc.load_model('models:/perov-heat@champion')\n"
+        "from pymatgen.core import Structure\n"
+        "cifs = json.load(sys.stdin)\n"
+        "out = model.predict(cifs)\n"
+        "again = model.predict([Structure.from_str(cif, fmt='cif') for cif in cifs])\n"
+        "assert (out['mean'] - again['mean']).abs().max() < 1e-5\n"
+        "print(out.to_json(orient='records'))\n"
+    )
+    cifs = [row["cif"] for row in unlabeled[:3]]
+    result = subprocess.run([sys.executable, "-c", script], input=json.dumps(cifs), capture_output=True,
+                            text=True, check=True, cwd=tmp_path)
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    with session_scope(engine) as session:
+        stored = session.execute(
+            select(Prediction.mean, Prediction.std).join(StructureSource, StructureSource.structure_id == Prediction.structure_id)
+            .where(Prediction.model_version_id == first.model_version_id,
+                   StructureSource.external_id.in_([row["material_id"] for row in unlabeled[:3]]))
+            .order_by(StructureSource.external_id)
+        ).all()
+        order = np.argsort([row["material_id"] for row in unlabeled[:3]])
+    np.testing.assert_allclose([fresh[i]["mean"] for i in order], [row.mean for row in stored], rtol=1e-4)
+    np.testing.assert_allclose([fresh[i]["std"] for i in order], [row.std for row in stored], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_and_predict_commands(run_cli, engine, perovskite_rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with (tmp_path / "perov.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "dir_gap"])
+        writer.writeheader()
+        writer.writerows({key: row[key] for key in writer.fieldnames} for row in perovskite_rows[:60])
+    run_cli("import", tmp_path / "perov.csv", "--jobs", "1")
+    out = run_cli("train", "--target", "dir_gap", "--name", "gap", "--members", "2", "--epochs", "2",
+                  "--device", "cpu", "--jobs", "1").output
+    assert "Registered gap version 1 (challenger, champion)" in out and "baseline_mean.mae" in out
+    assert "Wrote 60 predictions of gap@champion" in run_cli("predict", "--model", "gap@champion", "--jobs", "1").output
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 60
+        assert session.scalar(select(func.count()).select_from(Structure)) == 60

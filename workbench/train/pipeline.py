@@ -1,0 +1,262 @@
+"""Train, evaluate and register a model; write its predictions into the store.
+
+``train_and_register`` is what ``workbench train`` (and the campaign's retrain step)
+runs: featurize what is missing, split the labeled structures by dedup key, train the
+ensemble, evaluate it beside the baselines on the test split, record everything in one
+MLflow run, register the ensemble, and record the version in ``model_versions``.
+"""
+
+import math
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from sqlalchemy import Engine, select, text
+
+from workbench.featurize.cache import featurize_structures, load_graphs
+from workbench.featurize.data import graph_to_data
+from workbench.featurize.featurizer import Featurizer
+from workbench.featurize.graph import GraphConfig
+from workbench.models import ModelConfig
+from workbench.settings import Settings
+from workbench.store.bulk import insert_ignoring_duplicates, one_of
+from workbench.store.engine import session_scope
+from workbench.store.schema import Featurizer as FeaturizerRow
+from workbench.store.schema import ModelVersion, Prediction, Structure, TargetDefinition, TargetKind
+from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
+from workbench.train.dataset import load_labeled_graphs
+from workbench.train.ensemble import (
+    Ensemble,
+    EpochCallback,
+    TrainConfig,
+    pick_device,
+    train_ensemble,
+)
+from workbench.train.metrics import per_site_metrics, scalar_metrics, spectrum_metrics
+from workbench.train.plots import parity_plot, spectrum_overlays
+from workbench.train.registry import (
+    download_ensemble,
+    log_ensemble,
+    resolve,
+    set_aliases,
+    use_experiment,
+)
+from workbench.train.splits import grouped_split
+
+HEAD_OF_KIND = {TargetKind.SCALAR: "scalar", TargetKind.SPECTRUM: "spectrum", TargetKind.PER_SITE: "per_site"}
+PREDICT_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train. ``pooling`` ("mean" or "sum") applies to scalar targets;
+    ``conserve_total`` makes per-site values sum to zero per structure (charges)."""
+
+    target: str
+    name: str
+    architecture: str = "cgcnn"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    featurizer: Featurizer = field(default_factory=Featurizer)
+    backbone: dict = field(default_factory=dict)
+    pooling: str = "mean"
+    conserve_total: bool = False
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    champion: bool = False
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_version_id: int
+    name: str
+    registry_version: int
+    run_id: str
+    aliases: list[str]
+    metrics: dict[str, float]
+
+
+def train_and_register(engine: Engine, settings: Settings, request: TrainRequest, *,
+                       executor: Executor | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    experiment_id = use_experiment(settings, request.name)
+    featurizer = request.featurizer
+    featurize_structures(engine, featurizer, executor=executor)
+    labeled = load_labeled_graphs(engine, request.target, featurizer)
+    if len(labeled.data) < 10:
+        raise ValueError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
+    definition = _definition(engine, request.target)
+    split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
+                          test=request.test_fraction, seed=request.split_seed)
+    train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
+    model_config = ModelConfig(request.architecture, HEAD_OF_KIND[labeled.kind], request.target,
+                               featurizer.key, backbone=request.backbone,
+                               head_options=_head_options(labeled.kind, definition, request))
+    device = pick_device(request.device)
+    ensemble, histories = train_ensemble(model_config, labeled.kind, train, validation, request.train,
+                                         device=device, on_epoch=on_epoch)
+
+    with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(experiment_id=experiment_id, run_name=request.name) as run:
+        workdir = Path(scratch)
+        mlflow.log_params({
+            "target": request.target, "kind": labeled.kind.value, "architecture": request.architecture,
+            "featurizer_key": featurizer.key, "device": device.type,
+            "train_structures": len(train), "validation_structures": len(validation), "test_structures": len(test),
+            **{f"train.{key}": value for key, value in asdict(request.train).items()},
+            **{f"graph.{key}": value for key, value in asdict(featurizer.graph).items()},
+            **{f"head.{key}": value for key, value in model_config.head_options.items()},
+            **{f"backbone.{key}": value for key, value in model_config.backbone.items()},
+        })
+        for member, history in enumerate(histories):
+            for epoch, (loss, val) in enumerate(zip(history.train_loss, history.validation_loss, strict=True)):
+                mlflow.log_metrics({f"member{member}.train_loss": loss, f"member{member}.validation_loss": val},
+                                   step=epoch)
+            mlflow.log_metric(f"member{member}.seconds_per_epoch", history.seconds / max(len(history.train_loss), 1))
+        metrics = evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir) if test else {}
+        mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)})
+        for figure in workdir.glob("*.png"):
+            mlflow.log_artifact(str(figure), artifact_path="plots")
+        registry_version = log_ensemble(ensemble, featurizer, request.name, workdir)
+        run_id = run.info.run_id
+    aliases = set_aliases(request.name, registry_version, champion=request.champion)
+    with session_scope(engine) as session:
+        row = ModelVersion(name=request.name, registry_version=registry_version, mlflow_run_id=run_id,
+                           targets=[request.target], architecture=request.architecture,
+                           featurizer_key=featurizer.key, metrics=_finite(metrics))
+        session.add(row)
+        session.flush()
+        model_version_id = row.id
+    return TrainResult(model_version_id, request.name, registry_version, run_id, aliases, metrics)
+
+
+def _definition(engine: Engine, target: str) -> TargetDefinition:
+    with session_scope(engine) as session:
+        return session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
+
+
+def _head_options(kind: TargetKind, definition: TargetDefinition, request: TrainRequest) -> dict:
+    if kind is TargetKind.SCALAR:
+        return {"pooling": request.pooling}
+    if kind is TargetKind.SPECTRUM:
+        return {"bins": int(definition.length)}
+    return {"site_size": int(np.prod(definition.site_shape or [1])), "conserve_total": request.conserve_total}
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
+
+
+def evaluate(kind: TargetKind, ensemble: Ensemble, train: list, test: list, grid: np.ndarray | None,
+             request: TrainRequest, workdir: Path) -> dict[str, float]:
+    """Test metrics of the ensemble and of the baselines (``baseline_<name>.<metric>``), and plots."""
+    mean, std = (tensor.numpy() for tensor in ensemble.predict(test))
+    title = f"{request.name}: {request.target} (test)"
+    if kind is TargetKind.SCALAR:
+        y = np.array([item.y.item() for item in test])
+        y_train = np.array([item.y.item() for item in train])
+        numbers = [item.atomic_numbers.numpy() for item in test]
+        composition = CompositionBaseline(extensive=request.pooling == "sum").fit(
+            [item.atomic_numbers.numpy() for item in train], y_train)
+        baselines = {"mean": np.full_like(y, y_train.mean()), "composition": composition.predict(numbers)}
+        metrics = scalar_metrics(y, mean, std)
+        parity_plot(y, mean, std, workdir / "parity.png", title=title)
+    elif kind is TargetKind.SPECTRUM:
+        y = np.concatenate([item.y.numpy() for item in test])
+        baselines = {"mean_spectrum": MeanBaseline().fit([item.y.numpy()[0] for item in train]).predict(len(y))}
+        metrics = spectrum_metrics(y, mean, std, grid)
+        spectrum_overlays(y, mean, std, workdir / "spectra.png", title=title, energies=grid)
+    else:
+        y = np.concatenate([item.y.numpy() for item in test])
+        numbers = np.concatenate([item.atomic_numbers.numpy() for item in test])
+        by_element = ElementAverageBaseline().fit(
+            np.concatenate([item.atomic_numbers.numpy() for item in train]),
+            np.concatenate([item.y.numpy() for item in train]))
+        baselines = {"element_average": by_element.predict(numbers)}
+        metrics = per_site_metrics(y, mean, std, numbers)
+        parity_plot(y.ravel(), mean.ravel(), std.ravel(), workdir / "parity_by_element.png", title=title,
+                    groups=np.repeat(numbers, y.size // len(numbers)))
+    for name, prediction in baselines.items():
+        metrics[f"baseline_{name}.mae"] = float(np.mean(np.abs(prediction - y)))
+    return metrics
+
+
+def featurizer_of(engine: Engine, key: str) -> Featurizer:
+    """The featurizer a key names, rebuilt from its stored config."""
+    with session_scope(engine) as session:
+        row = session.get(FeaturizerRow, key)
+        if row is None:
+            raise LookupError(f"no featurizer {key} in the store")
+        config = row.config
+    featurizer = Featurizer(GraphConfig(**config["graph"]), config["atom_features"])
+    if featurizer.key != key:
+        raise ValueError(f"featurizer {key} was made by another version of the graph code")
+    return featurizer
+
+
+def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
+                       structure_ids: Iterable[int] | None = None, where: str | None = None,
+                       executor: Executor | None = None,
+                       on_total: Callable[[int], None] | None = None,
+                       on_progress: Callable[[int], None] | None = None) -> int:
+    """Write the predictions of ``model_uri`` (``NAME@alias`` or ``NAME/version``) for all
+    structures, the given ids, or those matching the SQL condition ``where`` on
+    ``structures``; structures this version has predicted already are skipped."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    name, registry_version = resolve(model_uri)
+    with session_scope(engine) as session:
+        version = session.scalar(select(ModelVersion).where(
+            ModelVersion.name == name, ModelVersion.registry_version == registry_version))
+        if version is None:
+            raise LookupError(f"model {name} version {registry_version} is not recorded in this store")
+        (target,) = version.targets
+        target_id = session.scalar(select(TargetDefinition.id).where(TargetDefinition.name == target))
+        query = select(Structure.id).order_by(Structure.id).where(~select(Prediction.id).where(
+            Prediction.model_version_id == version.id, Prediction.structure_id == Structure.id).exists())
+        if structure_ids is not None:
+            query = query.where(one_of(session, Structure.id, sorted(set(structure_ids))))
+        if where:
+            query = query.where(text(where))
+        todo = list(session.scalars(query))
+        model_version_id, featurizer_key = version.id, version.featurizer_key
+    featurizer = featurizer_of(engine, featurizer_key)
+    with tempfile.TemporaryDirectory() as scratch:
+        ensemble = download_ensemble(name, registry_version, Path(scratch))
+    for member in ensemble.members:
+        member.check_featurizer(featurizer.key)
+    featurize_structures(engine, featurizer, structure_ids=todo, executor=executor)
+    if on_total:
+        on_total(len(todo))
+    table, written = featurizer.feature_table(), 0
+    device = pick_device("auto")
+    for start in range(0, len(todo), PREDICT_CHUNK):
+        chunk = todo[start:start + PREDICT_CHUNK]
+        graphs = load_graphs(engine, featurizer.key, chunk)
+        data = [graph_to_data(graphs[structure_id], table) for structure_id in chunk]
+        mean, std = ensemble.predict(data, device=device)
+        rows = _prediction_rows(ensemble.config.head, chunk, data, mean, std, model_version_id, target_id)
+        with session_scope(engine) as session:
+            insert_ignoring_duplicates(session, Prediction.__table__, rows)
+        written += len(rows)
+        if on_progress:
+            on_progress(len(chunk))
+    return written
+
+
+def _prediction_rows(head: str, ids: list[int], data: list, mean: torch.Tensor, std: torch.Tensor,
+                     model_version_id: int, target_id: int) -> list[dict]:
+    base = {"model_version_id": model_version_id, "target_id": target_id}
+    if head == "scalar":
+        return [dict(base, structure_id=i, mean=float(m), std=float(s), mean_array=None, std_array=None)
+                for i, m, s in zip(ids, mean.tolist(), std.tolist(), strict=True)]
+    if head == "per_site":
+        sizes = np.cumsum([item.num_nodes for item in data])[:-1]
+        means, stds = np.split(mean.numpy(), sizes), np.split(std.numpy(), sizes)
+    else:
+        means, stds = list(mean.numpy()), list(std.numpy())
+    return [dict(base, structure_id=i, mean=None, std=None, mean_array=m, std_array=s)
+            for i, m, s in zip(ids, means, stds, strict=True)]
