@@ -60,6 +60,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import sqlalchemy as sa
@@ -112,6 +113,7 @@ class Row:
     distinct: int  # distinct structures timed
     passes: int = 1
     notes: str = ""
+    others: float = float("nan")  # CPU cores used by other processes on the machine meanwhile
 
     @property
     def rate(self) -> float:
@@ -214,32 +216,65 @@ def load_mofs() -> DataSet:
 # --------------------------------------------------------------------------- timing
 
 
-def time_path(
-    items: Sequence, work: Callable, *, budget: float, min_seconds: float
-) -> tuple[int, int, float, float, list]:
-    """Run ``work`` on ``items`` (after one untimed warm-up) in passes until ``min_seconds``
-    of timing have accumulated, stopping early after ``budget`` seconds.
+class CpuMeter:
+    """CPU seconds of this process and its reaped children, and of everything else on the
+    machine (busy time in /proc/stat minus ours), over a section: to tell a slow path from
+    a busy machine."""
 
-    Returns (calls timed, passes started, wall seconds, CPU seconds, outputs of the first pass).
-    """
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> Self:
+        self.wall0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall0
+        self.own = self._own() - self.own0
+        self.others = max(0.0, self._busy() - self.busy0 - self.own) / self.wall
+
+    @classmethod
+    def _busy(cls) -> float:
+        with open("/proc/stat") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        return (user + nice + system + irq + softirq + steal) / cls.TICK
+
+    @staticmethod
+    def _own() -> float:
+        me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Timing:
+    calls: int  # calls timed, all passes together
+    passes: int
+    seconds: float  # sum of the per-call wall times
+    cpu_seconds: float
+    others: float
+    outputs: list  # of the first pass
+
+
+def time_path(items: Sequence, work: Callable, *, budget: float, min_seconds: float) -> Timing:
+    """Run ``work`` on ``items`` (after one untimed warm-up) in passes until ``min_seconds``
+    of timing have accumulated, stopping early after ``budget`` seconds."""
     work(items[0])
     outputs: list = []
     calls = passes = 0
     wall = 0.0
-    cpu0 = time.process_time()
-    while True:
-        passes += 1
-        for item in items:
-            start = time.perf_counter()
-            result = work(item)
-            wall += time.perf_counter() - start
-            calls += 1
-            if passes == 1:
-                outputs.append(result)
-            if wall > budget:
-                return calls, passes, wall, time.process_time() - cpu0, outputs
-        if wall >= min_seconds:
-            return calls, passes, wall, time.process_time() - cpu0, outputs
+    with CpuMeter() as meter:
+        while passes == 0 or (wall < min_seconds and calls % len(items) == 0):
+            passes += 1
+            for item in items:
+                start = time.perf_counter()
+                result = work(item)
+                wall += time.perf_counter() - start
+                calls += 1
+                if passes == 1:
+                    outputs.append(result)
+                if wall > budget:
+                    break
+    return Timing(calls, passes, wall, meter.own, meter.others, outputs)
 
 
 def atoms_of(data: DataSet, calls: int) -> int:
@@ -276,11 +311,11 @@ def bench_ours(data: DataSet, report: Report, args) -> list:
     graphs = []
     for name, work, notes in paths:
         log(f"{data.name}: {name}")
-        calls, passes, wall, cpu, outputs = time_path(
-            data.crystals, work, budget=args.budget, min_seconds=args.min_seconds
-        )
-        report.rows.append(Row(data.name, name, 1, calls, atoms_of(data, calls), wall, cpu,
-                               min(calls, len(data.crystals)), passes, notes))
+        timing = time_path(data.crystals, work, budget=args.budget, min_seconds=args.min_seconds)
+        outputs = timing.outputs
+        report.rows.append(Row(data.name, name, 1, timing.calls, atoms_of(data, timing.calls),
+                               timing.seconds, timing.cpu_seconds, min(timing.calls, len(data.crystals)),
+                               timing.passes, notes, timing.others))
         if work is graph_only:
             graphs = outputs
         if work is with_triplets:
@@ -312,16 +347,18 @@ def cgcnn_features(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def bench_cgcnn(data: DataSet, report: Report, args) -> list:
     log(f"{data.name}: 5. CGCNN reference")
-    calls, passes, wall, cpu, outputs = time_path(
-        data.structures, cgcnn_features, budget=args.budget, min_seconds=args.min_seconds
-    )
+    timing = time_path(data.structures, cgcnn_features, budget=args.budget, min_seconds=args.min_seconds)
+    outputs = timing.outputs
     short_atoms = sum(output[3] for output in outputs)
+    stopped = (f"stopped by the {args.budget:g} s budget after {len(outputs)} of {len(data.structures)}; "
+               if len(outputs) < len(data.structures) else "")
     report.rows.append(Row(
-        data.name, "5. CGCNN reference (pymatgen)", 1, calls, atoms_of(data, calls), wall, cpu,
-        min(calls, len(data.structures)), passes,
-        f"`Structure.get_all_neighbors(8.0, include_index=True)`, sort, 12 nearest, arrays, "
+        data.name, "5. CGCNN reference (pymatgen)", 1, timing.calls, atoms_of(data, timing.calls),
+        timing.seconds, timing.cpu_seconds, min(timing.calls, len(data.structures)), timing.passes,
+        f"{stopped}`Structure.get_all_neighbors(8.0, include_index=True)`, sort, 12 nearest, arrays, "
         f"Gaussian expansion ({len(GAUSS_CENTRES)} centres); no triplets (CGCNN has none); "
         f"{short_atoms} atoms had < 12 neighbours within 8 Å (padded)",
+        timing.others,
     ))
     return outputs
 
@@ -348,8 +385,39 @@ def check_agreement(data: DataSet, graphs: list, cgcnn: list, count: int | None)
             bad.append(f"{data.labels[index]}: max |Δd| = {difference:.2e} Å")
     verdict = "**ok**" if not bad else "**FAILED**"
     detail = f"; {len(bad)} disagree: {'; '.join(bad[:5])}" if bad else ""
-    return (f"{data.name}, first {count} structures: ours vs CGCNN 12-neighbour distances, sorted "
-            f"per atom: {verdict}, max |Δd| = {worst:.1e} Å (tolerance {CHECK_TOLERANCE:g} Å){detail}")
+    return (f"{data.name}, first {count} structures: ours vs the CGCNN path, 12-neighbour distances "
+            f"sorted per atom: {verdict}, max |Δd| = {worst:.1e} Å (tolerance {CHECK_TOLERANCE:g} Å)"
+            f"{detail}. Both end in pymatgen's `find_points_in_spheres`, hence bit-identical distances")
+
+
+def brute_force_distances(crystal: Crystal) -> np.ndarray:
+    """The 12 nearest-neighbour distances of every atom, sorted, by plain enumeration of
+    periodic images (no neighbour-search code shared with pymatgen or ours)."""
+    lattice = crystal.lattice
+    cartesian = crystal.frac_coords @ lattice
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1)  # between lattice planes
+    reach = np.ceil(CUTOFF / spacing).astype(int) + 1
+    ranges = [np.arange(-n, n + 1) for n in reach]
+    images = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3) @ lattice
+    points = (cartesian[None, :, :] + images[:, None, :]).reshape(-1, 3)
+    distances = np.linalg.norm(points[None, :, :] - cartesian[:, None, :], axis=2)
+    distances = np.where(distances < 1e-8, np.inf, distances)  # the atom itself
+    return np.sort(distances, axis=1)[:, :MAX_NEIGHBORS]
+
+
+def check_brute_force(data: DataSet, graphs: list, count: int) -> str:
+    worst, bad = 0.0, []
+    for index in range(min(count, len(graphs))):
+        graph = graphs[index]
+        ours = np.sort(graph.edge_distance.reshape(graph.num_nodes, MAX_NEIGHBORS), axis=1)
+        difference = float(np.abs(ours - brute_force_distances(data.crystals[index])).max())
+        worst = max(worst, difference)
+        if difference > CHECK_TOLERANCE:
+            bad.append(f"{data.labels[index]}: max |Δd| = {difference:.2e} Å")
+    verdict = "**ok**" if not bad else f"**FAILED** ({'; '.join(bad[:5])})"
+    return (f"{data.name}, first {min(count, len(graphs))} structures: ours vs brute-force enumeration "
+            f"of periodic images (numpy), 12-neighbour distances sorted per atom: {verdict}, "
+            f"max |Δd| = {worst:.1e} Å")
 
 
 # --------------------------------------------------------------------------- store
@@ -381,22 +449,19 @@ def bench_store(data: DataSet, report: Report, workdir: Path) -> None:
             try:
                 new += import_file(engine, path, source="bench", options=ReadOptions()).new_structures
             except ImportFailed as error:
-                failed.append(f"{label}: {str(error)[:80]}")
-        import_notes.append(f"{len(data.texts)} CIF files, {new} new structures, "
-                            f"{len(failed)} refused{': ' + '; '.join(failed) if failed else ''}")
+                failed.append(f"`{label}`: {' '.join(str(error).split())}")
+        import_notes.append(f"{len(data.texts)} CIF files one by one, {new} new structures, "
+                            f"{len(failed)} files refused (see notes)")
+        if failed:
+            report.notes.append(f"{data.name}: `import_file` refused {len(failed)} of {len(data.texts)} "
+                                "files (so the store path ran on fewer structures): " + "; ".join(
+                                    message.replace(str(cifs) + "/", "") for message in failed))
     import_seconds = time.perf_counter() - t0
     with engine.connect() as connection:
         stored = connection.execute(sa.text("SELECT count(*) FROM structures")).scalar_one()
 
-    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    with ProcessPoolExecutor(WORKERS) as executor:
+    with CpuMeter() as meter, ProcessPoolExecutor(WORKERS) as executor:
         result = featurize_structures(engine, Featurizer(), executor=executor)
-    wall = time.perf_counter() - start
-    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (time.process_time() - cpu0 + children1.ru_utime - children0.ru_utime
-           + children1.ru_stime - children0.ru_stime)
     with engine.connect() as connection:
         graphs, atoms = connection.execute(
             sa.text("SELECT count(*), coalesce(sum(num_nodes), 0) FROM graphs")
@@ -407,9 +472,10 @@ def bench_store(data: DataSet, report: Report, workdir: Path) -> None:
                                f"{len(result.failed)} failed: {result.failed[:3]}")
     report.rows.append(Row(
         data.name, f"4. ours: featurize_structures, store, {WORKERS} processes", WORKERS,
-        result.featurized, int(atoms), wall, cpu, result.featurized, 1,
+        result.featurized, int(atoms), meter.wall, meter.own, result.featurized, 1,
         f"SQLite store; graphs written; pool start-up included; {stored} structures in the store "
         f"(untimed import: {import_notes[0]}, {import_seconds:.1f} s); {len(result.failed)} failed",
+        meter.others,
     ))
 
 
@@ -421,6 +487,14 @@ import json, os, sys, time, types, traceback
 from importlib.metadata import version
 
 args = json.loads(sys.argv[1])
+
+
+def busy():
+    """Busy CPU seconds of the whole machine (/proc/stat)."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _, _, irq, softirq, steal = map(int, handle.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
 out = {"versions": {}, "sets": {}, "notes": []}
 for name in ("jarvis-tools", "numpy", "torch", "pandas"):
     try:
@@ -484,7 +558,7 @@ for name, path in args["sets"].items():
 
     work(atoms_list[0])  # warm-up, untimed
     wall, calls, atoms_done, edges, line_edges = 0.0, 0, 0, 0, 0
-    cpu0 = time.process_time()
+    cpu0, busy0, loop0 = time.process_time(), busy(), time.perf_counter()
     for atoms in atoms_list:
         start = time.perf_counter()
         u, v = work(atoms)
@@ -498,8 +572,10 @@ for name, path in args["sets"].items():
         line_edges += int((degree[v] if len(v) else np.zeros(0, int)).sum())
         if wall > args["budget"]:
             break
+    cpu = time.process_time() - cpu0
+    others = max(0.0, busy() - busy0 - cpu) / (time.perf_counter() - loop0)
     out["sets"][name] = {"mode": mode, "crystals": calls, "atoms": atoms_done, "seconds": wall,
-                         "cpu_seconds": time.process_time() - cpu0, "edges": edges,
+                         "cpu_seconds": cpu, "others": others, "edges": edges,
                          "line_edges": line_edges, "available": len(atoms_list)}
 print("JSON:" + json.dumps(out))
 '''
@@ -577,7 +653,7 @@ def bench_jarvis(datasets: list[DataSet], report: Report, args, workdir: Path) -
         report.rows.append(Row(
             data.name, "6. ALIGNN reference (jarvis-tools)", 1, stats["crystals"], stats["atoms"],
             stats["seconds"], stats["cpu_seconds"], stats["crystals"], 1,
-            f"{timed}; structures: {stopped}",
+            f"{timed}; structures: {stopped}", stats["others"],
         ))
         if stats["atoms"]:
             report.sizes.append((data.name, "ALIGNN (jarvis): edges per atom (ties kept, both directions)",
@@ -601,7 +677,10 @@ def machine() -> dict[str, str]:
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "workbench"],
                            check=False, capture_output=True, text=True).stdout.strip()
     return {
-        "nproc": subprocess.run(["nproc"], check=False, capture_output=True, text=True).stdout.strip(),
+        # GNU nproc honours OMP_NUM_THREADS, which this script sets to 1
+        "nproc": subprocess.run(["nproc"], check=False, capture_output=True, text=True, env={
+            name: value for name, value in os.environ.items() if not name.startswith("OMP_")
+        }).stdout.strip(),
         "cpu": model,
         "load": " / ".join(f"{value:.2f}" for value in os.getloadavg()),
         "python": platform.python_version(),
@@ -609,6 +688,10 @@ def machine() -> dict[str, str]:
                               ("pymatgen", "numpy", "torch", "torch_geometric", "sqlalchemy")),
         "commit": commit + (" (with uncommitted changes under workbench/)" if dirty else ""),
     }
+
+
+def cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -631,7 +714,9 @@ def render(report: Report, datasets: list[DataSet], info: dict, args, started: s
         f"timing, stopped after {args.budget:g} s (then on the structures shown). Time is the sum of "
         "per-structure wall times (store path: wall time of the whole `featurize_structures` call, "
         "pool start-up included). CPU/wall: CPU seconds of the process (and of the worker processes "
-        "for the store path) over wall seconds."),
+        "for the store path) over wall seconds. Others' cores: CPU time used meanwhile by every other "
+        "process on the machine (/proc/stat), in cores; the machine has 2, so a value near 1 means "
+        "a single-process path still had a core to itself but the 2-process store path did not."),
         "",
     ]
     for data in datasets:
@@ -654,8 +739,8 @@ def render(report: Report, datasets: list[DataSet], info: dict, args, started: s
          "triplets (path 2) on both data sets."),
         "",
         ("| Data set | Path | Processes | Structures | Crystals timed | Seconds | Crystals/s "
-         "| Crystals/s per core | Atoms/s | CPU/wall | Notes |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+         "| Crystals/s per core | Atoms/s | CPU/wall | Others' cores | Notes |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in report.rows:
         passes = f" ({row.passes} passes)" if row.passes > 1 else ""
@@ -663,7 +748,7 @@ def render(report: Report, datasets: list[DataSet], info: dict, args, started: s
             f"| {row.dataset} | {row.path} | {row.processes} | {row.distinct:,} | "
             f"{row.crystals:,}{passes} | {fmt(row.seconds, 2)} | {fmt(row.rate)} | {fmt(row.per_core)} | "
             f"{fmt(row.atom_rate)} | {fmt(row.cpu_seconds / row.seconds if row.seconds else 0, 2)} | "
-            f"{row.notes} |"
+            f"{row.others:.2f} | {cell(row.notes)} |"
         )
     lines += ["", "## Aim", ""]
     for verdict in aim_verdicts(report):
@@ -718,6 +803,8 @@ def main() -> int:
             if data.name == "perovskites":
                 report.checks.append(check_agreement(data, graphs, cgcnn, CHECK_COUNT))
             report.checks.append(check_agreement(data, graphs, cgcnn, None))
+            report.checks.append(check_brute_force(
+                data, graphs, CHECK_COUNT if data.name == "perovskites" else 3))
         if args.skip_jarvis:
             report.notes.append("jarvis-tools path skipped (--skip-jarvis)")
         else:
