@@ -47,6 +47,7 @@ import csv
 import json
 import math
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -449,13 +450,18 @@ def bench_store(data: DataSet, report: Report, workdir: Path) -> None:
             try:
                 new += import_file(engine, path, source="bench", options=ReadOptions()).new_structures
             except ImportFailed as error:
-                failed.append(f"`{label}`: {' '.join(str(error).split())}")
+                message = " ".join(str(error).split())
+                same = re.search(r"field '(\w+)': .*?\(from (?:\S*/)?([^/,\s]+), block", message)
+                failed.append(f"`{label}` (same structure as `{same[2]}`, different `{same[1]}`)" if same
+                              else f"`{label}`: {message.replace(str(cifs) + '/', '')}")
         import_notes.append(f"{len(data.texts)} CIF files one by one, {new} new structures, "
                             f"{len(failed)} files refused (see notes)")
         if failed:
-            report.notes.append(f"{data.name}: `import_file` refused {len(failed)} of {len(data.texts)} "
-                                "files (so the store path ran on fewer structures): " + "; ".join(
-                                    message.replace(str(cifs) + "/", "") for message in failed))
+            report.notes.append(
+                f"{data.name}: `import_file` refused {len(failed)} of {len(data.texts)} files, so the store "
+                "path ran on fewer structures. The importer matched each to a structure an earlier file "
+                "had already stored and refused the file because the per-site label it carries differs: "
+                + "; ".join(failed))
     import_seconds = time.perf_counter() - t0
     with engine.connect() as connection:
         stored = connection.execute(sa.text("SELECT count(*) FROM structures")).scalar_one()
