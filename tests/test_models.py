@@ -109,3 +109,16 @@ def test_one_training_step_lowers_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_neighbour_mlp_baseline_reads_each_atoms_nearest_neighbours():
+    torch.manual_seed(0)
+    config = ModelConfig("neighbour-mlp", "per_site", "y", FEATURIZER.key, backbone={"hidden": 16})
+    baseline = CrystalModel(config).eval()
+    batch = Batch.from_data_list([data_of(atoms) for atoms in crystals()])
+    assert baseline(batch).shape == (batch.num_nodes,)
+    # No message passing: an atom's output does not change when another crystal joins the batch.
+    gaas = data_of(bulk("GaAs", "zincblende", a=5.65, cubic=True))
+    torch.testing.assert_close(baseline(gaas), baseline(batch)[-8:])
+    scalar = CrystalModel(ModelConfig("neighbour-mlp", "scalar", "y", FEATURIZER.key)).eval()
+    assert scalar(batch).shape == (4,)

@@ -13,10 +13,11 @@ from torch import nn
 
 from workbench import __version__
 from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
+from workbench.models.backbones.neighbour_mlp import NeighbourMLP, NeighbourMLPConfig
 from workbench.models.heads import PerSiteHead, ScalarHead, SpectrumHead
 
 SAVE_FORMAT = 1
-BACKBONES = {"cgcnn": (CGCNN, CGCNNConfig)}
+BACKBONES = {"cgcnn": (CGCNN, CGCNNConfig), "neighbour-mlp": (NeighbourMLP, NeighbourMLPConfig)}
 HEADS = {"scalar": ScalarHead, "spectrum": SpectrumHead, "per_site": PerSiteHead}
 
 
