@@ -733,6 +733,7 @@ def render(report: Report, datasets: list[DataSet], info: dict, args, started: s
     lines += [
         (f"- Machine: `nproc` = {info['nproc']}, CPU {info['cpu']} (from /proc/cpuinfo), "
          f"load average {info['load']} at the start"),
+        busy_line(report, info),
         f"- Python {info['python']}; {info['versions']}",
         f"- jarvis venv ({args.jarvis_python or DEFAULT_JARVIS_VENV}): {report.jarvis_versions or 'n/a'}",
         f"- Code: commit {info['commit']}",
@@ -767,6 +768,18 @@ def render(report: Report, datasets: list[DataSet], info: dict, args, started: s
     if report.problems:
         lines += ["", "## Problems", ""] + [f"- {problem}" for problem in report.problems]
     return "\n".join(lines) + "\n"
+
+
+def busy_line(report: Report, info: dict) -> str:
+    others = [row.others for row in report.rows if row.seconds and not math.isnan(row.others)]
+    mean = sum(others) / len(others) if others else float("nan")
+    text = (f"- Other processes on the machine used {mean:.2f} cores on average during the timed "
+            f"sections (column Others' cores; range {min(others, default=0):.2f}-{max(others, default=0):.2f})")
+    if mean > 0.25:
+        text += (f": **the machine was shared**. With {info['nproc']} cores, the one-process rows still had "
+                 "a core each (CPU/wall near 1) but shared caches and memory bandwidth, and the "
+                 f"{WORKERS}-process store rows could not use {WORKERS} cores")
+    return text
 
 
 def aim_verdicts(report: Report) -> list[str]:

@@ -136,3 +136,19 @@ def test_featurize_cli(run_cli, engine, shared_data):
     result = run_cli("featurize", "--jobs", "2")
     assert "50 graphs built, 0 already cached, 0 failed" in result.output
     assert "0 graphs built, 50 already cached" in run_cli("featurize", "--jobs", "1").output
+
+
+def test_triplets_with_kept_ties_and_uneven_degrees():
+    coords = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    srtio3 = Crystal(np.eye(3) * 3.905, ("Sr", "Ti", "O", "O", "O"), coords)
+    graph = Featurizer(GraphConfig(keep_ties=True)).graph_of(srtio3)
+    degree = np.bincount(graph.edge_index[1])
+    assert len(set(degree.tolist())) > 1  # whole shells: Sr 12, Ti 6 + 8 = 14, ...
+    triplet_index, cosines = bond_angle_triplets(graph.edge_index, graph.edge_vector)
+    assert triplet_index.shape[1] == int((degree * (degree - 1)).sum())
+    first, second = triplet_index
+    assert (graph.edge_index[1][first] == graph.edge_index[1][second]).all() and (first != second).all()
+    vectors = graph.edge_vector
+    expected = np.einsum("ij,ij->i", vectors[first], vectors[second]) / (
+        graph.edge_distance[first] * graph.edge_distance[second])
+    np.testing.assert_allclose(cosines, expected, atol=1e-12)

@@ -25,6 +25,9 @@ def bond_angle_triplets(edge_index: np.ndarray, edge_vector: np.ndarray) -> tupl
     if len(targets) and np.any(np.diff(targets) < 0):
         raise ValueError("edges must be sorted by target")
     degree = np.bincount(targets, minlength=int(targets.max()) + 1 if len(targets) else 0)
+    unit = edge_vector / np.linalg.norm(edge_vector, axis=1, keepdims=True)
+    if len(degree) and (degree == degree[0]).all():
+        return _uniform_triplets(len(degree), int(degree[0]), unit)
     starts = np.cumsum(degree) - degree
     per_edge = degree[targets]  # every edge pairs with each edge of its centre
     first = np.repeat(np.arange(len(targets)), per_edge)
@@ -32,6 +35,15 @@ def bond_angle_triplets(edge_index: np.ndarray, edge_vector: np.ndarray) -> tupl
     second = starts[targets[first]] + position
     distinct = first != second
     first, second = first[distinct], second[distinct]
-    unit = edge_vector / np.linalg.norm(edge_vector, axis=1, keepdims=True)
     cosines = np.einsum("ij,ij->i", unit[first], unit[second]).clip(-1.0, 1.0)
     return np.stack([first, second]).astype(np.int64), cosines
+
+
+def _uniform_triplets(atoms: int, k: int, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every atom has k edges (no kept ties): one pattern of k(k-1) pairs per atom, and the
+    cosines are the off-diagonal entries of each atom's k x k Gram matrix."""
+    a, b = np.nonzero(~np.eye(k, dtype=bool))  # row-major: the order of the general path
+    offsets = (np.arange(atoms) * k)[:, None]
+    gram = np.matmul(unit.reshape(atoms, k, 3), unit.reshape(atoms, k, 3).transpose(0, 2, 1))
+    cosines = gram[:, a, b].reshape(-1).clip(-1.0, 1.0)
+    return np.stack([(offsets + a).reshape(-1), (offsets + b).reshape(-1)]).astype(np.int64), cosines
