@@ -34,3 +34,15 @@ def test_object_arrays_and_pickles_are_refused():
         array_from_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match="not a .npy"):
         array_from_bytes(pickle.dumps(np.zeros(3)))
+
+
+def test_several_arrays_in_one_payload():
+    from workbench.store.types import arrays_from_bytes, arrays_to_bytes
+
+    arrays = {"index": np.arange(6, dtype=np.int64).reshape(2, 3), "vector": np.asfortranarray(np.ones((3, 2))),
+              "empty": np.zeros((0, 3)), "scalar": np.array(2.5, dtype=np.float32)}
+    back = arrays_from_bytes(arrays_to_bytes(arrays))
+    assert list(back) == list(arrays)
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name], array)

@@ -5,8 +5,8 @@ features, or ``GRAPH_FORMAT_VERSION`` when the code that builds graphs changes),
 cached graph is only ever served to the featurizer that made it.
 """
 
+import functools
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -15,9 +15,10 @@ from ase.data import atomic_numbers as ATOMIC_NUMBERS
 
 from workbench.featurize.atom_features import cgcnn_feature_table
 from workbench.featurize.graph import CrystalGraph, GraphConfig, crystal_graph
+from workbench.store.types import arrays_from_bytes, arrays_to_bytes
 from workbench.structures.crystal import Crystal
 
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2  # 2: graphs stored with arrays_to_bytes, not np.savez
 ATOM_FEATURE_TABLES = {"cgcnn": cgcnn_feature_table}
 GRAPH_ARRAYS = ("atomic_numbers", "edge_index", "edge_image", "edge_vector", "edge_distance")
 
@@ -36,7 +37,7 @@ class Featurizer:
         return {"name": self.name, "format": GRAPH_FORMAT_VERSION, "graph": asdict(self.graph),
                 "atom_features": self.atom_features}
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -50,11 +51,9 @@ class Featurizer:
 
 
 def graph_to_bytes(graph: CrystalGraph) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: getattr(graph, name) for name in GRAPH_ARRAYS})
-    return buffer.getvalue()
+    return arrays_to_bytes({name: getattr(graph, name) for name in GRAPH_ARRAYS})
 
 
 def graph_from_bytes(payload: bytes) -> CrystalGraph:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-        return CrystalGraph(**{name: arrays[name] for name in GRAPH_ARRAYS})
+    arrays = arrays_from_bytes(payload)
+    return CrystalGraph(**{name: arrays[name] for name in GRAPH_ARRAYS})

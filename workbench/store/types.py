@@ -2,6 +2,7 @@
 
 import functools
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,31 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     if dtype.hasobject:
         raise ValueError("refusing to load an object array (it would need pickle)")
     return shape, fortran_order, dtype
+
+
+def arrays_to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Several arrays in one payload: a length-prefixed JSON header (name, dtype, shape),
+    then the raw C-ordered buffers. Like ``np.savez`` without the zip, and never pickled."""
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    header = json.dumps([[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()])
+    encoded = header.encode()
+    buffers = (array.tobytes(order="C") for array in arrays.values())
+    return b"".join([len(encoded).to_bytes(4, "little"), encoded, *buffers])
+
+
+def arrays_from_bytes(payload: bytes) -> dict[str, np.ndarray]:
+    """Read what :func:`arrays_to_bytes` wrote; object dtypes are refused."""
+    length = int.from_bytes(payload[:4], "little")
+    offset = 4 + length
+    arrays = {}
+    for name, dtype_text, shape in json.loads(payload[4:offset]):
+        dtype = np.dtype(dtype_text)
+        if dtype.hasobject:
+            raise ValueError("refusing to load an object array (it would need pickle)")
+        count = int(np.prod(shape, dtype=np.int64))
+        arrays[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+        offset += count * dtype.itemsize
+    return arrays
 
 
 class NpyArray(TypeDecorator[np.ndarray]):
