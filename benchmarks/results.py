@@ -108,8 +108,10 @@ def load_phonon_dos(engine, workdir: Path, quick: bool, executor) -> str:
 
 
 def load_electronic_dos(engine, workdir: Path, quick: bool, executor) -> str:
+    # The 300-bin representation of Kaundinya et al.: -5..10 eV around the Fermi level.
+    grid = (np.linspace(-5.0, 10.0, 300, endpoint=False), "eV")
     import_file(engine, DATA / "jarvis_dos50" / "id_prop.csv", source="jarvis",
-                options=ReadOptions(targets={"value": "dos"}))
+                options=ReadOptions(targets={"value": "dos"}, grids={"dos": grid}))
     return ""
 
 
@@ -191,13 +193,31 @@ def render(tasks: list[Task], quick: bool, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def merge_sections(old: str, new: str) -> str:
+    """``old`` with its task sections replaced by those of ``new`` (new ones appended);
+    the header stays the first run's, and each section says when it was made."""
+    def split(report: str) -> tuple[str, dict[str, str]]:
+        head, *sections = report.rstrip("\n").split("\n## ")
+        return head, {section.split(":", 1)[0]: "## " + section for section in sections}
+
+    head, sections = split(old)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    for name, section in split(new)[1].items():
+        title, body = section.split("\n", 1)
+        sections[name] = f"{title}\n\n(Run on its own at commit {commit}, {stamp}.)\n{body}"
+    return "\n\n".join([head, *sections.values()])
+
+
 def main() -> None:
     csv.field_size_limit(sys.maxsize)  # CIF columns are long
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small subsets and few epochs (a smoke run)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
     parser.add_argument("--only", nargs="*", help="task names to run")
-    parser.add_argument("--append", action="store_true", help="add the tasks' sections to --out")
+    parser.add_argument("--append", action="store_true",
+                        help="put the tasks' sections into --out, replacing sections of the same tasks")
     args = parser.parse_args()
     epochs = 4 if args.quick else None
     tasks = [
@@ -223,8 +243,7 @@ def main() -> None:
             run_task(task, args.quick, executor)
     report = render(tasks, args.quick, time.perf_counter() - started)
     if args.append:
-        sections = report[report.index("\n## ") + 1:]  # the header stays the first run's
-        report = args.out.read_text().rstrip("\n") + "\n\n" + sections
+        report = merge_sections(args.out.read_text(), report)
     args.out.write_text(report + "\n")
     print(f"wrote {args.out}")
 

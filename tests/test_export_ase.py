@@ -47,8 +47,9 @@ def fill_store(engine, shared_data: Path, tmp_path: Path) -> None:
         frames.append(atoms)
     ase.io.write(tmp_path / "metals.extxyz", frames, format="extxyz")
     import_file(engine, tmp_path / "metals.extxyz", source="dft", options=ReadOptions())
+    grid = (np.linspace(-5, 10, 300, endpoint=False), "eV")
     import_file(engine, shared_data / "jarvis_dos50" / "id_prop.csv", source="jarvis",
-                options=ReadOptions(targets={"value": "dos"}))
+                options=ReadOptions(targets={"value": "dos"}, grids={"dos": grid}))
 
 
 def snapshot(engine) -> dict:
@@ -61,7 +62,8 @@ def snapshot(engine) -> dict:
         # Keyed by the original source: a re-import adds its own label beside it.
         key = {sid: min(p for p in pairs if p[0] != "from-export") for sid, pairs in sources.items()}
         definitions = {
-            t.id: (t.name, t.kind, t.units, t.length, tuple(t.site_shape or ()))
+            t.id: (t.name, t.kind, t.units, t.length, tuple(t.site_shape or ()), t.grid_units,
+                   None if t.grid is None else tuple(t.grid))
             for t in session.scalars(select(TargetDefinition))
         }
         labels = {}

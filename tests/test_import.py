@@ -137,14 +137,16 @@ def test_mof_cif_charges_become_per_site_labels(engine, shared_data, tmp_path):
 
 
 def test_alignn_directory_imports_poscars_and_dos_spectra(run_cli, engine, shared_data):
-    run_cli("import", shared_data / "jarvis_dos50", "--source", "jarvis", "--target", "dos=value")
+    run_cli("import", shared_data / "jarvis_dos50", "--source", "jarvis", "--target", "dos=value",
+            "--grid", "dos=-5:10:300:eV")
     assert count(engine, Structure) == 50
     assert count(engine, StructureSource) == 50  # POSCAR files and id_prop rows name the same ids
     with session_scope(engine) as session:
         dos = session.scalar(select(TargetDefinition).where(TargetDefinition.name == "dos"))
         ids = set(session.scalars(select(StructureSource.external_id)))
     assert "POSCAR-JVASP-10.vasp" in ids
-    assert dos.kind is TargetKind.SPECTRUM and dos.length == 300
+    assert dos.kind is TargetKind.SPECTRUM and dos.length == 300 and dos.grid_units == "eV"
+    np.testing.assert_allclose(dos.grid[[0, 100, -1]], [-5.0, 0.0, 9.95])
     spectra = labels_of(engine, "dos")
     assert len(spectra) == 50 and all(spectrum.min() >= 0 for spectrum in spectra.values())
 

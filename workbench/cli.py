@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,6 +44,15 @@ def _engine(settings: Settings, *, create: bool = False):
     return engine
 
 
+def _grid(spec: str) -> tuple[np.ndarray, str]:
+    parts = spec.split(":")
+    try:
+        start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        raise typer.BadParameter(f"--grid expects NAME=START:STOP:COUNT[:UNITS], got {spec!r}") from None
+    return np.linspace(start, stop, count, endpoint=False), parts[3] if len(parts) > 3 else ""
+
+
 def _shown(database_url: str) -> str:
     return make_url(database_url).render_as_string(hide_password=True)
 
@@ -74,6 +84,9 @@ def import_(
         help="NAME=COLUMN: read target NAME from COLUMN (CSV column, key, array or info name); "
         "repeatable. Default: every numeric column under its own name.")] = [],  # noqa: B006
     unit: Annotated[list[str], typer.Option(help="NAME=UNITS for targets this import creates.")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option(
+        help="NAME=START:STOP:COUNT[:UNITS]: the axis of a spectrum this import creates, COUNT points "
+        "from START in steps of (STOP-START)/COUNT, e.g. dos=-5:10:300:eV")] = [],  # noqa: B006
     skip_bad: Annotated[bool, typer.Option(help="Import the good rows, report the bad ones.")] = False,
     jobs: Annotated[int, typer.Option(help="Worker processes for parsing.")] = os.cpu_count() or 1,
 ) -> None:
@@ -81,7 +94,8 @@ def import_(
     settings = Settings()
     engine = _engine(settings)
     targets = {column: name for name, column in _pairs(target, "--target").items()}
-    options = ReadOptions(targets=targets, units=_pairs(unit, "--unit"))
+    options = ReadOptions(targets=targets, units=_pairs(unit, "--unit"),
+                          grids={name: _grid(spec) for name, spec in _pairs(grid, "--grid").items()})
     try:
         files = expand_paths(paths)
     except InputError as error:

@@ -92,7 +92,11 @@ def read_ase_db(path: Path, target_for: TargetFor) -> list[Entry]:
             name = key_to_target.get(key, key)
             spec = definitions.get(name, {})
             kind = TargetKind(spec.get("kind", TargetKind.SPECTRUM))
-            _add(labels, target_for, name, kind, np.asarray(value, dtype=float), spec.get("units", ""))
+            grid = None if spec.get("grid") is None else np.asarray(spec["grid"], dtype=float)
+            target = target_for(name)
+            if target:
+                labels[target] = Label(kind, np.asarray(value, dtype=float), spec.get("units", ""),
+                                       grid, spec.get("grid_units", ""))
         results = {prop: row.get(prop) for prop in CALCULATOR_TARGETS if row.get(prop) is not None}
         _add_calculator_results(labels, target_for, results)
         entry = _entry(where, external_id, row.toatoms(), labels)

@@ -11,11 +11,17 @@ from workbench.structures.crystal import Crystal
 
 @dataclass(frozen=True)
 class Label:
-    """One value of one target, as read. ``value`` is a float for scalars, else an array."""
+    """One value of one target, as read. ``value`` is a float for scalars, else an array.
+
+    ``grid`` and ``grid_units`` describe a spectrum's axis where the file gives one; they
+    are used when the import defines the target.
+    """
 
     kind: TargetKind
     value: float | np.ndarray
     units: str = ""
+    grid: np.ndarray | None = None
+    grid_units: str = ""
 
 
 @dataclass

@@ -325,12 +325,16 @@ class _FileWriter:
 
     def _define(self, name: str, label: Label) -> TargetDefinition:
         value = np.asarray(label.value)
+        grid, grid_units = self.options.grids.get(name, (label.grid, label.grid_units))
+        if label.kind is TargetKind.SPECTRUM and grid is not None and len(grid) != value.shape[-1]:
+            raise InputError(f"the grid has {len(grid)} points, the spectrum {value.shape[-1]}", field=name)
         definition = TargetDefinition(
             name=name,
             kind=label.kind,
             units=self.options.units.get(name, label.units),
             description="",
-            grid_units="",
+            grid=grid if label.kind is TargetKind.SPECTRUM else None,
+            grid_units=grid_units if label.kind is TargetKind.SPECTRUM and grid is not None else "",
             length=len(value) if label.kind is TargetKind.SPECTRUM and value.ndim == 1 else None,
             site_shape=list(value.shape[1:]) if label.kind is TargetKind.PER_SITE else None,
         )

@@ -35,11 +35,13 @@ class ReadOptions:
 
     ``targets`` maps a column, array, info or key-value name in the file to a target name
     (``--target NAME=COLUMN``); when empty, every numeric column becomes a target of the
-    same name. ``units`` gives units for targets the import creates.
+    same name. ``units`` gives units for targets the import creates, and ``grids`` the
+    axis (values and their units) of spectra it creates.
     """
 
     targets: dict[str, str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    grids: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
 
     def target_for(self, column: str) -> str | None:
         if not self.targets:
