@@ -5,8 +5,10 @@ user postgres). The schema is migrated once per session into a template; each te
 a fresh copy (a copied SQLite file, or ``CREATE DATABASE ... TEMPLATE``).
 """
 
+import csv
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,22 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "WORKBENCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", "postgresql"]
+csv.field_size_limit(sys.maxsize)  # CIF columns are long
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    """Write ``columns`` of ``rows`` (e.g. perovskite rows) as a CSV file."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: row[key] for key in columns} for row in rows)
+    return path
+
+
+def perovskite_rows(shared_data: Path, count: int) -> list[dict]:
+    """The first ``count`` rows of the labeled perovskite CSV."""
+    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
+        return [row for _, row in zip(range(count), csv.DictReader(handle), strict=False)]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from ase.build import bulk
 from sqlalchemy import func, select
 
+from tests.conftest import perovskite_rows, write_csv
 from workbench.errors import ImportFailed, InputError
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -38,17 +39,11 @@ UNKNOWN_ELEMENT_CIF = CLOSE_ATOMS_CIF.replace("Cl1 Cl 0.05", "Xx1 Xx 0.5").repla
 
 
 @pytest.fixture(scope="module")
-def perovskite_rows(shared_data) -> list[dict]:
-    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
-        return [row for _, row in zip(range(4), csv.DictReader(handle), strict=False)]
+def rows(shared_data) -> list[dict]:
+    return perovskite_rows(shared_data, 4)
 
 
-def write_csv(path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "heat_ref", "dir_gap"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row[key] for key in ("material_id", "cif", "heat_ref", "dir_gap")})
+COLUMNS = ["material_id", "cif", "heat_ref", "dir_gap"]
 
 
 def nothing_stored(engine) -> bool:
@@ -70,12 +65,12 @@ CSV_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CSV_CASES))
-def test_bad_csv_row_fails_the_file_and_names_the_row(case, engine, tmp_path, perovskite_rows):
+def test_bad_csv_row_fails_the_file_and_names_the_row(case, engine, tmp_path, rows):
     change, message = CSV_CASES[case]
-    rows = [dict(row) for row in perovskite_rows]
+    rows = [dict(row) for row in rows]
     rows[2].update(change)
     path = tmp_path / "batch.csv"
-    write_csv(path, rows)
+    write_csv(path, rows, COLUMNS)
     with pytest.raises(ImportFailed) as failure:
         import_file(engine, path, source="s", options=ReadOptions())
     [error] = failure.value.errors
@@ -93,11 +88,11 @@ def test_bad_csv_row_fails_the_file_and_names_the_row(case, engine, tmp_path, pe
     assert imported == {row["material_id"] for index, row in enumerate(rows) if index != 2}
 
 
-def test_duplicate_ids_inside_one_file(engine, tmp_path, perovskite_rows):
-    rows = [dict(row) for row in perovskite_rows]
+def test_duplicate_ids_inside_one_file(engine, tmp_path, rows):
+    rows = [dict(row) for row in rows]
     rows[3]["material_id"] = rows[1]["material_id"]
     path = tmp_path / "dups.csv"
-    write_csv(path, rows)
+    write_csv(path, rows, COLUMNS)
     with pytest.raises(ImportFailed, match=r"row 4 .*duplicate id .*first at row 2"):
         import_file(engine, path, source="s", options=ReadOptions())
     assert nothing_stored(engine)
@@ -131,12 +126,12 @@ def test_per_site_array_of_the_wrong_length(engine, tmp_path):
     assert nothing_stored(engine)
 
 
-def test_conflicting_label_for_a_stored_structure_is_refused(engine, tmp_path, perovskite_rows):
-    rows = [dict(row) for row in perovskite_rows[:2]]
-    write_csv(tmp_path / "a.csv", rows)
+def test_conflicting_label_for_a_stored_structure_is_refused(engine, tmp_path, rows):
+    rows = [dict(row) for row in rows[:2]]
+    write_csv(tmp_path / "a.csv", rows, COLUMNS)
     import_file(engine, tmp_path / "a.csv", source="a", options=ReadOptions())
     rows[1]["dir_gap"] = "9.99"
-    write_csv(tmp_path / "b.csv", rows)
+    write_csv(tmp_path / "b.csv", rows, COLUMNS)
     with pytest.raises(ImportFailed, match=r"b\.csv, row 2 .*'dir_gap'.*already .*a\.csv.*this entry gives 9\.99"):
         import_file(engine, tmp_path / "b.csv", source="b", options=ReadOptions())
     with session_scope(engine) as session:
@@ -164,11 +159,11 @@ def test_unreadable_files_name_the_file(engine, tmp_path):
     assert nothing_stored(engine)
 
 
-def test_cli_reports_bad_rows_and_skip_bad(run_cli, engine, tmp_path, perovskite_rows):
-    rows = [dict(row) for row in perovskite_rows]
+def test_cli_reports_bad_rows_and_skip_bad(run_cli, engine, tmp_path, rows):
+    rows = [dict(row) for row in rows]
     rows[1]["heat_ref"] = "inf"
     path = tmp_path / "batch.csv"
-    write_csv(path, rows)
+    write_csv(path, rows, COLUMNS)
     result = run_cli("import", path, "--jobs", "1", expect=1)
     assert "not imported, nothing written" in result.output
     assert "row 2" in result.output and "not finite" in result.output

@@ -1,6 +1,5 @@
 """Export to ASE databases: the ``ase db`` tool reads it, and re-importing loses nothing."""
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from sqlalchemy import func, select
 
+from tests.conftest import perovskite_rows, write_csv
 from workbench.io.export import export_ase
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -20,18 +20,12 @@ from workbench.store import migrate
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import Structure, StructureSource, TargetDefinition, TargetValue
 
-csv.field_size_limit(sys.maxsize)
 ASE_CLI = Path(sys.executable).parent / "ase"
 
 
 def fill_store(engine, shared_data: Path, tmp_path: Path) -> None:
     """Scalars from the perovskite CSV, per-site arrays and results from extxyz, DOS spectra."""
-    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
-        rows = [row for _, row in zip(range(20), csv.DictReader(handle), strict=False)]
-    with (tmp_path / "perov.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "heat_ref", "dir_gap"])
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in writer.fieldnames} for row in rows)
+    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 20), ["material_id", "cif", "heat_ref", "dir_gap"])
     import_file(engine, tmp_path / "perov.csv", source="castelli",
                 options=ReadOptions(units={"heat_ref": "eV"}))
 

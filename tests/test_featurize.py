@@ -60,16 +60,21 @@ def test_short_of_neighbours_raises_the_cutoff_once_then_refuses():
     assert graph.num_edges == 12 and graph.edge_distance.max() < 17.0
 
 
-def test_triplets_pair_edges_at_each_centre():
-    graph = Featurizer().graph_of(Crystal.from_ase(bulk("Si", "diamond", a=5.43)))
-    triplet_index, cosines = bond_angle_triplets(graph.edge_index, graph.edge_vector)
-    assert triplet_index.shape == (2, 2 * 12 * 11)
+def assert_triplets_are_angles_at_shared_targets(graph, triplet_index, cosines):
     first, second = triplet_index
     assert (graph.edge_index[1][first] == graph.edge_index[1][second]).all() and (first != second).all()
     vectors = graph.edge_vector
     expected = np.einsum("ij,ij->i", vectors[first], vectors[second]) / (
         graph.edge_distance[first] * graph.edge_distance[second])
     np.testing.assert_allclose(cosines, expected, atol=1e-12)
+
+
+def test_triplets_pair_edges_at_each_centre():
+    graph = Featurizer().graph_of(Crystal.from_ase(bulk("Si", "diamond", a=5.43)))
+    triplet_index, cosines = bond_angle_triplets(graph.edge_index, graph.edge_vector)
+    assert triplet_index.shape == (2, 2 * 12 * 11)
+    assert_triplets_are_angles_at_shared_targets(graph, triplet_index, cosines)
+    first, second = triplet_index
     nearest = graph.edge_distance[first] < 2.4
     tetrahedral = nearest & (graph.edge_distance[second] < 2.4)
     np.testing.assert_allclose(cosines[tetrahedral], -1 / 3, atol=1e-9)
@@ -146,9 +151,4 @@ def test_triplets_with_kept_ties_and_uneven_degrees():
     assert len(set(degree.tolist())) > 1  # whole shells: Sr 12, Ti 6 + 8 = 14, ...
     triplet_index, cosines = bond_angle_triplets(graph.edge_index, graph.edge_vector)
     assert triplet_index.shape[1] == int((degree * (degree - 1)).sum())
-    first, second = triplet_index
-    assert (graph.edge_index[1][first] == graph.edge_index[1][second]).all() and (first != second).all()
-    vectors = graph.edge_vector
-    expected = np.einsum("ij,ij->i", vectors[first], vectors[second]) / (
-        graph.edge_distance[first] * graph.edge_distance[second])
-    np.testing.assert_allclose(cosines, expected, atol=1e-12)
+    assert_triplets_are_angles_at_shared_targets(graph, triplet_index, cosines)

@@ -1,17 +1,13 @@
 """Prefect flows run the package functions, against a real (test-harness) Prefect API."""
 
-import csv
-import sys
-
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
 
 from flows.import_structures import import_structures
+from tests.conftest import perovskite_rows, write_csv
 from workbench.store.engine import session_scope
 from workbench.store.schema import Structure, TargetValue
-
-csv.field_size_limit(sys.maxsize)
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +19,7 @@ def prefect_api():
 @pytest.mark.slow
 def test_import_flow(prefect_api, engine, database_url, shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
-    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
-        rows = [row for _, row in zip(range(30), csv.DictReader(handle), strict=False)]
-    with (tmp_path / "batch.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "dir_gap"])
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in writer.fieldnames} for row in rows)
+    write_csv(tmp_path / "batch.csv", perovskite_rows(shared_data, 30), ["material_id", "cif", "dir_gap"])
     summaries = import_structures([str(tmp_path / "batch.csv"), str(shared_data / "jarvis_dos50")],
                                   source="flow", targets={"dir_gap": "dir_gap"})
     assert summaries[0]["new_structures"] == 30 and len(summaries) == 1 + 50 + 1  # csv, POSCARs, id_prop

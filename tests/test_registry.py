@@ -1,6 +1,5 @@
 """Train, register in MLflow, predict into the store, and load the champion in a fresh process."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import func, select
 
+from tests.conftest import perovskite_rows, write_csv
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
 from workbench.settings import Settings
@@ -20,7 +20,6 @@ from workbench.store.schema import ModelVersion, Prediction, Structure, Structur
 from workbench.train.config import TrainConfig
 from workbench.train.pipeline import TrainRequest, predict_into_store, train_and_register
 
-csv.field_size_limit(sys.maxsize)
 QUICK = TrainConfig(members=2, epochs=3, patience=2, batch_size=32, learning_rate=3e-3)
 
 
@@ -31,21 +30,16 @@ def settings(tmp_path, database_url) -> Settings:
 
 
 @pytest.fixture
-def perovskite_rows(shared_data) -> list[dict]:
-    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
-        return [row for _, row in zip(range(150), csv.DictReader(handle), strict=False)]
+def rows(shared_data) -> list[dict]:
+    return perovskite_rows(shared_data, 150)
 
 
 @pytest.mark.slow
-def test_train_register_predict_and_load_the_champion(engine, settings, perovskite_rows, tmp_path):
-    labeled, unlabeled = perovskite_rows[:120], perovskite_rows[120:]
-    for name, rows, columns in (("labeled", labeled, ["material_id", "cif", "heat_ref"]),
+def test_train_register_predict_and_load_the_champion(engine, settings, rows, tmp_path):
+    labeled, unlabeled = rows[:120], rows[120:]
+    for name, part, columns in (("labeled", labeled, ["material_id", "cif", "heat_ref"]),
                                 ("unlabeled", unlabeled, ["material_id", "cif"])):
-        with (tmp_path / f"{name}.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({key: row[key] for key in columns} for row in rows)
-        import_file(engine, tmp_path / f"{name}.csv", source=name, options=ReadOptions())
+        import_file(engine, write_csv(tmp_path / f"{name}.csv", part, columns), source=name, options=ReadOptions())
 
     request = TrainRequest(target="heat_ref", name="perov-heat", train=QUICK, pooling="sum", device="cpu")
     first = train_and_register(engine, settings, request)
@@ -101,12 +95,9 @@ def test_train_register_predict_and_load_the_champion(engine, settings, perovski
 
 
 @pytest.mark.slow
-def test_train_and_predict_commands(run_cli, engine, perovskite_rows, tmp_path, monkeypatch):
+def test_train_and_predict_commands(run_cli, engine, rows, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with (tmp_path / "perov.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "dir_gap"])
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in writer.fieldnames} for row in perovskite_rows[:60])
+    write_csv(tmp_path / "perov.csv", rows[:60], ["material_id", "cif", "dir_gap"])
     run_cli("import", tmp_path / "perov.csv", "--jobs", "1")
     out = run_cli("train", "--target", "dir_gap", "--name", "gap", "--members", "2", "--epochs", "2",
                   "--device", "cpu", "--jobs", "1").output

@@ -1,13 +1,12 @@
 """Training on real data: deduplicated splits, deterministic ensembles, metrics, baselines."""
 
-import csv
-import sys
 import tarfile
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import perovskite_rows, write_csv
 from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -20,7 +19,6 @@ from workbench.train.ensemble import Ensemble, train_ensemble
 from workbench.train.metrics import band_gap, per_site_metrics, scalar_metrics, spectrum_metrics
 from workbench.train.splits import grouped_split
 
-csv.field_size_limit(sys.maxsize)
 FEATURIZER = Featurizer()
 SMALL = {"hidden": 16, "layers": 2}
 QUICK = TrainConfig(members=2, epochs=6, patience=3, batch_size=32, learning_rate=3e-3)
@@ -28,12 +26,7 @@ QUICK = TrainConfig(members=2, epochs=6, patience=3, batch_size=32, learning_rat
 
 @pytest.fixture
 def perovskites(engine, shared_data, tmp_path):
-    with (shared_data / "perov5" / "labeled_val.csv").open() as handle:
-        rows = [row for _, row in zip(range(160), csv.DictReader(handle), strict=False)]
-    with (tmp_path / "perov.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "heat_ref"])
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in writer.fieldnames} for row in rows)
+    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 160), ["material_id", "cif", "heat_ref"])
     import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
     featurize_structures(engine, FEATURIZER)
     return load_labeled_graphs(engine, "heat_ref", FEATURIZER)
