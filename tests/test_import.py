@@ -214,3 +214,19 @@ def test_ase_atoms_without_periodicity_are_refused(engine, tmp_path):
                  format="extxyz")
     with pytest.raises(ImportFailed, match="not a periodic crystal"):
         import_file(engine, tmp_path / "molecule.xyz", source="x", options=ReadOptions())
+
+
+def test_cif_charges_inside_a_csv_follow_the_target_mapping(engine, shared_data, tmp_path):
+    with tarfile.open(shared_data / "mof_ddec" / "ddec_mofs_1000.tar.gz") as archive:
+        member = min((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.size)
+        cif = archive.extractfile(member).read().decode()
+    with (tmp_path / "mofs.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["material_id", "cif", "pore"])
+        writer.writeheader()
+        writer.writerow({"material_id": "m1", "cif": cif, "pore": "4.2"})
+    import_file(engine, tmp_path / "mofs.csv", source="only-pore", options=ReadOptions(targets={"pore": "pore"}))
+    assert labels_of(engine, "charges") == {}  # not asked for
+    import_file(engine, tmp_path / "mofs.csv", source="renamed",
+                options=ReadOptions(targets={"pore": "pore", "charges": "ddec"}, units={"ddec": "e"}))
+    [ddec] = labels_of(engine, "ddec").values()
+    assert abs(ddec.sum()) < 1e-3

@@ -42,6 +42,8 @@ class Entry:
     # Earlier (source, external id) pairs of this structure, e.g. kept in a workbench
     # export, recorded beside the import's own source.
     origins: list[tuple[str, str]] = field(default_factory=list)
+    # For text parsed later: per-site CIF columns that become labels, column -> (target, units).
+    site_targets: dict[str, tuple[str, str]] = field(default_factory=dict)
     # A reader that could not make sense of this row says why here; the rest of the file
     # is still read, so that --skip-bad can leave out just this row.
     error: InputError | None = None

@@ -67,8 +67,10 @@ def check_entry(entry: Entry) -> Checked | InputError:
         crystal = entry.crystal
         if crystal is None:
             crystal, site_columns = parse_structure_text(entry.text or "", entry.text_format or "")
-            for name, values in site_columns.items():
-                entry.labels.setdefault(name, Label(TargetKind.PER_SITE, values, "e"))
+            for column, values in site_columns.items():
+                if column in entry.site_targets:
+                    target, units = entry.site_targets[column]
+                    entry.labels.setdefault(target, Label(TargetKind.PER_SITE, values, units))
         nearest = check_crystal(crystal)
         entry.text = None  # parsed: no need to send it back to the main process
         return Checked(entry, crystal, identify(crystal, nearest))

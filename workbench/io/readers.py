@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 from workbench.errors import InputError
 from workbench.io.ase_db import entries_from_atoms, read_ase_db
 from workbench.io.entries import Entry, Label
-from workbench.io.structure_text import read_cif_blocks, read_poscar
+from workbench.io.structure_text import CIF_SITE_COLUMNS, read_cif_blocks, read_poscar
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
@@ -126,12 +126,19 @@ def _read_cif_file(path: Path, options: ReadOptions) -> list[Entry]:
 
 
 def _site_column_labels(site_columns: dict[str, np.ndarray], options: ReadOptions) -> dict[str, Label]:
-    labels = {}
-    for column, values in site_columns.items():
+    targets = _site_targets(options)
+    return {targets[column][0]: Label(TargetKind.PER_SITE, values, targets[column][1])
+            for column, values in site_columns.items() if column in targets}
+
+
+def _site_targets(options: ReadOptions) -> dict[str, tuple[str, str]]:
+    """Per-site CIF columns that become labels under ``options``: column -> (target, units)."""
+    targets = {}
+    for column in CIF_SITE_COLUMNS.values():
         target = options.target_for(column)
         if target:
-            labels[target] = Label(TargetKind.PER_SITE, values, options.units.get(target, "e"))
-    return labels
+            targets[column] = (target, options.units.get(target, "e"))
+    return targets
 
 
 def _read_poscar_file(path: Path, options: ReadOptions) -> list[Entry]:
@@ -161,7 +168,8 @@ def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
         row = f"entry {index} (id {external_id})"
         if isinstance(item, str):
             text_format = "cif" if "data_" in item else "poscar"
-            entries.append(Entry(row, str(external_id), text=item, text_format=text_format))
+            entries.append(Entry(row, str(external_id), text=item, text_format=text_format,
+                                 site_targets=_site_targets(options)))
         elif isinstance(item, dict):
             try:
                 structure = Structure.from_dict(item)
@@ -196,7 +204,8 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
             raise InputError(f"no structure column: expected one of {', '.join(STRUCTURE_COLUMNS)}")
         id_column = next((lowered[name] for name in ID_COLUMNS if name in lowered), None)
         rows = list(reader)
-    missing = [column for column in options.targets if column not in columns]
+    site_columns = set(CIF_SITE_COLUMNS.values())  # read from the CIFs, not the table
+    missing = [column for column in options.targets if column not in columns and column not in site_columns]
     if missing:
         raise InputError(f"--target names columns not in the file: {', '.join(missing)}")
     target_columns = _csv_target_columns(columns, rows, options, {structure_column, id_column})
@@ -209,7 +218,7 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
             raise InputError(f"empty {id_column}", row=where, field=id_column)
         text = row.get(structure_column) or ""
         text_format = fixed_format or ("cif" if "data_" in text else "poscar")
-        entry = Entry(where, external_id, text=text, text_format=text_format)
+        entry = Entry(where, external_id, text=text, text_format=text_format, site_targets=_site_targets(options))
         try:
             for column, target in target_columns.items():
                 cell = (row.get(column) or "").strip()
@@ -237,7 +246,7 @@ def _read_id_prop(path: Path, options: ReadOptions) -> list[Entry]:
             file_name, cells = row[0].strip(), row[1:]
             where = f"row {number} (id {file_name})"
             text_format = "cif" if file_name.lower().endswith(".cif") else "poscar"
-            entry = Entry(where, file_name, text_format=text_format)
+            entry = Entry(where, file_name, text_format=text_format, site_targets=_site_targets(options))
             try:
                 structure_path = path.parent / file_name
                 if not structure_path.is_file():
@@ -259,7 +268,7 @@ def _csv_target_columns(
     columns: list[str], rows: list[dict], options: ReadOptions, reserved: set[str | None]
 ) -> dict[str, str]:
     if options.targets:
-        return dict(options.targets)
+        return {column: target for column, target in options.targets.items() if column in columns}
     first_values = next(
         ({column: row[column] for column in columns if row.get(column)} for row in rows), {}
     )
