@@ -102,8 +102,7 @@ def import_(
         console.print(f"[red]{error}")
         raise typer.Exit(2) from None
     failed = 0
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
-    with pool as executor, _progress() as progress:
+    with _workers(jobs) as executor, _progress() as progress:
         for path in files:
             task = progress.add_task(path.name, total=None)
             try:
@@ -127,6 +126,11 @@ def import_(
         raise typer.Exit(1)
 
 
+def _workers(jobs: int):
+    """A process pool for ``jobs`` > 1, else nothing (work runs in this process)."""
+    return ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -147,8 +151,7 @@ def featurize(
     featurizer = Featurizer(GraphConfig(cutoff=cutoff, max_neighbors=max_neighbors,
                                         keep_ties=keep_ties, max_cutoff=max_cutoff))
     engine = _engine(Settings())
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
-    with pool as executor, _progress() as progress:
+    with _workers(jobs) as executor, _progress() as progress:
         task = progress.add_task(f"featurizer {featurizer.key}", total=None)
         report = featurize_structures(
             engine, featurizer, executor=executor,
@@ -194,8 +197,7 @@ def train(
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
     )
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
-    with pool as executor, _progress() as progress:
+    with _workers(jobs) as executor, _progress() as progress:
         task = progress.add_task(f"training {members} members", total=members * epochs)
         result = train_and_register(
             _engine(settings), settings, request, executor=executor,
@@ -223,8 +225,7 @@ def predict(
 
     settings = Settings()
     structure_ids = [int(value) for value in ids.split(",") if value.strip()] if ids else None
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
-    with pool as executor, _progress() as progress:
+    with _workers(jobs) as executor, _progress() as progress:
         task = progress.add_task(f"predicting with {model}", total=None)
         written = predict_into_store(
             _engine(settings), settings, model, structure_ids=structure_ids, where=where or None,
