@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch goes in first and pinned: an unpinned torch pulls several GB of CUDA wheels.
 TORCH := torch==2.13.0
+# GPAW compiles a C file that includes a C++ header: its build needs g++ as the C compiler.
+GPAW := gpaw==26.7.0
 EXAMPLES := workbench/examples
 
 .PHONY: demo test system-packages
@@ -29,6 +31,8 @@ system-packages:
 	command -v gcc >/dev/null || missing="$$missing build-essential"; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
+	dpkg -s libxc-dev >/dev/null 2>&1 || missing="$$missing libxc-dev"; \
+	dpkg -s libopenblas-dev >/dev/null 2>&1 || missing="$$missing libopenblas-dev"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
@@ -37,5 +41,6 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
+	CC=g++ $(BIN)/python -m pip install -q $(GPAW)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@

@@ -53,3 +53,30 @@ def test_alembic_command_line_checks_clean(empty_database_url, tmp_path):
             cwd=tmp_path, capture_output=True, text=True, check=False,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_upgrade_keeps_rows_of_rebuilt_tables(empty_database_url):
+    """SQLite rebuilds `calculations` in 0002; the attempts pointing at it must survive."""
+    engine = make_engine(empty_database_url)
+    try:
+        migrate.upgrade(engine, "0001")
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO structures (id, formula, reduced_formula, chemical_system, composition,"
+                " elements, nsites, nelements, lattice, species, frac_coords, volume, density,"
+                " spacegroup_number, spacegroup_symbol, dedup_key, fingerprint)"
+                " VALUES (1, 'Si2', 'Si', 'Si', '{}', '[]', 2, 1, '[]', '[]', :blob, 40.0, 2.3,"
+                " 227, 'Fd-3m', 'k', :blob)"), {"blob": b"x"})
+            connection.execute(text(
+                "INSERT INTO calculations (id, structure_id, preset, parameters, status)"
+                " VALUES (7, 1, 'emt', '{}', 'failed')"))
+            connection.execute(text(
+                "INSERT INTO calculation_attempts (calculation_id, number, parameters, status, reason)"
+                " VALUES (7, 1, '{}', 'failed', 'crash')"))
+        migrate.upgrade(engine)
+        migrate.check(engine)
+        with engine.connect() as connection:
+            reasons = connection.execute(text("SELECT reason FROM calculation_attempts")).scalars().all()
+        assert reasons == ["crash"]
+    finally:
+        engine.dispose()

@@ -175,10 +175,16 @@ class TargetValue(Base):
 
 
 class Calculation(Base):
-    """A DFT calculation of one structure with one calculator preset."""
+    """A DFT calculation of one structure with one calculator preset.
+
+    One row per (structure, preset): retries are attempts of the same row, so a done
+    calculation is never run twice, even by concurrent workers. ``results`` holds the
+    scalar outputs and ``arrays`` the raw ones (forces, eigenvalues, DOS), from which the
+    target values are derived.
+    """
 
     __tablename__ = "calculations"
-    __table_args__ = (Index("ix_calculations_structure_id_preset", "structure_id", "preset"),)
+    __table_args__ = (UniqueConstraint("structure_id", "preset"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     structure_id: Mapped[int] = mapped_column(ForeignKey("structures.id", ondelete="CASCADE"))
@@ -192,10 +198,15 @@ class Calculation(Base):
     workdir: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
+    threads: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = _created_at()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     wall_time_s: Mapped[float | None] = mapped_column(Double)
+    results: Mapped[dict | None] = mapped_column(JsonDocument)
+    arrays: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     attempts: Mapped[list["CalculationAttempt"]] = relationship(
         back_populates="calculation", cascade="all, delete-orphan", order_by="CalculationAttempt.number"
@@ -217,8 +228,11 @@ class CalculationAttempt(Base):
     status: Mapped[CalculationStatus] = mapped_column(_enum(CalculationStatus, "attempt_status"))
     reason: Mapped[str | None] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text)
+    workdir: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    wall_time_s: Mapped[float | None] = mapped_column(Double)
 
     calculation: Mapped[Calculation] = relationship(back_populates="attempts")
 
