@@ -1,5 +1,5 @@
 """Models: a backbone (``backbones/``) plus a head (``heads/``), layers one per file."""
 
-from workbench.models.model import CrystalModel, FeaturizerMismatch, ModelConfig
+from workbench.models.model import CrystalModel, FeaturizerMismatch, ModelConfig, needs_triplets
 
-__all__ = ["CrystalModel", "FeaturizerMismatch", "ModelConfig"]
+__all__ = ["CrystalModel", "FeaturizerMismatch", "ModelConfig", "needs_triplets"]

@@ -12,12 +12,19 @@ import torch
 from torch import nn
 
 from workbench import __version__
+from workbench.models.backbones.alignn import ALIGNN, ALIGNNConfig
 from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
 from workbench.models.backbones.neighbour_mlp import NeighbourMLP, NeighbourMLPConfig
+from workbench.models.backbones.schnet import SchNet, SchNetConfig
 from workbench.models.heads import PerSiteHead, ScalarHead, SpectrumHead
 
 SAVE_FORMAT = 1
-BACKBONES = {"cgcnn": (CGCNN, CGCNNConfig), "neighbour-mlp": (NeighbourMLP, NeighbourMLPConfig)}
+BACKBONES = {
+    "alignn": (ALIGNN, ALIGNNConfig),
+    "cgcnn": (CGCNN, CGCNNConfig),
+    "neighbour-mlp": (NeighbourMLP, NeighbourMLPConfig),
+    "schnet": (SchNet, SchNetConfig),
+}
 HEADS = {"scalar": ScalarHead, "spectrum": SpectrumHead, "per_site": PerSiteHead}
 
 
@@ -40,6 +47,14 @@ class ModelConfig:
     featurizer_key: str
     backbone: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
+
+
+def needs_triplets(architecture: str) -> bool:
+    """Whether the backbone reads bond-angle triplets, which graphs then get on loading
+    (a backbone says so with a ``needs_triplets = True`` class attribute)."""
+    if architecture not in BACKBONES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BACKBONES)}")
+    return getattr(BACKBONES[architecture][0], "needs_triplets", False)
 
 
 class FeaturizerMismatch(ValueError):

@@ -32,8 +32,10 @@ class LabeledGraphs:
         return [self.data[position[structure_id]] for structure_id in structure_ids]
 
 
-def load_labeled_graphs(engine: Engine, target: str, featurizer: Featurizer) -> LabeledGraphs:
-    """Every structure labeled for ``target``, with its graph (which must be featurized)."""
+def load_labeled_graphs(engine: Engine, target: str, featurizer: Featurizer, *,
+                        triplets: bool = False) -> LabeledGraphs:
+    """Every structure labeled for ``target``, with its graph (which must be featurized),
+    and with its bond-angle triplets if ``triplets`` (built here, never cached)."""
     with session_scope(engine) as session:
         definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
         if definition is None:
@@ -49,7 +51,7 @@ def load_labeled_graphs(engine: Engine, target: str, featurizer: Featurizer) -> 
     table = featurizer.feature_table()
     data = []
     for row in rows:
-        item = graph_to_data(graphs[row.structure_id], table)
+        item = graph_to_data(graphs[row.structure_id], table, triplets=triplets)
         if kind is TargetKind.SCALAR:
             item.y = torch.tensor([row.value], dtype=torch.float32)
         elif kind is TargetKind.SPECTRUM:

@@ -22,7 +22,7 @@ from workbench.featurize.cache import featurize_structures, load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
-from workbench.models import ModelConfig
+from workbench.models import ModelConfig, needs_triplets
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
@@ -87,7 +87,8 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
-    labeled = load_labeled_graphs(engine, request.target, featurizer)
+    labeled = load_labeled_graphs(engine, request.target, featurizer,
+                                  triplets=needs_triplets(request.architecture))
     if len(labeled.data) < 10:
         raise ValueError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
     definition = _definition(engine, request.target)
@@ -232,11 +233,12 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
     if on_total:
         on_total(len(todo))
     table, written = featurizer.feature_table(), 0
+    triplets = needs_triplets(ensemble.config.architecture)
     device = pick_device("auto")
     for start in range(0, len(todo), PREDICT_CHUNK):
         chunk = todo[start:start + PREDICT_CHUNK]
         graphs = load_graphs(engine, featurizer.key, chunk)
-        data = [graph_to_data(graphs[structure_id], table) for structure_id in chunk]
+        data = [graph_to_data(graphs[structure_id], table, triplets=triplets) for structure_id in chunk]
         mean, std = ensemble.predict(data, device=device)
         rows = _prediction_rows(ensemble.config.head, chunk, data, mean, std, model_version_id, target_id)
         with session_scope(engine) as session:

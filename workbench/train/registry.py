@@ -23,6 +23,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
 from workbench.io.structure_text import parse_structure_text
+from workbench.models import needs_triplets
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
 from workbench.train.ensemble import Ensemble
@@ -45,7 +46,8 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: list[Any], params: dict | None = None) -> pd.DataFrame:
         crystals = [_crystal(item) for item in _items(model_input)]
         table = self.featurizer.feature_table()
-        data = [graph_to_data(self.featurizer.graph_of(crystal), table) for crystal in crystals]
+        triplets = needs_triplets(self.ensemble.config.architecture)
+        data = [graph_to_data(self.featurizer.graph_of(crystal), table, triplets=triplets) for crystal in crystals]
         mean, std = self.ensemble.predict(data)
         if self.ensemble.config.head == "per_site":
             sizes = np.cumsum([crystal.nsites for crystal in crystals])[:-1]

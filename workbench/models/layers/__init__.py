@@ -1,6 +1,8 @@
 """Graph layers, one per file."""
 
+from workbench.models.layers.alignn_layer import ALIGNNLayer
 from workbench.models.layers.cgcnn_conv import CGCNNConv
+from workbench.models.layers.edge_gated_conv import EdgeGatedConv
 from workbench.models.layers.gaussian_expansion import GaussianExpansion
 
-__all__ = ["CGCNNConv", "GaussianExpansion"]
+__all__ = ["ALIGNNLayer", "CGCNNConv", "EdgeGatedConv", "GaussianExpansion"]
