@@ -31,6 +31,8 @@ from workbench.store.queries import run_read_only, store_status
 from workbench.train.config import TrainConfig
 
 app = typer.Typer(help="Active-learning workbench for crystalline materials.", no_args_is_help=True)
+dft_app = typer.Typer(help="DFT calculations through ASE: run, inspect, retry.", no_args_is_help=True)
+app.add_typer(dft_app, name="dft")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -303,4 +305,140 @@ def status() -> None:
         table.add_row(f"calculations {name}", str(count))
     table.add_row("model versions", str(summary.models))
     table.add_row("predictions", str(summary.predictions))
+    Console().print(table)
+
+
+def _ids(text: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--ids expects comma-separated integers, got {text!r}") from None
+
+
+def _preset(name: str):
+    from workbench.dft.presets import PresetError, load_preset
+
+    try:
+        return load_preset(name)
+    except PresetError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _run_options(settings: Settings, threads: int, jobs: int, wall_time: float | None,
+                 max_attempts: int | None):
+    from workbench.dft.runner import RunOptions
+
+    return RunOptions(
+        workdir=settings.dft_dir, threads=threads, jobs=jobs, wall_time_s=wall_time,
+        max_attempts=max_attempts, espresso_pseudo_dir=settings.espresso_pseudo_dir,
+        espresso_command=settings.espresso_command,
+    )
+
+
+def _run_and_report(engine, preset, options, calculation_ids) -> None:
+    from workbench.dft.runner import run_queued
+
+    def event(calculation_id: int, message: str) -> None:
+        console.print(f"calculation {calculation_id}: {message}")
+
+    report = run_queued(engine, preset, options, calculation_ids=calculation_ids, on_event=event)
+    if report.requeued:
+        console.print(f"Re-queued {len(report.requeued)} calculations whose worker was gone: {report.requeued}")
+    for element, why in report.references_missing.items():
+        console.print(f"[yellow]No elemental reference for {element}: {why}")
+    console.print(f"{len(report.done)} done, {len(report.failed)} failed, "
+                  f"{report.formation_energies} formation energies added")
+    for calculation_id, reason in report.failed.items():
+        console.print(f"[red]calculation {calculation_id} failed: {reason}")
+    if report.failed:
+        raise typer.Exit(2)
+
+
+ThreadsOption = Annotated[int, typer.Option(help="Threads per calculation.")]
+JobsOption = Annotated[int, typer.Option(help="Calculations run at once.")]
+WallTimeOption = Annotated[float | None, typer.Option(help="Wall-time limit per attempt, s (default: the preset's).")]
+AttemptsOption = Annotated[int | None, typer.Option(help="Attempts per calculation (default: the preset's).")]
+
+
+@dft_app.command("run")
+def dft_run(
+    preset: Annotated[str, typer.Option(help="Preset name (see `workbench dft presets`) or a .yaml/.json file.")] = "gpaw",
+    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
+    where: Annotated[str, typer.Option(help="SQL condition on structures.")] = "",
+    all_: Annotated[bool, typer.Option("--all", help="Every structure without a done calculation.")] = False,
+    threads: ThreadsOption = 1,
+    jobs: JobsOption = 1,
+    wall_time: WallTimeOption = None,
+    max_attempts: AttemptsOption = None,
+) -> None:
+    """Queue and run calculations of the chosen structures with a preset.
+
+    Structures with a done calculation for the preset are never computed again; the
+    elemental references of their elements are computed first (formation energies).
+    """
+    from workbench.dft.runner import queue_calculations, select_structures
+
+    chosen = [bool(ids), bool(where), all_]
+    if sum(chosen) != 1:
+        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    settings = Settings()
+    engine = _engine(settings)
+    calculation_preset = _preset(preset)
+    try:
+        structure_ids = select_structures(engine, calculation_preset.name, ids=_ids(ids),
+                                          where=where or None, every=all_)
+    except (ValueError, ReadOnlyViolation) as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+    calculation_ids = queue_calculations(engine, structure_ids, calculation_preset)
+    console.print(f"{len(calculation_ids)} structures chosen for preset {calculation_preset.name}")
+    _run_and_report(engine, calculation_preset,
+                    _run_options(settings, threads, jobs, wall_time, max_attempts), calculation_ids)
+
+
+@dft_app.command("retry")
+def dft_retry(
+    preset: Annotated[str, typer.Option(help="Preset name or file.")] = "gpaw",
+    ids: Annotated[str, typer.Option(help="Comma-separated calculation ids (default: every failed one).")] = "",
+    reason: Annotated[list[str] | None, typer.Option(help="Only failures of this reason (repeatable).")] = None,
+    threads: ThreadsOption = 1,
+    jobs: JobsOption = 1,
+    wall_time: WallTimeOption = None,
+    max_attempts: AttemptsOption = None,
+) -> None:
+    """Put failed calculations back in the queue and run them."""
+    from workbench.dft.runner import retry_failed
+
+    settings = Settings()
+    engine = _engine(settings)
+    calculation_preset = _preset(preset)
+    queued = retry_failed(engine, calculation_preset.name, ids=_ids(ids), reasons=reason or None)
+    console.print(f"Re-queued {len(queued)} failed calculations of {calculation_preset.name}")
+    _run_and_report(engine, calculation_preset,
+                    _run_options(settings, threads, jobs, wall_time, max_attempts), queued)
+
+
+@dft_app.command("status")
+def dft_status(
+    preset: Annotated[str, typer.Option(help="Only this preset.")] = "",
+) -> None:
+    """Calculations by preset, status and reason of failure."""
+    from workbench.dft.runner import status_counts
+
+    table = Table("preset", "status", "reason", "count", title="calculations")
+    for name, state, reason, count in status_counts(_engine(Settings()), preset or None):
+        table.add_row(name, state, reason or "", str(count))
+    Console().print(table)
+
+
+@dft_app.command("presets")
+def dft_presets() -> None:
+    """The built-in calculator presets."""
+    from workbench.dft.presets import BUILTIN_PRESETS
+
+    table = Table("name", "calculator", "description", title="presets")
+    for preset in BUILTIN_PRESETS.values():
+        table.add_row(preset.name, preset.calculator, preset.description)
     Console().print(table)

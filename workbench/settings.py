@@ -19,6 +19,9 @@ class Settings(BaseSettings):
       ``workbench.db`` in the home).
     - ``MLFLOW_TRACKING_URI`` (MLflow's own variable) or ``WORKBENCH_MLFLOW_TRACKING_URI``:
       tracking and registry store (default: SQLite file ``mlflow.db`` in the home).
+    - ``WORKBENCH_DFT_DIR``: where calculations keep their folders (default ``HOME/dft``).
+    - ``WORKBENCH_ESPRESSO_PSEUDO_DIR`` and ``WORKBENCH_ESPRESSO_COMMAND``: pseudopotentials
+      and the ``pw.x`` command line of the ``espresso`` preset.
     """
 
     model_config = SettingsConfigDict(env_prefix="WORKBENCH_", extra="ignore")
@@ -30,6 +33,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "WORKBENCH_MLFLOW_TRACKING_URI"),
     )
 
+    dft_dir: Path | None = None
+    espresso_pseudo_dir: str = ""
+    espresso_command: str = "pw.x"
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         # Absolute paths: MLflow artifacts and SQLite files otherwise land relative to
@@ -37,6 +44,7 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'workbench.db'}"
+        self.dft_dir = (self.dft_dir or self.home / "dft").expanduser().resolve()
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         return self

@@ -93,8 +93,25 @@ def import_file(
 ) -> FileReport:
     """Import one file in one transaction; raise :class:`ImportFailed` and write nothing
     if any entry is bad and ``skip_bad`` is false."""
-    file = str(path)
-    entries = read_entries(path, options)
+    return import_entries(
+        engine, read_entries(path, options), source=source, file=str(path), options=options,
+        skip_bad=skip_bad, executor=executor, on_progress=on_progress, on_total=on_total,
+    )
+
+
+def import_entries(
+    engine: Engine,
+    entries: list[Entry],
+    *,
+    source: str,
+    file: str,
+    options: ReadOptions,
+    skip_bad: bool = False,
+    executor: Executor | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> FileReport:
+    """Import entries built in code (``file`` names where they came from) like a file."""
     report = FileReport(file=file, entries=len(entries))
     if on_total:
         on_total(len(entries))

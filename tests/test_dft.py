@@ -1,0 +1,189 @@
+"""The DFT runner's machinery with real processes and ASE's EMT, on both backends."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from sqlalchemy import select, update
+
+from tests.dft_helpers import calculation_of, count_rows, cu3au, store_crystals, targets_of
+from workbench.dft.ingest import ingest_outputs
+from workbench.dft.outputs import DOS_GRID, band_gaps, broadened_dos, standard_dos
+from workbench.dft.presets import BUILTIN_PRESETS, PresetError, load_preset, resolve_parameters
+from workbench.dft.runner import (
+    RunOptions,
+    queue_calculations,
+    requeue_lost,
+    retry_failed,
+    run_queued,
+    select_structures,
+)
+from workbench.errors import ReadOnlyViolation
+from workbench.store.engine import session_scope
+from workbench.store.schema import Calculation, CalculationAttempt, CalculationStatus, TargetValue
+
+EMT = BUILTIN_PRESETS["emt"]
+
+
+@pytest.fixture
+def options(tmp_path) -> RunOptions:
+    return RunOptions(workdir=tmp_path / "dft", heartbeat_s=0.5)
+
+
+def test_presets_from_names_and_files(tmp_path):
+    assert load_preset("gpaw-fast").calculator == "gpaw"
+    preset_file = tmp_path / "lj.yaml"
+    preset_file.write_text("name: lj\ncalculator: ase.calculators.lj:LennardJones\n"
+                           "parameters: {sigma: 2.3}\nspin: off\ndos: false\n")
+    assert load_preset(str(preset_file)).parameters == {"sigma": 2.3}
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ncalculator: emt\nmax_atempts: 3\n")
+    with pytest.raises(PresetError, match=r"bad.yaml: unknown preset fields \['max_atempts'\]"):
+        load_preset(str(bad))
+    bad.write_text("name: bad\ncalculator: NoSuchThing\n")
+    with pytest.raises(PresetError, match="neither one of"):
+        load_preset(str(bad))
+    with pytest.raises(PresetError, match="unknown preset 'gpw'"):
+        load_preset("gpw")
+
+
+def test_resolved_parameters_follow_the_structure():
+    gpaw = BUILTIN_PRESETS["gpaw-fast"]
+    silicon = resolve_parameters(gpaw, bulk("Si"))
+    iron = resolve_parameters(gpaw, bulk("Fe"))
+    assert "spinpol" not in silicon and iron["spinpol"] is True
+    assert silicon["kpts"]["gamma"] and all(n >= 4 for n in silicon["kpts"]["size"])
+    # Rung 2 of the ladder: damped mixing merged into the preset's parameters.
+    damped = resolve_parameters(gpaw, bulk("Si"), rung=2)
+    assert damped["mixer"]["beta"] == 0.02 and damped["mode"] == silicon["mode"]
+
+
+def test_dos_and_gaps_from_eigenvalues():
+    # Two bands at -1 and +1 eV, one k-point: integral per valence electron is 1 below E_F.
+    eigenvalues = np.array([[[-1.0, 1.0]]])
+    dos = standard_dos(eigenvalues, np.array([1.0]), fermi_level=0.0, valence_electrons=2.0)
+    step = DOS_GRID[1] - DOS_GRID[0]
+    assert dos.shape == (300,) and DOS_GRID[0] == -5.0 and step == pytest.approx(0.05)
+    assert dos[DOS_GRID < 0].sum() * step == pytest.approx(1.0, rel=1e-3)
+    assert broadened_dos(eigenvalues, np.array([1.0]), np.array([-1.0]))[0] > 0
+    assert band_gaps(eigenvalues, 0.0) == pytest.approx((2.0, 2.0))
+
+
+def test_emt_calculations_become_targets_once(engine, options):
+    ids = store_crystals(engine, {"Cu3Au": cu3au(), "Cu": bulk("Cu", a=3.6)})
+    queue_calculations(engine, [ids["Cu3Au"]], EMT)
+    report = run_queued(engine, EMT, options)
+    # The references (fcc Cu, fcc Au) run first; Cu from the test source is Cu's reference.
+    assert len(report.done) == 3 and not report.failed
+    assert report.formation_energies == 3
+
+    targets = targets_of(engine, ids["Cu3Au"])
+    assert {"emt.energy", "emt.energy_per_atom", "emt.forces", "emt.formation_energy_per_atom"} <= set(targets)
+    assert targets["emt.forces"].value_array.shape == (4, 3)
+    assert targets["emt.energy_per_atom"].value == pytest.approx(targets["emt.energy"].value / 4)
+    calculation, attempts = calculation_of(engine, ids["Cu3Au"], "emt")
+    assert calculation.status is CalculationStatus.DONE and calculation.parameters["name"] == "emt"
+    assert [attempt.status for attempt in attempts] == [CalculationStatus.DONE]
+    assert (options.workdir / "emt" / str(ids["Cu3Au"]) / "attempt-1" / "job.json").is_file()
+
+    # Nothing done is computed again, however it is asked for.
+    labels, tries = count_rows(engine, TargetValue), count_rows(engine, CalculationAttempt)
+    assert select_structures(engine, "emt", every=True) == []
+    queue_calculations(engine, list(ids.values()), EMT)
+    again = run_queued(engine, EMT, options)
+    assert again.done == [] and count_rows(engine, CalculationAttempt) == tries
+
+    # Ingesting a done calculation a second time writes nothing.
+    assert not ingest_outputs(engine, calculation.id, {"energy": 1.0, "natoms": 4},
+                              {"forces": np.zeros((4, 3))}, wall_time_s=1.0)
+    assert count_rows(engine, TargetValue) == labels
+
+
+def test_crash_is_retried_once_then_retry_requeues(engine, options):
+    ids = store_crystals(engine, {"Si": bulk("Si")})  # EMT has no potential for Si
+    queue_calculations(engine, [ids["Si"]], EMT)
+    report = run_queued(engine, EMT, options, references=False)
+    assert report.failed == {calculation_of(engine, ids["Si"], "emt")[0].id: "crash"}
+    calculation, attempts = calculation_of(engine, ids["Si"], "emt")
+    assert [attempt.reason for attempt in attempts] == ["crash", "crash"]
+    assert "No EMT-potential for Si" in attempts[0].message
+    assert calculation.reason == "crash" and attempts[0].exit_code == 1
+
+    assert retry_failed(engine, "emt", reasons=["scf"]) == []
+    assert retry_failed(engine, "emt") == [calculation.id]
+    run_queued(engine, EMT, options, references=False)
+    _, attempts = calculation_of(engine, ids["Si"], "emt")
+    assert [attempt.number for attempt in attempts] == [1, 2, 3, 4]
+
+
+def test_where_is_read_only_and_selection_is_exact(engine):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Au": bulk("Au", a=4.1)})
+    assert select_structures(engine, "emt", where="formula = 'Au1'") == [ids["Au"]]
+    with pytest.raises(ReadOnlyViolation):
+        select_structures(engine, "emt", where="1=1; DELETE FROM structures")
+    with pytest.raises(ValueError, match="no structures with ids"):
+        select_structures(engine, "emt", ids=[ids["Cu"], 999_999])
+
+
+def test_lost_workers_are_requeued_by_pid_or_stale_heartbeat(engine):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Au": bulk("Au", a=4.1)})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = datetime.now(UTC)
+    cu, au = queue_calculations(engine, [ids["Cu"], ids["Au"]], EMT)
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == cu).values(
+            status=CalculationStatus.RUNNING, host=os.uname().nodename, pid=dead.pid, heartbeat_at=now))
+        session.execute(update(Calculation).where(Calculation.id == au).values(
+            status=CalculationStatus.RUNNING, host="another-host", pid=1, heartbeat_at=now))
+    assert requeue_lost(engine, stale_after_s=60) == [cu]
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == au).values(
+            heartbeat_at=now - timedelta(minutes=5)))
+    assert requeue_lost(engine, stale_after_s=60) == [au]
+    with session_scope(engine) as session:
+        states = session.scalars(select(Calculation.status).where(Calculation.id.in_([cu, au]))).all()
+    assert set(states) == {CalculationStatus.QUEUED}
+
+
+def test_result_of_a_finished_job_is_ingested_not_recomputed(engine, options):
+    """A worker that died after its job finished: the next run reads the job's folder."""
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6)})
+    (calculation_id,) = queue_calculations(engine, [ids["Cu"]], EMT)
+    directory = options.workdir / "finished"
+    directory.mkdir(parents=True)
+    job = {"calculator": "emt", "calculator_path": "ase.calculators.emt:EMT", "parameters": {},
+           "structure": {"symbols": ["Cu"], "cell": (np.eye(3) * 2.55).tolist(),
+                         "frac_coords": [[0.0, 0.0, 0.0]], "initial_magmoms": None},
+           "dos": False, "espresso_pseudo_dir": "", "espresso_command": "pw.x"}
+    (directory / "job.json").write_text(json.dumps(job))
+    subprocess.run([sys.executable, "-m", "workbench.dft.job", str(directory)], check=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == calculation_id).values(
+            status=CalculationStatus.RUNNING, host=os.uname().nodename, pid=dead.pid,
+            heartbeat_at=datetime.now(UTC)))
+        session.add(CalculationAttempt(calculation_id=calculation_id, number=1, parameters={},
+                                       status=CalculationStatus.RUNNING, workdir=str(directory)))
+    report = run_queued(engine, EMT, options, references=False)
+    assert report.requeued == [calculation_id] and report.done == [calculation_id]
+    _, attempts = calculation_of(engine, ids["Cu"], "emt")
+    assert [(attempt.number, attempt.status) for attempt in attempts] == [(1, CalculationStatus.DONE)]
+    assert "emt.energy" in targets_of(engine, ids["Cu"])
+
+
+def test_cli_runs_status_and_retry(run_cli, engine):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Si": bulk("Si")})
+    run_cli("dft", "run", "--preset", "emt", "--ids", f"{ids['Cu']},{ids['Si']}", expect=2)
+    shown = run_cli("dft", "status").output
+    assert "done" in shown and "crash" in shown
+    run_cli("dft", "retry", "--preset", "emt", "--reason", "crash", expect=2)
+    run_cli("dft", "run", "--preset", "emt", "--ids", "1", "--all", expect=2)
+    assert "gpaw-fast" in run_cli("dft", "presets").output

@@ -1,0 +1,192 @@
+"""From a finished calculation to target values in the store.
+
+A calculation's targets are named ``<preset>.<quantity>`` (``gpaw.band_gap``,
+``emt.energy_per_atom``): results of different levels of theory are different targets.
+Each ingest is one transaction that also marks the calculation done, so a crash leaves
+either everything or nothing; ingesting a calculation that is done already adds nothing.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from workbench.dft.outputs import (
+    DOS_GRID,
+    DOS_GRID_UNITS,
+    band_gaps,
+    formation_energy_per_atom,
+    raw_dos,
+    standard_dos,
+)
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    Calculation,
+    CalculationStatus,
+    Structure,
+    StructureSource,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+from workbench.store.types import arrays_to_bytes
+
+
+@dataclass(frozen=True)
+class Quantity:
+    kind: TargetKind
+    units: str
+    description: str
+    site_shape: tuple[int, ...] = ()
+
+
+QUANTITIES = {
+    "energy": Quantity(TargetKind.SCALAR, "eV", "total energy of the cell"),
+    "energy_per_atom": Quantity(TargetKind.SCALAR, "eV/atom", "total energy per atom"),
+    "formation_energy_per_atom": Quantity(
+        TargetKind.SCALAR, "eV/atom", "formation energy against elemental references of the same preset"),
+    "magmom_total": Quantity(TargetKind.SCALAR, "muB", "total magnetic moment of the cell"),
+    "fermi_level": Quantity(TargetKind.SCALAR, "eV", "Fermi level"),
+    "band_gap": Quantity(TargetKind.SCALAR, "eV", "fundamental gap from the eigenvalues"),
+    "direct_band_gap": Quantity(TargetKind.SCALAR, "eV", "smallest direct gap from the eigenvalues"),
+    "forces": Quantity(TargetKind.PER_SITE, "eV/Å", "force on each atom", (3,)),
+    "magmoms": Quantity(TargetKind.PER_SITE, "muB", "magnetic moment of each atom"),
+    "charges": Quantity(TargetKind.PER_SITE, "e", "Bader partial charge of each atom"),
+    "dos": Quantity(TargetKind.SPECTRUM, "states/eV/electron",
+                    "electronic DOS, -5..10 eV from the Fermi level, 300 bins, per valence electron"),
+}
+
+
+class IngestConflict(ValueError):
+    """A target value the calculation would write exists already from another origin."""
+
+
+def target_name(preset: str, quantity: str) -> str:
+    return f"{preset}.{quantity}"
+
+
+def derive(results: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Add the derived quantities (per-atom energy, gaps, DOS) to a job's raw output."""
+    results = dict(results)
+    arrays = dict(arrays)
+    results["energy_per_atom"] = results["energy"] / results["natoms"]
+    if "eigenvalues" in arrays and "fermi_level" in results:
+        eigenvalues, weights = arrays["eigenvalues"], arrays["kpoint_weights"]
+        fermi = results["fermi_level"]
+        results["band_gap"], results["direct_band_gap"] = band_gaps(eigenvalues, fermi)
+        arrays["dos_raw_energies"], arrays["dos_raw"] = raw_dos(eigenvalues, weights, fermi)
+        if results.get("valence_electrons"):
+            arrays["dos"] = standard_dos(eigenvalues, weights, fermi, results["valence_electrons"])
+    return results, arrays
+
+
+def _definition(session: Session, name: str, quantity: Quantity) -> TargetDefinition:
+    definition = session.scalars(select(TargetDefinition).where(TargetDefinition.name == name)).one_or_none()
+    if definition is None:
+        spectrum = quantity.kind is TargetKind.SPECTRUM
+        definition = TargetDefinition(
+            name=name, kind=quantity.kind, units=quantity.units, description=quantity.description,
+            length=len(DOS_GRID) if spectrum else None,
+            site_shape=list(quantity.site_shape) if quantity.kind is TargetKind.PER_SITE else None,
+            grid=DOS_GRID if spectrum else None,
+            grid_units=DOS_GRID_UNITS if spectrum else "",
+        )
+        session.add(definition)
+        session.flush()
+    elif definition.kind is not quantity.kind:
+        raise IngestConflict(f"target {name!r} exists as {definition.kind.value}, not {quantity.kind.value}")
+    return definition
+
+
+def write_targets(session: Session, calculation: Calculation, values: dict) -> int:
+    """Store ``{quantity: value}`` as target values of the calculation; returns how many are new."""
+    new = 0
+    for quantity, value in values.items():
+        name = target_name(calculation.preset, quantity)
+        definition = _definition(session, name, QUANTITIES[quantity])
+        existing = session.scalars(select(TargetValue).where(
+            TargetValue.structure_id == calculation.structure_id, TargetValue.target_id == definition.id,
+        )).one_or_none()
+        if existing is not None:
+            if existing.calculation_id != calculation.id:
+                raise IngestConflict(
+                    f"structure {calculation.structure_id} has a value of {name!r} from "
+                    f"{existing.source_file or 'another calculation'}; calculation {calculation.id} "
+                    "would contradict it"
+                )
+            continue
+        scalar = definition.kind is TargetKind.SCALAR
+        session.add(TargetValue(
+            structure_id=calculation.structure_id, target_id=definition.id,
+            value=float(value) if scalar else None,
+            value_array=None if scalar else np.asarray(value, dtype=float),
+            calculation_id=calculation.id, source_file=calculation.workdir,
+        ))
+        new += 1
+    return new
+
+
+SCALAR_OUTPUTS = ("energy", "energy_per_atom", "magmom_total", "fermi_level", "band_gap", "direct_band_gap")
+SITE_OUTPUTS = ("forces", "magmoms", "charges")
+
+
+def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: dict[str, np.ndarray],
+                   *, wall_time_s: float) -> bool:
+    """Mark the calculation done with its outputs and targets, in one transaction.
+
+    Returns ``False`` (and writes nothing) when the calculation is done already.
+    """
+    results, arrays = derive(results, arrays)
+    with session_scope(engine) as session:
+        calculation = session.get(Calculation, calculation_id, with_for_update=True)
+        if calculation.status is CalculationStatus.DONE:
+            return False
+        values = {name: results[name] for name in SCALAR_OUTPUTS if name in results}
+        values |= {name: arrays[name] for name in (*SITE_OUTPUTS, "dos") if name in arrays}
+        write_targets(session, calculation, values)
+        calculation.results = results
+        calculation.arrays = arrays_to_bytes(arrays)
+        calculation.status = CalculationStatus.DONE
+        calculation.reason = None
+        calculation.finished_at = datetime.now(UTC)
+        calculation.wall_time_s = wall_time_s
+    return True
+
+
+def reference_energies(session: Session, preset: str) -> dict[str, float]:
+    """Energy per atom of each element's done reference calculation with ``preset``."""
+    from workbench.dft.references import REFERENCE_SOURCE
+
+    rows = session.execute(
+        select(StructureSource.external_id, Calculation.results)
+        .join(Calculation, Calculation.structure_id == StructureSource.structure_id)
+        .where(StructureSource.source == REFERENCE_SOURCE, Calculation.preset == preset,
+               Calculation.status == CalculationStatus.DONE)
+    ).all()
+    return {element: results["energy_per_atom"] for element, results in rows}
+
+
+def add_formation_energies(engine: Engine, preset: str) -> int:
+    """Formation energies of done calculations that lack one and whose references are done."""
+    name = target_name(preset, "formation_energy_per_atom")
+    added = 0
+    with session_scope(engine) as session:
+        references = reference_energies(session, preset)
+        have = select(TargetValue.structure_id).join(TargetDefinition).where(TargetDefinition.name == name)
+        rows = session.execute(
+            select(Calculation, Structure.species)
+            .join(Structure, Structure.id == Calculation.structure_id)
+            .where(Calculation.preset == preset, Calculation.status == CalculationStatus.DONE,
+                   Calculation.structure_id.not_in(have))
+        ).all()
+        for calculation, species in rows:
+            counts = Counter(species)
+            if not set(counts) <= set(references):
+                continue
+            energy = formation_energy_per_atom(calculation.results["energy"], counts, references)
+            calculation.results = {**calculation.results, "formation_energy_per_atom": energy}
+            added += write_targets(session, calculation, {"formation_energy_per_atom": energy})
+    return added

@@ -1,0 +1,195 @@
+"""One attempt of one calculation, run as its own process: ``python -m workbench.dft.job DIR``.
+
+``DIR/job.json`` says what to compute (structure, calculator, parameters); the job writes
+the calculator's own output into ``DIR``, then either ``result.json`` + ``result.npz``
+(plain numbers and arrays) or ``error.json`` with the reason of the failure. The runner
+(:mod:`workbench.dft.runner`) reads them; this module never touches the store.
+
+Exit codes: 0 done, :data:`EXIT_SCF` SCF not converged, :data:`EXIT_CRASH` any other
+error. A process killed by a signal is a crash too (the runner sees a negative code).
+"""
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"
+ARRAYS_FILE = "result.npz"
+ERROR_FILE = "error.json"
+CALCULATOR_LOG = "calculator.txt"
+EXIT_SCF = 3
+EXIT_CRASH = 1
+PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive
+
+
+class JobFailed(Exception):
+    """A failure the job has classified; ``reason`` is scf, crash or parse."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def atoms_from_record(record: dict) -> Atoms:
+    atoms = Atoms(
+        symbols=record["symbols"],
+        cell=record["cell"],
+        scaled_positions=record["frac_coords"],
+        pbc=True,
+    )
+    if record.get("initial_magmoms") is not None:
+        atoms.set_initial_magnetic_moments(record["initial_magmoms"])
+    return atoms
+
+
+def build_calculator(job: dict, directory: Path):
+    """The ASE calculator of the job, writing its output into ``directory``."""
+    module_name, _, class_name = job["calculator_path"].partition(":")
+    calculator_class = getattr(importlib.import_module(module_name), class_name)
+    parameters = dict(job["parameters"])
+    kind = job["calculator"]
+    if kind == "gpaw":
+        return calculator_class(txt=str(directory / CALCULATOR_LOG), **parameters)
+    if kind == "espresso":
+        from ase.calculators.espresso import EspressoProfile
+
+        pseudo_dir = Path(job["espresso_pseudo_dir"] or "")
+        if not pseudo_dir.is_dir():
+            raise JobFailed("crash", f"espresso pseudopotential directory {str(pseudo_dir)!r} "
+                                     "does not exist (set WORKBENCH_ESPRESSO_PSEUDO_DIR)")
+        profile = EspressoProfile(command=job["espresso_command"], pseudo_dir=str(pseudo_dir))
+        pseudopotentials = {
+            symbol: _pseudopotential(pseudo_dir, symbol) for symbol in set(job["structure"]["symbols"])
+        }
+        return calculator_class(profile=profile, directory=str(directory),
+                                pseudopotentials=pseudopotentials, **parameters)
+    try:
+        return calculator_class(directory=str(directory), **parameters)
+    except TypeError:
+        # Calculators without a working directory (EMT, LJ, ...).
+        return calculator_class(**parameters)
+
+
+def _pseudopotential(pseudo_dir: Path, symbol: str) -> str:
+    # Files are named after their element: "Si.pbe-n-rrkjus_psl.1.0.0.UPF", "si_pbe_v1.uspp.F.UPF".
+    for path in sorted(pseudo_dir.iterdir()):
+        stem = path.name.split(".")[0].split("_")[0].split("-")[0]
+        if stem.lower() == symbol.lower() and path.suffix.lower() == ".upf":
+            return path.name
+    raise JobFailed("crash", f"no pseudopotential for {symbol} in {pseudo_dir}")
+
+
+def _classify(error: BaseException) -> str:
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & {"ConvergenceError", "KohnShamConvergenceError", "SCFError"}:
+        return "scf"
+    if names & {"ReadError", "ParseError"}:
+        return "parse"
+    return "crash"
+
+
+def _optional(getter, *args):
+    try:
+        return getter(*args)
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def extract(atoms: Atoms, calculator, want_eigenvalues: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """Everything the runner needs, as plain numbers and arrays."""
+    energy = float(atoms.get_potential_energy())
+    results: dict = {"energy": energy, "natoms": len(atoms)}
+    arrays: dict[str, np.ndarray] = {"forces": np.asarray(atoms.get_forces(), dtype=float)}
+    magmoms = _optional(atoms.get_magnetic_moments)
+    if magmoms is not None and atoms.get_initial_magnetic_moments().any():
+        arrays["magmoms"] = np.asarray(magmoms, dtype=float)
+        results["magmom_total"] = float(atoms.get_magnetic_moment())
+    if want_eigenvalues:
+        fermi = _optional(calculator.get_fermi_level)
+        spins = _optional(calculator.get_number_of_spins)
+        weights = _optional(calculator.get_k_point_weights)
+        if fermi is not None and spins and weights is not None:
+            eigenvalues = np.array([
+                [calculator.get_eigenvalues(kpt=k, spin=s) for k in range(len(weights))]
+                for s in range(spins)
+            ])
+            results["fermi_level"] = float(fermi)
+            arrays["eigenvalues"] = eigenvalues
+            arrays["kpoint_weights"] = np.asarray(weights, dtype=float)
+        count_electrons = getattr(calculator, "get_number_of_electrons", None)
+        if count_electrons is not None:
+            results["valence_electrons"] = float(count_electrons())
+    return results, arrays
+
+
+def bader_charges(atoms: Atoms, calculator, directory: Path) -> np.ndarray | None:
+    """Bader partial charges from GPAW's all-electron density, if ``bader`` is installed."""
+    program = shutil.which("bader")
+    if program is None or not hasattr(calculator, "get_all_electron_density"):
+        return None
+    from ase.io import write
+    from ase.units import Bohr
+
+    density = calculator.get_all_electron_density(gridrefinement=4) * Bohr**3
+    write(directory / "density.cube", atoms, data=density)
+    subprocess.run([program, "density.cube"], cwd=directory, check=True, capture_output=True)
+    rows = (directory / "ACF.dat").read_text().splitlines()[2:2 + len(atoms)]
+    populations = np.array([float(row.split()[4]) for row in rows])
+    # All-electron density: the population includes core electrons, so charge = Z - N.
+    return atoms.get_atomic_numbers() - populations
+
+
+def _watch_parent(parent: int) -> None:
+    # The job must not outlive a runner killed with SIGKILL: it would keep computing a
+    # calculation the store will hand to another worker.
+    while True:
+        if os.getppid() != parent:
+            os._exit(EXIT_CRASH)
+        time.sleep(PARENT_POLL_S)
+
+
+def _write_json(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(path)
+
+
+def run(directory: Path) -> int:
+    job = json.loads((directory / JOB_FILE).read_text())
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    started = time.perf_counter()
+    try:
+        atoms = atoms_from_record(job["structure"])
+        calculator = build_calculator(job, directory)
+        atoms.calc = calculator
+        results, arrays = extract(atoms, calculator, job["dos"])
+        charges = bader_charges(atoms, calculator, directory)
+        if charges is not None:
+            arrays["charges"] = charges
+    except Exception as error:  # noqa: BLE001 - every failure must reach the runner as a reason
+        reason = error.reason if isinstance(error, JobFailed) else _classify(error)
+        _write_json(directory / ERROR_FILE, {
+            "reason": reason, "message": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        })
+        return EXIT_SCF if reason == "scf" else EXIT_CRASH
+    results["compute_s"] = time.perf_counter() - started
+    np.savez(directory / "result.partial.npz", **arrays)
+    (directory / "result.partial.npz").replace(directory / ARRAYS_FILE)
+    _write_json(directory / RESULT_FILE, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,269 @@
+"""Named calculator presets: which ASE calculator, with which parameters, retried how.
+
+A preset is plain data (JSON-able), stored with every calculation. The built-in presets
+are listed in :data:`BUILTIN_PRESETS`; any other ASE calculator is reached through a
+YAML or JSON preset file naming its import path::
+
+    name: lj-argon
+    calculator: ase.calculators.lj:LennardJones
+    parameters: {sigma: 3.4, epsilon: 0.0104}
+
+:func:`resolve_parameters` turns a preset and a structure into the full keyword
+arguments of one attempt (k-point mesh from the k-point density, spin polarisation and
+initial moments), which the runner records before it starts the calculation.
+"""
+
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+from ase import Atoms
+from ase.calculators.calculator import kptdensity2monkhorstpack
+
+# Calculators the job knows by short name; anything else is "module:Class".
+CALCULATOR_PATHS = {
+    "gpaw": "gpaw:GPAW",
+    "emt": "ase.calculators.emt:EMT",
+    "espresso": "ase.calculators.espresso:Espresso",
+    "vasp": "ase.calculators.vasp:Vasp",
+}
+# Spin handling: "auto" polarises when a magnetic element is present.
+SPIN_MODES = ("auto", "on", "off")
+
+
+class PresetError(ValueError):
+    """A preset that cannot be used, named in the message."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How to compute one structure.
+
+    Attributes:
+        name: the name stored with each calculation; a different setting needs a new name.
+        calculator: a key of :data:`CALCULATOR_PATHS` or an import path ``module:Class``.
+        parameters: keyword arguments of the calculator (JSON-able).
+        kpoint_density: k-points per Å⁻¹ of reciprocal length (ASE's convention); ``None``
+            leaves ``kpts`` to ``parameters``.
+        spin: ``auto``, ``on`` or ``off``; ``auto`` polarises structures holding an element
+            of :func:`magnetic_moments`, starting from those moments.
+        scf_ladder: parameter overrides tried in turn after SCF non-convergence; each rung
+            is merged into the parameters of the first attempt.
+        max_attempts: attempts per calculation, all reasons together.
+        crash_retries: how often a crashed attempt is tried again unchanged.
+        retry_timeouts: whether a timed-out attempt is tried again.
+        wall_time_s: default wall-time limit of one attempt.
+        dos: whether the job extracts eigenvalues for the DOS and the band gap.
+        description: one line for ``workbench dft presets``.
+    """
+
+    name: str
+    calculator: str
+    parameters: dict = field(default_factory=dict)
+    kpoint_density: float | None = None
+    spin: str = "auto"
+    scf_ladder: tuple[dict, ...] = ()
+    max_attempts: int = 4
+    crash_retries: int = 1
+    retry_timeouts: bool = False
+    wall_time_s: float = 3600.0
+    dos: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.spin not in SPIN_MODES:
+            raise PresetError(f"preset {self.name!r}: spin must be one of {SPIN_MODES}, not {self.spin!r}")
+        if self.max_attempts < 1:
+            raise PresetError(f"preset {self.name!r}: max_attempts must be at least 1")
+        calculator_path(self)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["scf_ladder"] = list(self.scf_ladder)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict, *, origin: str = "preset") -> "Preset":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(record) - known
+        if unknown:
+            raise PresetError(f"{origin}: unknown preset fields {sorted(unknown)}")
+        if "name" not in record or "calculator" not in record:
+            raise PresetError(f"{origin}: a preset needs 'name' and 'calculator'")
+        record = dict(record)
+        record["scf_ladder"] = tuple(record.get("scf_ladder") or ())
+        if isinstance(record.get("spin"), bool):  # YAML reads a bare on/off as a boolean
+            record["spin"] = "on" if record["spin"] else "off"
+        return cls(**record)
+
+
+def calculator_path(preset: Preset) -> tuple[str, str]:
+    """``(module, class name)`` of the preset's calculator."""
+    path = CALCULATOR_PATHS.get(preset.calculator, preset.calculator)
+    module, _, class_name = path.partition(":")
+    if not module or not class_name:
+        raise PresetError(
+            f"preset {preset.name!r}: calculator {preset.calculator!r} is neither one of "
+            f"{sorted(CALCULATOR_PATHS)} nor an import path 'module:Class'"
+        )
+    return module, class_name
+
+
+# Smearing and SCF ladders shared by the GPAW presets. GPAW takes dicts for mode and
+# occupations, so the parameters stay JSON.
+_GPAW_LADDER = (
+    {"maxiter": 1000},
+    {"maxiter": 1000, "mixer": {"beta": 0.02, "nmaxold": 5, "weight": 100.0}},
+    {"maxiter": 1000, "mixer": {"beta": 0.02, "nmaxold": 5, "weight": 100.0},
+     "occupations": {"name": "fermi-dirac", "width": 0.2}},
+)
+
+BUILTIN_PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="gpaw",
+            calculator="gpaw",
+            parameters={
+                "mode": {"name": "pw", "ecut": 520.0},
+                "xc": "PBE",
+                "occupations": {"name": "fermi-dirac", "width": 0.05},
+                "convergence": {"energy": 1e-5},
+                "maxiter": 333,
+            },
+            kpoint_density=5.0,
+            scf_ladder=_GPAW_LADDER,
+            wall_time_s=6 * 3600.0,
+            description="GPAW plane waves 520 eV, PBE, k-points 5/Å⁻¹, Fermi-Dirac 0.05 eV",
+        ),
+        Preset(
+            name="gpaw-fast",
+            calculator="gpaw",
+            parameters={
+                "mode": {"name": "pw", "ecut": 300.0},
+                "xc": "PBE",
+                "occupations": {"name": "fermi-dirac", "width": 0.1},
+                "convergence": {"energy": 1e-4, "density": 1e-3},
+                "maxiter": 333,
+            },
+            kpoint_density=2.5,
+            scf_ladder=_GPAW_LADDER,
+            wall_time_s=1800.0,
+            description="GPAW plane waves 300 eV, PBE, k-points 2.5/Å⁻¹: demos and tests",
+        ),
+        Preset(
+            name="emt",
+            calculator="emt",
+            spin="off",
+            dos=False,
+            wall_time_s=300.0,
+            description="ASE's EMT (Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O): tests of the machinery",
+        ),
+        Preset(
+            name="espresso",
+            calculator="espresso",
+            parameters={
+                "input_data": {
+                    "control": {"calculation": "scf", "tprnfor": True},
+                    "system": {"ecutwfc": 45.0, "ecutrho": 360.0, "occupations": "smearing",
+                               "smearing": "gaussian", "degauss": 0.01},
+                    "electrons": {"conv_thr": 1e-8, "electron_maxstep": 200},
+                },
+            },
+            kpoint_density=5.0,
+            spin="off",
+            scf_ladder=(
+                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.3}}},
+                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.1},
+                                "system": {"degauss": 0.03}}},
+            ),
+            wall_time_s=6 * 3600.0,
+            description="Quantum ESPRESSO pw.x, SSSP-style cutoffs; WORKBENCH_ESPRESSO_PSEUDO_DIR",
+        ),
+        Preset(
+            name="vasp",
+            calculator="vasp",
+            parameters={"xc": "PBE", "encut": 520, "ismear": 0, "sigma": 0.05, "ediff": 1e-6,
+                        "lorbit": 11, "nelm": 200},
+            kpoint_density=5.0,
+            scf_ladder=({"nelm": 500, "algo": "All"}, {"nelm": 500, "algo": "All", "sigma": 0.1}),
+            wall_time_s=6 * 3600.0,
+            description="VASP through ASE (needs VASP_PP_PATH and ASE_VASP_COMMAND); not run here",
+        ),
+    )
+}
+
+
+def load_preset(name_or_file: str) -> Preset:
+    """A built-in preset by name, or the preset in a YAML/JSON file."""
+    if name_or_file in BUILTIN_PRESETS:
+        return BUILTIN_PRESETS[name_or_file]
+    path = Path(name_or_file)
+    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
+        if not path.is_file():
+            raise PresetError(f"preset file {path} does not exist")
+        try:
+            record = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise PresetError(f"{path}: not valid YAML/JSON: {error}") from error
+        if not isinstance(record, dict):
+            raise PresetError(f"{path}: a preset file holds one mapping")
+        return Preset.from_dict(record, origin=str(path))
+    raise PresetError(
+        f"unknown preset {name_or_file!r}: use one of {sorted(BUILTIN_PRESETS)} "
+        "or a .yaml/.json preset file"
+    )
+
+
+@cache
+def magnetic_moments() -> dict[str, float]:
+    """Materials Project's initial moments (pymatgen's MPRelaxSet), bare elements only."""
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    table = MPRelaxSet.CONFIG["INCAR"]["MAGMOM"]
+    return {key: float(value) for key, value in table.items() if key.isalpha()}
+
+
+# Moment given to the other atoms of a spin-polarised structure (as in MPRelaxSet).
+DEFAULT_INITIAL_MOMENT = 0.6
+
+
+def initial_moments(atoms: Atoms, spin: str) -> np.ndarray | None:
+    """Initial magnetic moments for a spin-polarised run, or ``None`` for a closed shell."""
+    symbols = atoms.get_chemical_symbols()
+    table = magnetic_moments()
+    if spin == "off" or (spin == "auto" and not any(s in table for s in symbols)):
+        return None
+    return np.array([table.get(s, DEFAULT_INITIAL_MOMENT) for s in symbols])
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_parameters(preset: Preset, atoms: Atoms, rung: int = 0) -> dict:
+    """The calculator's keyword arguments for this structure at ladder rung ``rung``.
+
+    Rung 0 is the preset itself; rung ``r`` merges ``scf_ladder[r - 1]``.
+    """
+    parameters = dict(preset.parameters)
+    if rung:
+        parameters = merge(parameters, preset.scf_ladder[rung - 1])
+    if preset.kpoint_density is not None and "kpts" not in preset.parameters:
+        mesh = kptdensity2monkhorstpack(atoms, preset.kpoint_density, even=False)
+        mesh = [int(n) if periodic else 1 for n, periodic in zip(mesh, atoms.pbc)]
+        parameters["kpts"] = {"size": mesh, "gamma": True} if preset.calculator == "gpaw" else mesh
+    moments = initial_moments(atoms, preset.spin)
+    if preset.calculator == "gpaw" and moments is not None:
+        parameters["spinpol"] = True
+    return parameters
+

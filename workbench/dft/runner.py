@@ -1,0 +1,486 @@
+"""Run queued calculations: one process and folder per attempt, limits, retries, a ledger.
+
+A calculation is one row per (structure, preset). Workers claim it atomically
+(``queued`` -> ``running``), run attempts as child processes (:mod:`workbench.dft.job`)
+in their own process group with a wall-time limit, record every attempt with its reason
+of failure (``timeout``, ``scf``, ``crash``, ``parse``, ``lost``), and ingest a result in
+one transaction that also marks the calculation ``done``. SCF non-convergence climbs the
+preset's ladder of changed settings; a crash is retried ``crash_retries`` times; a
+time-out is not retried unless the preset says so.
+
+A worker refreshes ``heartbeat_at`` while its job runs. A ``running`` calculation whose
+worker process is gone (same host) or whose heartbeat is older than ``stale_after_s``
+(any host) is re-queued by the next :func:`run_queued`; a result its job finished
+before the worker died is ingested from the folder instead of being computed again.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, func, select, update
+
+from workbench.dft import job as job_protocol
+from workbench.dft.ingest import add_formation_energies, ingest_outputs
+from workbench.dft.presets import Preset, calculator_path, initial_moments, resolve_parameters
+from workbench.dft.references import reference_structure_ids
+from workbench.store.bulk import insert_ignoring_duplicates
+from workbench.store.engine import session_scope
+from workbench.store.queries import run_read_only
+from workbench.store.schema import (
+    Calculation,
+    CalculationAttempt,
+    CalculationStatus,
+    Structure,
+)
+from workbench.structures.crystal import Crystal
+
+REASONS = ("timeout", "scf", "crash", "parse", "lost")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a worker runs calculations.
+
+    Attributes:
+        workdir: root folder; a calculation works in ``workdir/<preset>/<structure id>``.
+        threads: threads per calculation (OpenMP/BLAS variables of the job).
+        jobs: calculations run at once by this worker.
+        wall_time_s: limit per attempt; ``None`` takes the preset's.
+        max_attempts: attempts per calculation and run; ``None`` takes the preset's.
+        heartbeat_s: how often a running calculation's heartbeat is refreshed.
+        stale_after_s: a heartbeat this old marks a calculation of another host as lost.
+        espresso_pseudo_dir: pseudopotentials for the ``espresso`` calculator.
+        espresso_command: the ``pw.x`` command line.
+    """
+
+    workdir: Path
+    threads: int = 1
+    jobs: int = 1
+    wall_time_s: float | None = None
+    max_attempts: int | None = None
+    heartbeat_s: float = 10.0
+    stale_after_s: float = 300.0
+    espresso_pseudo_dir: str = ""
+    espresso_command: str = "pw.x"
+
+
+@dataclass
+class AttemptOutcome:
+    reason: str | None  # None when the attempt succeeded
+    message: str = ""
+    exit_code: int | None = None
+    results: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+@dataclass
+class RunReport:
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # calculation id -> reason
+    requeued: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # claimed by another worker meanwhile
+    references_missing: dict[str, str] = field(default_factory=dict)
+    formation_energies: int = 0
+
+
+Events = Callable[[int, str], None]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without a zone; they were written in UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+# -- choosing and queueing ---------------------------------------------------------------
+
+def select_structures(engine: Engine, preset: str, *, ids: list[int] | None = None,
+                      where: str | None = None, every: bool = False) -> list[int]:
+    """Structure ids chosen by id list, an SQL condition on ``structures``, or ``every``
+    structure without a done calculation for ``preset``."""
+    chosen = [ids is not None, where is not None, every]
+    if sum(chosen) != 1:
+        raise ValueError("choose structures with exactly one of ids, where or every")
+    if ids is not None:
+        with session_scope(engine) as session:
+            known = set(session.scalars(select(Structure.id).where(Structure.id.in_(ids))))
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise ValueError(f"no structures with ids {unknown}")
+        return list(dict.fromkeys(ids))
+    if where is not None:
+        return [row[0] for row in run_read_only(engine, f"SELECT id FROM structures WHERE {where}").rows]
+    with session_scope(engine) as session:
+        done = select(Calculation.structure_id).where(
+            Calculation.preset == preset, Calculation.status == CalculationStatus.DONE)
+        return list(session.scalars(select(Structure.id).where(Structure.id.not_in(done)).order_by(Structure.id)))
+
+
+def queue_calculations(engine: Engine, structure_ids: list[int], preset: Preset) -> list[int]:
+    """Queue a calculation per structure unless one exists for the preset; returns the
+    ids of the calculations of these structures (new or existing), in order."""
+    rows = [
+        {"structure_id": structure_id, "preset": preset.name, "parameters": preset.to_dict(),
+         "status": CalculationStatus.QUEUED}
+        for structure_id in structure_ids
+    ]
+    with session_scope(engine) as session:
+        # The unique (structure, preset) constraint makes concurrent queueing safe.
+        insert_ignoring_duplicates(session, Calculation.__table__, rows)
+        found = dict(session.execute(
+            select(Calculation.structure_id, Calculation.id)
+            .where(Calculation.preset == preset.name, Calculation.structure_id.in_(structure_ids))
+        ).all())
+    return [found[structure_id] for structure_id in structure_ids]
+
+
+def retry_failed(engine: Engine, preset: str, *, ids: list[int] | None = None,
+                 reasons: list[str] | None = None) -> list[int]:
+    """Put failed calculations of ``preset`` (optionally only these calculation ids or
+    failure reasons) back in the queue; returns their ids."""
+    condition = (Calculation.preset == preset) & (Calculation.status == CalculationStatus.FAILED)
+    if ids is not None:
+        condition &= Calculation.id.in_(ids)
+    if reasons is not None:
+        condition &= Calculation.reason.in_(reasons)
+    with session_scope(engine) as session:
+        chosen = list(session.scalars(select(Calculation.id).where(condition)))
+        if chosen:
+            session.execute(update(Calculation).where(Calculation.id.in_(chosen))
+                            .values(status=CalculationStatus.QUEUED, reason=None))
+    return chosen
+
+
+# -- lost workers ------------------------------------------------------------------------
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    status = Path(f"/proc/{pid}/stat")
+    if status.exists():
+        try:
+            return status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+    return True
+
+
+def requeue_lost(engine: Engine, *, stale_after_s: float) -> list[int]:
+    """Re-queue running calculations whose worker is gone; returns their ids."""
+    host = socket.gethostname()
+    now = _now()
+    with session_scope(engine) as session:
+        running = session.execute(
+            select(Calculation.id, Calculation.host, Calculation.pid, Calculation.heartbeat_at)
+            .where(Calculation.status == CalculationStatus.RUNNING)
+        ).all()
+        lost = [
+            calculation_id for calculation_id, worker_host, pid, heartbeat in running
+            if (worker_host == host and pid is not None and not process_alive(pid))
+            or heartbeat is None
+            or (now - _aware(heartbeat)).total_seconds() > stale_after_s
+        ]
+        if lost:
+            session.execute(
+                update(CalculationAttempt)
+                .where(CalculationAttempt.calculation_id.in_(lost),
+                       CalculationAttempt.status == CalculationStatus.RUNNING)
+                .values(status=CalculationStatus.FAILED, reason="lost", finished_at=now,
+                        message="the worker running this attempt disappeared")
+            )
+            session.execute(
+                update(Calculation)
+                .where(Calculation.id.in_(lost), Calculation.status == CalculationStatus.RUNNING)
+                .values(status=CalculationStatus.QUEUED, host=None, pid=None, heartbeat_at=None)
+            )
+    return lost
+
+
+# -- running -----------------------------------------------------------------------------
+
+def _claim(engine: Engine, calculation_id: int, threads: int) -> bool:
+    now = _now()
+    with session_scope(engine) as session:
+        claimed = session.execute(
+            update(Calculation)
+            .where(Calculation.id == calculation_id, Calculation.status == CalculationStatus.QUEUED)
+            .values(status=CalculationStatus.RUNNING, host=socket.gethostname(), pid=os.getpid(),
+                    threads=threads, heartbeat_at=now,
+                    started_at=func.coalesce(Calculation.started_at, now))
+        )
+        return claimed.rowcount == 1
+
+
+def _heartbeat(engine: Engine, calculation_id: int) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == calculation_id)
+                        .values(heartbeat_at=_now()))
+
+
+def _read_result(directory: Path) -> AttemptOutcome:
+    try:
+        results = json.loads((directory / job_protocol.RESULT_FILE).read_text())
+        with np.load(directory / job_protocol.ARRAYS_FILE) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError) as error:
+        return AttemptOutcome("parse", f"unreadable result in {directory}: {error}")
+    return AttemptOutcome(None, results=results, arrays=arrays)
+
+
+def _read_error(directory: Path, exit_code: int) -> AttemptOutcome:
+    try:
+        error = json.loads((directory / job_protocol.ERROR_FILE).read_text())
+        return AttemptOutcome(error["reason"], error["message"], exit_code)
+    except (OSError, ValueError, KeyError):
+        if exit_code < 0:
+            message = f"killed by signal {signal.Signals(-exit_code).name}"
+        else:
+            message = f"exited with code {exit_code}; see stderr.log"
+        return AttemptOutcome("crash", message, exit_code)
+
+
+def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
+                heartbeat_s: float, heartbeat: Callable[[], None]) -> AttemptOutcome:
+    """Run one attempt in ``directory`` as a child process group, killed at the limit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / job_protocol.JOB_FILE).write_text(json.dumps(job, indent=1))
+    environment = os.environ | {name: str(threads) for name in THREAD_VARIABLES}
+    started = time.monotonic()
+    deadline = started + wall_time_s
+    with open(directory / "stdout.log", "wb") as stdout, open(directory / "stderr.log", "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workbench.dft.job", str(directory)],
+            cwd=directory, stdout=stdout, stderr=stderr, env=environment, start_new_session=True,
+        )
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                exit_code = process.wait(timeout=max(0.0, min(heartbeat_s, remaining)))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    # The job's own children (MPI ranks, pw.x) share its process group.
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    return AttemptOutcome("timeout", f"killed after the wall-time limit of {wall_time_s:g} s",
+                                          -signal.SIGKILL, wall_time_s=time.monotonic() - started)
+                heartbeat()
+    elapsed = time.monotonic() - started
+    outcome = _read_result(directory) if exit_code == 0 else _read_error(directory, exit_code)
+    outcome.exit_code = exit_code
+    outcome.wall_time_s = elapsed
+    return outcome
+
+
+def _job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
+    atoms = crystal.to_ase()
+    moments = initial_moments(atoms, preset.spin)
+    module, class_name = calculator_path(preset)
+    return {
+        "calculator": preset.calculator,
+        "calculator_path": f"{module}:{class_name}",
+        "parameters": resolve_parameters(preset, atoms, rung),
+        "structure": {
+            "symbols": list(crystal.species),
+            "cell": np.asarray(crystal.lattice).tolist(),
+            "frac_coords": np.asarray(crystal.frac_coords).tolist(),
+            "initial_magmoms": None if moments is None else moments.tolist(),
+        },
+        "dos": preset.dos,
+        "espresso_pseudo_dir": options.espresso_pseudo_dir,
+        "espresso_command": options.espresso_command,
+    }
+
+
+def _retry_rung(preset: Preset, reasons: list[str]) -> int | None:
+    """The ladder rung of the next attempt after failures ``reasons`` (this run), or None."""
+    last = reasons[-1]
+    scf_failures = reasons.count("scf")
+    if last == "scf":
+        return scf_failures if scf_failures <= len(preset.scf_ladder) else None
+    rung = min(scf_failures, len(preset.scf_ladder))
+    if last == "crash":
+        return rung if reasons.count("crash") <= preset.crash_retries else None
+    if last == "timeout":
+        return rung if preset.retry_timeouts else None
+    return None
+
+
+def _finished_result(directory: Path | None) -> AttemptOutcome | None:
+    # A job that wrote its result before its worker died needs no second run.
+    if directory is None or not (directory / job_protocol.RESULT_FILE).is_file():
+        return None
+    outcome = _read_result(directory)
+    return outcome if outcome.reason is None else None
+
+
+def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options: RunOptions,
+                    on_event: Events | None = None) -> str | None:
+    """Claim and run one queued calculation; returns ``done``, ``failed`` or ``None`` if
+    another worker had it."""
+    if not _claim(engine, calculation_id, options.threads):
+        return None
+    notify = on_event or (lambda _id, _message: None)
+    with session_scope(engine) as session:
+        calculation = session.get(Calculation, calculation_id)
+        structure = session.get(Structure, calculation.structure_id)
+        crystal = Crystal(np.asarray(structure.lattice), tuple(structure.species), structure.frac_coords)
+        previous = session.scalars(
+            select(CalculationAttempt).where(CalculationAttempt.calculation_id == calculation_id)
+            .order_by(CalculationAttempt.number)
+        ).all()
+        number = len(previous)
+        scf_before = [attempt.reason for attempt in previous if attempt.reason == "scf"]
+        last_workdir = Path(previous[-1].workdir) if previous and previous[-1].workdir else None
+        root = options.workdir / preset.name / str(calculation.structure_id)
+        calculation.workdir = str(root)
+
+    finished = _finished_result(last_workdir)
+    if finished is not None:
+        ingest_outputs(engine, calculation_id, finished.results, finished.arrays,
+                       wall_time_s=finished.results.get("compute_s", 0.0))
+        _close_attempt(engine, calculation_id, number, finished)
+        notify(calculation_id, "done (result recovered from a finished job)")
+        return "done"
+
+    wall_time = options.wall_time_s or preset.wall_time_s
+    max_attempts = options.max_attempts or preset.max_attempts
+    reasons: list[str] = list(scf_before)
+    rung = min(len(scf_before), len(preset.scf_ladder))
+    for _ in range(max_attempts):
+        number += 1
+        record = _job_record(preset, crystal, rung, options)
+        directory = root / f"attempt-{number}"
+        with session_scope(engine) as session:
+            session.add(CalculationAttempt(
+                calculation_id=calculation_id, number=number, status=CalculationStatus.RUNNING,
+                parameters={"calculator": record["calculator_path"], "parameters": record["parameters"],
+                            "initial_magmoms": record["structure"]["initial_magmoms"], "rung": rung},
+                workdir=str(directory), started_at=_now(),
+            ))
+        notify(calculation_id, f"attempt {number} running (ladder rung {rung})")
+        outcome = run_attempt(directory, record, threads=options.threads, wall_time_s=wall_time,
+                              heartbeat_s=options.heartbeat_s,
+                              heartbeat=lambda: _heartbeat(engine, calculation_id))
+        if outcome.reason is None:
+            ingest_outputs(engine, calculation_id, outcome.results, outcome.arrays,
+                           wall_time_s=outcome.wall_time_s)
+            _close_attempt(engine, calculation_id, number, outcome)
+            notify(calculation_id, f"done in {outcome.wall_time_s:.1f} s")
+            return "done"
+        _close_attempt(engine, calculation_id, number, outcome)
+        notify(calculation_id, f"attempt {number} failed: {outcome.reason}: {outcome.message}")
+        reasons.append(outcome.reason)
+        next_rung = _retry_rung(preset, reasons)
+        if next_rung is None:
+            break
+        rung = next_rung
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == calculation_id).values(
+            status=CalculationStatus.FAILED, reason=reasons[-1], finished_at=_now()))
+    notify(calculation_id, f"failed: {reasons[-1]}")
+    return "failed"
+
+
+def _close_attempt(engine: Engine, calculation_id: int, number: int, outcome: AttemptOutcome) -> None:
+    with session_scope(engine) as session:
+        session.execute(
+            update(CalculationAttempt)
+            .where(CalculationAttempt.calculation_id == calculation_id, CalculationAttempt.number == number)
+            .values(status=CalculationStatus.FAILED if outcome.reason else CalculationStatus.DONE,
+                    reason=outcome.reason, message=outcome.message or None, exit_code=outcome.exit_code,
+                    finished_at=_now(), wall_time_s=outcome.wall_time_s)
+        )
+
+
+def _queued(engine: Engine, preset: str, calculation_ids: list[int] | None) -> list[int]:
+    condition = (Calculation.preset == preset) & (Calculation.status == CalculationStatus.QUEUED)
+    if calculation_ids is not None:
+        condition &= Calculation.id.in_(calculation_ids)
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Calculation.id).where(condition).order_by(Calculation.id)))
+
+
+def _elements(engine: Engine, calculation_ids: list[int]) -> set[str]:
+    with session_scope(engine) as session:
+        species = session.scalars(
+            select(Structure.elements).join(Calculation, Calculation.structure_id == Structure.id)
+            .where(Calculation.id.in_(calculation_ids))
+        ).all()
+    return {element for elements in species for element in elements}
+
+
+def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
+               calculation_ids: list[int] | None = None, references: bool = True,
+               on_event: Events | None = None) -> RunReport:
+    """Run the queued calculations of ``preset`` (or only ``calculation_ids``).
+
+    Lost calculations are re-queued first. With ``references``, the elemental
+    references of every element involved are queued and run before the rest, and
+    formation energies are added at the end.
+    """
+    report = RunReport()
+    report.requeued = requeue_lost(engine, stale_after_s=options.stale_after_s)
+    if calculation_ids is not None:
+        calculation_ids = list(dict.fromkeys([*calculation_ids, *report.requeued]))
+    work = _queued(engine, preset.name, calculation_ids)
+    stages = [work]
+    if references and work:
+        reference_ids, report.references_missing = reference_structure_ids(engine, _elements(engine, work))
+        reference_calculations = queue_calculations(engine, sorted(reference_ids.values()), preset)
+        first = _queued(engine, preset.name, reference_calculations)
+        stages = [first, [calculation_id for calculation_id in work if calculation_id not in first]]
+
+    def one(calculation_id: int) -> tuple[int, str | None]:
+        return calculation_id, run_calculation(engine, calculation_id, preset, options, on_event)
+
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        for stage in stages:
+            for calculation_id, status in pool.map(one, stage):
+                if status == "done":
+                    report.done.append(calculation_id)
+                elif status == "failed":
+                    report.failed[calculation_id] = _reason(engine, calculation_id)
+                else:
+                    report.skipped.append(calculation_id)
+    if references:
+        report.formation_energies = add_formation_energies(engine, preset.name)
+    return report
+
+
+def _reason(engine: Engine, calculation_id: int) -> str:
+    with session_scope(engine) as session:
+        return session.get(Calculation, calculation_id).reason or ""
+
+
+def status_counts(engine: Engine, preset: str | None = None) -> list[tuple[str, str, str | None, int]]:
+    """``(preset, status, reason, count)`` rows, for ``workbench dft status``."""
+    query = select(Calculation.preset, Calculation.status, Calculation.reason, func.count()).group_by(
+        Calculation.preset, Calculation.status, Calculation.reason).order_by(Calculation.preset, Calculation.status)
+    if preset is not None:
+        query = query.where(Calculation.preset == preset)
+    with session_scope(engine) as session:
+        return [(name, status.value, reason, count) for name, status, reason, count in session.execute(query)]
