@@ -161,7 +161,8 @@ def test_result_of_a_finished_job_is_ingested_not_recomputed(engine, options):
     job = {"calculator": "emt", "calculator_path": "ase.calculators.emt:EMT", "parameters": {},
            "structure": {"symbols": ["Cu"], "cell": (np.eye(3) * 2.55).tolist(),
                          "frac_coords": [[0.0, 0.0, 0.0]], "initial_magmoms": None},
-           "dos": False, "espresso_pseudo_dir": "", "espresso_command": "pw.x"}
+           "dos": False, "runner_pid": os.getpid(), "espresso_pseudo_dir": "",
+           "espresso_command": "pw.x"}
     (directory / "job.json").write_text(json.dumps(job))
     subprocess.run([sys.executable, "-m", "workbench.dft.job", str(directory)], check=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

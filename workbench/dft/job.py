@@ -9,10 +9,12 @@ Exit codes: 0 done, :data:`EXIT_SCF` SCF not converged, :data:`EXIT_CRASH` any o
 error. A process killed by a signal is a crash too (the runner sees a negative code).
 """
 
+import ctypes
 import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +32,8 @@ ERROR_FILE = "error.json"
 CALCULATOR_LOG = "calculator.txt"
 EXIT_SCF = 3
 EXIT_CRASH = 1
-PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive
+PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive (not Linux)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class JobFailed(Exception):
@@ -150,13 +153,23 @@ def bader_charges(atoms: Atoms, calculator, directory: Path) -> np.ndarray | Non
     return atoms.get_atomic_numbers() - populations
 
 
+def _die_with_parent(parent: int) -> None:
+    """End this job when its runner ends, even by SIGKILL: it would otherwise keep
+    computing a calculation that the store hands to another worker."""
+    if sys.platform == "linux":
+        # The kernel kills us when the parent goes, whatever the GIL is doing.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent went before prctl took effect
+        os._exit(EXIT_CRASH)
+
+
 def _watch_parent(parent: int) -> None:
-    # The job must not outlive a runner killed with SIGKILL: it would keep computing a
-    # calculation the store will hand to another worker.
-    while True:
-        if os.getppid() != parent:
-            os._exit(EXIT_CRASH)
+    while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
+    os._exit(EXIT_CRASH)
 
 
 def _write_json(path: Path, record: dict) -> None:
@@ -167,7 +180,7 @@ def _write_json(path: Path, record: dict) -> None:
 
 def run(directory: Path) -> int:
     job = json.loads((directory / JOB_FILE).read_text())
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    _die_with_parent(job["runner_pid"])
     started = time.perf_counter()
     try:
         atoms = atoms_from_record(job["structure"])

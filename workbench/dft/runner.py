@@ -310,6 +310,7 @@ def _job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions
             "initial_magmoms": None if moments is None else moments.tolist(),
         },
         "dos": preset.dos,
+        "runner_pid": os.getpid(),
         "espresso_pseudo_dir": options.espresso_pseudo_dir,
         "espresso_command": options.espresso_command,
     }
