@@ -33,6 +33,7 @@ system-packages:
 	$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
 	dpkg -s libxc-dev >/dev/null 2>&1 || missing="$$missing libxc-dev"; \
 	dpkg -s libopenblas-dev >/dev/null 2>&1 || missing="$$missing libopenblas-dev"; \
+	command -v pw.x >/dev/null || missing="$$missing quantum-espresso"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi

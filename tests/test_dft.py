@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from tests.dft_helpers import calculation_of, count_rows, cu3au, store_crystals, targets_of
 from workbench.dft.ingest import ingest_outputs
-from workbench.dft.outputs import DOS_GRID, band_gaps, broadened_dos, standard_dos
+from workbench.dft.outputs import DOS_GRID, band_gaps, broadened_dos, electrons_below, standard_dos
 from workbench.dft.presets import BUILTIN_PRESETS, PresetError, load_preset, resolve_parameters
 from workbench.dft.runner import (
     RunOptions,
@@ -73,6 +73,7 @@ def test_dos_and_gaps_from_eigenvalues():
     assert dos[DOS_GRID < 0].sum() * step == pytest.approx(1.0, rel=1e-3)
     assert broadened_dos(eigenvalues, np.array([1.0]), np.array([-1.0]))[0] > 0
     assert band_gaps(eigenvalues, 0.0) == pytest.approx((2.0, 2.0))
+    assert electrons_below(eigenvalues, np.array([1.0]), 0.0) == 2.0
 
 
 def test_emt_calculations_become_targets_once(engine, options):

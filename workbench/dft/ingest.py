@@ -18,6 +18,7 @@ from workbench.dft.outputs import (
     DOS_GRID,
     DOS_GRID_UNITS,
     band_gaps,
+    electrons_below,
     formation_energy_per_atom,
     raw_dos,
     standard_dos,
@@ -78,8 +79,9 @@ def derive(results: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str
         fermi = results["fermi_level"]
         results["band_gap"], results["direct_band_gap"] = band_gaps(eigenvalues, fermi)
         arrays["dos_raw_energies"], arrays["dos_raw"] = raw_dos(eigenvalues, weights, fermi)
-        if results.get("valence_electrons"):
-            arrays["dos"] = standard_dos(eigenvalues, weights, fermi, results["valence_electrons"])
+        if not results.get("valence_electrons"):
+            results["valence_electrons"] = electrons_below(eigenvalues, weights, fermi)
+        arrays["dos"] = standard_dos(eigenvalues, weights, fermi, results["valence_electrons"])
     return results, arrays
 
 

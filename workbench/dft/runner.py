@@ -47,6 +47,8 @@ from workbench.structures.crystal import Crystal
 
 REASONS = ("timeout", "scf", "crash", "parse", "lost")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Fortran programs (pw.x) buffer stdout and lose their error message when MPI aborts.
+UNBUFFERED_FORTRAN = {"GFORTRAN_UNBUFFERED_PRECONNECTED": "y"}
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
     """Run one attempt in ``directory`` as a child process group, killed at the limit."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / job_protocol.JOB_FILE).write_text(json.dumps(job, indent=1))
-    environment = os.environ | {name: str(threads) for name in THREAD_VARIABLES}
+    environment = os.environ | UNBUFFERED_FORTRAN | {name: str(threads) for name in THREAD_VARIABLES}
     started = time.monotonic()
     deadline = started + wall_time_s
     with open(directory / "stdout.log", "wb") as stdout, open(directory / "stderr.log", "wb") as stderr:
@@ -295,7 +297,8 @@ def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
     return outcome
 
 
-def _job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
+def job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
+    """What :mod:`workbench.dft.job` reads from ``job.json`` for one attempt."""
     atoms = crystal.to_ase()
     moments = initial_moments(atoms, preset.spin)
     module, class_name = calculator_path(preset)
@@ -373,7 +376,7 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
     rung = min(len(scf_before), len(preset.scf_ladder))
     for _ in range(max_attempts):
         number += 1
-        record = _job_record(preset, crystal, rung, options)
+        record = job_record(preset, crystal, rung, options)
         directory = root / f"attempt-{number}"
         with session_scope(engine) as session:
             session.add(CalculationAttempt(
