@@ -1,4 +1,5 @@
-"""Crystal graphs: periodic edges kept apart, k nearest with ties, triplets, batching, cache."""
+"""Crystal graphs: periodic edges kept apart, k nearest with ties, triplets, batching, cache,
+orbital field matrices."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from ase.neighborlist import neighbor_list
 from sqlalchemy import func, select
 from torch_geometric.data import Batch
 
+from tests.conftest import perovskite_rows, write_csv
 from workbench.featurize import (
     Featurizer,
     GraphConfig,
@@ -19,10 +21,13 @@ from workbench.featurize import (
 from workbench.featurize.atom_features import FEATURE_SIZE, cgcnn_feature_table
 from workbench.featurize.cache import MissingGraphs
 from workbench.featurize.data import graph_to_data
+from workbench.featurize.orbital_field import DESCRIPTOR_SIZE, valence_table
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
+from workbench.io.structure_text import parse_structure_text
 from workbench.store.engine import session_scope
 from workbench.store.schema import Graph
+from workbench.store.types import arrays_from_bytes
 from workbench.structures.crystal import Crystal
 
 
@@ -152,3 +157,49 @@ def test_triplets_with_kept_ties_and_uneven_degrees():
     triplet_index, cosines = bond_angle_triplets(graph.edge_index, graph.edge_vector)
     assert triplet_index.shape[1] == int((degree * (degree - 1)).sum())
     assert_triplets_are_angles_at_shared_targets(graph, triplet_index, cosines)
+
+
+def test_valence_vectors_mark_the_subshells_outside_the_noble_gas_core():
+    table = valence_table()
+    assert table.shape[1] == 32
+    assert np.flatnonzero(table[1]).tolist() == [0]  # H 1s1
+    assert np.flatnonzero(table[26]).tolist() == [1, 2 + 6 + 5]  # Fe [Ar] 3d6 4s2
+    assert np.flatnonzero(table[31]).tolist() == [1, 2, 2 + 6 + 9]  # Ga [Ar] 3d10 4s2 4p1
+    assert np.flatnonzero(table[82]).tolist() == [1, 2 + 1, 2 + 6 + 9, 2 + 6 + 10 + 13]  # Pb 4f14 5d10 6s2 6p2
+
+
+def test_orbital_field_matrices_of_rock_salt():
+    a = 5.64
+    ofm = Featurizer(atom_features="ofm")
+    graph = ofm.graph_of(Crystal.from_ase(bulk("NaCl", "rocksalt", a=a)))
+    data = graph_to_data(graph, ofm.feature_table())
+    assert data.x.shape == (2, ofm.atom_feature_size) == (2, DESCRIPTOR_SIZE + FEATURE_SIZE)
+    sodium, chlorine = valence_table()[[11, 17]]
+    # Each ion's Voronoi cell is a cube whose six faces (equal solid angles) face the other ion.
+    np.testing.assert_allclose(graph.orbital_field, np.stack([chlorine, sodium]) * 6 / (a / 2), rtol=1e-5)
+    expected = np.outer(sodium, chlorine * 6 / (a / 2)).ravel()
+    np.testing.assert_allclose(data.x[0, :1024].numpy(), expected, rtol=1e-5)
+    assert torch.equal(data.x[0, 1024:DESCRIPTOR_SIZE], torch.from_numpy(sodium))
+    assert torch.equal(data.x[0, DESCRIPTOR_SIZE:], torch.from_numpy(cgcnn_feature_table()[11]))
+    assert graph_to_data(Featurizer().graph_of(Crystal.from_ase(bulk("NaCl", "rocksalt", a=a))),
+                         Featurizer().feature_table()).x.shape == (2, FEATURE_SIZE)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_ofm_featurizer_has_its_own_key_and_caches_the_orbital_field(engine, shared_data, tmp_path):
+    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 4), ["material_id", "cif", "heat_ref"])
+    import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
+    default, ofm = Featurizer(), Featurizer(atom_features="ofm")
+    assert ofm.key != default.key and ofm.config["atom_features"] == "ofm"
+    assert featurize_structures(engine, ofm).featurized == 4
+    featurize_structures(engine, default)
+    with session_scope(engine) as session:
+        ids = list(session.scalars(select(Graph.structure_id).distinct()))
+        plain = session.scalar(select(Graph.arrays).where(Graph.featurizer_key == default.key).limit(1))
+    cached = load_graphs(engine, ofm.key, ids)
+    assert all(graph.orbital_field.shape == (graph.num_nodes, 32) and graph.orbital_field.any()
+               for graph in cached.values())
+    assert all(graph.orbital_field is None for graph in load_graphs(engine, default.key, ids).values())
+    assert "orbital_field" not in arrays_from_bytes(plain)  # other featurizers' graphs as before
+    crystal = parse_structure_text(perovskite_rows(shared_data, 1)[0]["cif"], "cif")[0]
+    np.testing.assert_array_equal(cached[min(ids)].orbital_field, ofm.graph_of(crystal).orbital_field)

@@ -5,6 +5,7 @@ import torch
 from torch_geometric.data import Data
 
 from workbench.featurize.graph import CrystalGraph
+from workbench.featurize.orbital_field import orbital_field_descriptors
 from workbench.featurize.triplets import bond_angle_triplets
 
 
@@ -12,10 +13,12 @@ class CrystalGraphData(Data):
     """One crystal graph.
 
     Attributes:
-        x: ``(N, F)`` atom features.
+        x: ``(N, F)`` atom features (F: the featurizer's ``atom_feature_size``).
         atomic_numbers: ``(N,)``.
         edge_index: ``(2, E)`` rows (source, target); shifted by the number of nodes when
             batched (PyG's rule for ``*index*``).
+        edge_image: ``(E, 3)`` lattice translation of each edge's source atom; the reverse
+            of edge (j, i, s) is (i, j, -s).
         edge_vector: ``(E, 3)`` bond vectors, source minus target, Å.
         edge_distance: ``(E,)`` bond lengths, Å.
         triplet_index: ``(2, T)`` pairs of edges sharing a target atom (optional); these
@@ -30,11 +33,17 @@ class CrystalGraphData(Data):
 
 
 def graph_to_data(graph: CrystalGraph, feature_table: np.ndarray, *, triplets: bool = False) -> CrystalGraphData:
-    """A :class:`CrystalGraphData` with atom features looked up in ``feature_table`` (row Z)."""
+    """A :class:`CrystalGraphData` with atom features looked up in ``feature_table`` (row Z),
+    after each atom's orbital field matrix when the graph carries its orbital field."""
+    features = feature_table[graph.atomic_numbers]
+    if graph.orbital_field is not None:
+        features = np.concatenate(
+            [orbital_field_descriptors(graph.atomic_numbers, graph.orbital_field), features], axis=1)
     data = CrystalGraphData(
-        x=torch.from_numpy(feature_table[graph.atomic_numbers]),
+        x=torch.from_numpy(features),
         atomic_numbers=torch.from_numpy(graph.atomic_numbers),
         edge_index=torch.from_numpy(graph.edge_index),
+        edge_image=torch.from_numpy(graph.edge_image),
         edge_vector=torch.from_numpy(graph.edge_vector).float(),
         edge_distance=torch.from_numpy(graph.edge_distance).float(),
         num_nodes=graph.num_nodes,

@@ -5,6 +5,7 @@ features, or ``GRAPH_FORMAT_VERSION`` when the code that builds graphs changes),
 cached graph is only ever served to the featurizer that made it.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -15,16 +16,31 @@ from ase.data import atomic_numbers as ATOMIC_NUMBERS
 
 from workbench.featurize.atom_features import cgcnn_feature_table
 from workbench.featurize.graph import CrystalGraph, GraphConfig, crystal_graph
+from workbench.featurize.orbital_field import DESCRIPTOR_SIZE, orbital_field
 from workbench.store.types import arrays_from_bytes, arrays_to_bytes
 from workbench.structures.crystal import Crystal
 
+# An optional array (the orbital field) leaves the graphs of the other featurizers as they
+# were, so their keys, and their cached graphs, stay valid.
 GRAPH_FORMAT_VERSION = 2  # 2: graphs stored with arrays_to_bytes, not np.savez
-ATOM_FEATURE_TABLES = {"cgcnn": cgcnn_feature_table}
+ATOM_FEATURE_TABLES = {"cgcnn": cgcnn_feature_table, "ofm": cgcnn_feature_table}
+WITH_ORBITAL_FIELD = frozenset({"ofm"})
 GRAPH_ARRAYS = ("atomic_numbers", "edge_index", "edge_image", "edge_vector", "edge_distance")
+OPTIONAL_GRAPH_ARRAYS = ("orbital_field",)
 
 
 @dataclass(frozen=True)
 class Featurizer:
+    """How structures become graphs, and which atom features the graphs give.
+
+    Attributes:
+        graph: neighbours and cutoffs.
+        atom_features: ``"cgcnn"``: the 91-entry CGCNN element vector; ``"ofm"``:
+            OCrystalNet's OFM-feature descriptor, each atom's orbital field matrix (1,056
+            entries, from its Voronoi neighbours, cached in the graph) then the CGCNN
+            vector: 1,147 entries.
+    """
+
     graph: GraphConfig = field(default_factory=GraphConfig)
     atom_features: str = "cgcnn"
 
@@ -43,17 +59,28 @@ class Featurizer:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def feature_table(self) -> np.ndarray:
+        """The per-element part of the atom features (row Z)."""
         return ATOM_FEATURE_TABLES[self.atom_features]()
+
+    @property
+    def atom_feature_size(self) -> int:
+        """Width of ``data.x`` in this featurizer's graphs (a backbone's ``atom_feature_size``)."""
+        orbital = DESCRIPTOR_SIZE if self.atom_features in WITH_ORBITAL_FIELD else 0
+        return orbital + self.feature_table().shape[1]
 
     def graph_of(self, crystal: Crystal) -> CrystalGraph:
         numbers = np.array([ATOMIC_NUMBERS[symbol] for symbol in crystal.species])
-        return crystal_graph(crystal, numbers, self.graph)
+        graph = crystal_graph(crystal, numbers, self.graph)
+        if self.atom_features in WITH_ORBITAL_FIELD:
+            graph = dataclasses.replace(graph, orbital_field=orbital_field(crystal, numbers))
+        return graph
 
 
 def graph_to_bytes(graph: CrystalGraph) -> bytes:
-    return arrays_to_bytes({name: getattr(graph, name) for name in GRAPH_ARRAYS})
+    names = GRAPH_ARRAYS + tuple(name for name in OPTIONAL_GRAPH_ARRAYS if getattr(graph, name) is not None)
+    return arrays_to_bytes({name: getattr(graph, name) for name in names})
 
 
 def graph_from_bytes(payload: bytes) -> CrystalGraph:
     arrays = arrays_from_bytes(payload)
-    return CrystalGraph(**{name: arrays[name] for name in GRAPH_ARRAYS})
+    return CrystalGraph(**{name: arrays[name] for name in GRAPH_ARRAYS + OPTIONAL_GRAPH_ARRAYS if name in arrays})

@@ -45,6 +45,10 @@ class CrystalGraph:
         edge_image: ``(E, 3)`` int64 lattice translation applied to the source atom.
         edge_vector: ``(E, 3)`` float64, source (in its image) minus target, in Å.
         edge_distance: ``(E,)`` float64, the length of ``edge_vector``.
+        orbital_field: ``(N, 32)`` float32 Voronoi-weighted valence vectors of each atom's
+            neighbours, from which its orbital field matrix is rebuilt
+            (:mod:`workbench.featurize.orbital_field`); only from a featurizer with
+            ``atom_features="ofm"``, else None.
     """
 
     atomic_numbers: np.ndarray
@@ -52,6 +56,7 @@ class CrystalGraph:
     edge_image: np.ndarray
     edge_vector: np.ndarray
     edge_distance: np.ndarray
+    orbital_field: np.ndarray | None = None
 
     @property
     def num_nodes(self) -> int:

@@ -5,7 +5,7 @@ trained with as buffers, so a saved model needs nothing else to be used. A saved
 holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` reads it).
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -14,7 +14,9 @@ from torch import nn
 from workbench import __version__
 from workbench.models.backbones.alignn import ALIGNN, ALIGNNConfig
 from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
+from workbench.models.backbones.megnet import MEGNet, MEGNetConfig
 from workbench.models.backbones.neighbour_mlp import NeighbourMLP, NeighbourMLPConfig
+from workbench.models.backbones.ocrystalnet import OCrystalNet, OCrystalNetConfig
 from workbench.models.backbones.schnet import SchNet, SchNetConfig
 from workbench.models.heads import PerSiteHead, ScalarHead, SpectrumHead
 
@@ -22,7 +24,9 @@ SAVE_FORMAT = 1
 BACKBONES = {
     "alignn": (ALIGNN, ALIGNNConfig),
     "cgcnn": (CGCNN, CGCNNConfig),
+    "megnet": (MEGNet, MEGNetConfig),
     "neighbour-mlp": (NeighbourMLP, NeighbourMLPConfig),
+    "ocrystalnet": (OCrystalNet, OCrystalNetConfig),
     "schnet": (SchNet, SchNetConfig),
 }
 HEADS = {"scalar": ScalarHead, "spectrum": SpectrumHead, "per_site": PerSiteHead}
@@ -55,6 +59,17 @@ def needs_triplets(architecture: str) -> bool:
     if architecture not in BACKBONES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BACKBONES)}")
     return getattr(BACKBONES[architecture][0], "needs_triplets", False)
+
+
+def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size: int) -> dict:
+    """The backbone options with ``atom_feature_size`` set to the featurizer's (the width of
+    its ``data.x``), for a backbone that reads atom features; others are left as given
+    (SchNet embeds atomic numbers). This is what makes OGCNN ``cgcnn`` on the ``ofm``
+    featurizer."""
+    config_class = BACKBONES[architecture][1]
+    if "atom_feature_size" not in {option.name for option in fields(config_class)}:
+        return dict(backbone)
+    return {**backbone, "atom_feature_size": atom_feature_size}
 
 
 class FeaturizerMismatch(ValueError):

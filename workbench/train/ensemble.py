@@ -14,6 +14,8 @@ from torch_geometric.loader import DataLoader
 
 from workbench.featurize.data import CrystalGraphData
 from workbench.models import CrystalModel, ModelConfig
+from workbench.models.dos_autoencoder import DOSAutoencoder, fit_dos_autoencoder
+from workbench.models.heads import SpectrumHead
 from workbench.store.schema import TargetKind
 from workbench.train.config import TrainConfig
 
@@ -91,15 +93,27 @@ def train_ensemble(
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> tuple[Ensemble, list[MemberHistory]]:
-    """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU."""
+    """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU.
+
+    A spectrum head with a ``latent`` size trains in two stages: first one autoencoder on
+    the training spectra (early-stopped on the validation spectra, with the members'
+    settings and ``config.seed``), then every member with its frozen decoder, in units of
+    the autoencoder's scale.
+    """
     device = device or pick_device()
     shift, scale = target_scaling(kind, train)
+    autoencoder = None
     members, histories = [], []
     for index in range(config.members):
         seed = config.seed + index
         torch.manual_seed(seed)
         model = CrystalModel(model_config)
-        model.set_target_scaling(shift, scale)
+        if getattr(model.head, "latent", None):
+            autoencoder = autoencoder or fit_spectrum_autoencoder(model.head, train, validation, config, device)
+            model.head.use_autoencoder(autoencoder)
+            model.set_target_scaling(0.0, float(autoencoder.scale))
+        else:
+            model.set_target_scaling(shift, scale)
         member_train = train
         if config.bootstrap:
             picks = np.random.default_rng(seed).integers(0, len(train), len(train))
@@ -109,6 +123,19 @@ def train_ensemble(
         members.append(model.cpu().eval())
         histories.append(history)
     return Ensemble(members), histories
+
+
+def fit_spectrum_autoencoder(head: SpectrumHead, train: list[CrystalGraphData], validation: list[CrystalGraphData],
+                             config: TrainConfig, device: torch.device) -> DOSAutoencoder:
+    """Stage one of a latent spectrum head: its autoencoder, fitted to the training spectra."""
+    def spectra(items: list[CrystalGraphData]) -> torch.Tensor:
+        return torch.cat([item.y.reshape(1, -1) for item in items]).float()
+
+    autoencoder, _ = fit_dos_autoencoder(
+        spectra(train), spectra(validation) if validation else None, latent=head.latent,
+        hidden=head.autoencoder_hidden, epochs=config.epochs, patience=config.patience,
+        batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, device=device)
+    return autoencoder
 
 
 def _train_member(model: CrystalModel, train, validation, config: TrainConfig, seed: int,

@@ -22,7 +22,7 @@ from workbench.featurize.cache import featurize_structures, load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
-from workbench.models import ModelConfig, needs_triplets
+from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
@@ -55,7 +55,11 @@ PREDICT_CHUNK = 1000
 @dataclass(frozen=True)
 class TrainRequest:
     """What to train. ``pooling`` ("mean" or "sum") applies to scalar targets;
-    ``conserve_total`` makes per-site values sum to zero per structure (charges)."""
+    ``conserve_total`` makes per-site values sum to zero per structure (charges);
+    ``spectrum_latent`` makes a spectrum head predict the code of an autoencoder of that
+    latent size (AE-ALIGNN's 12), decoded by its frozen decoder. The backbone's
+    ``atom_feature_size`` comes from the featurizer (``Featurizer(atom_features="ofm")``
+    for OCrystalNet, or for OGCNN with ``cgcnn``)."""
 
     target: str
     name: str
@@ -65,6 +69,7 @@ class TrainRequest:
     backbone: dict = field(default_factory=dict)
     pooling: str = "mean"
     conserve_total: bool = False
+    spectrum_latent: int | None = None
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -95,8 +100,9 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
+    backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer.atom_feature_size)
     model_config = ModelConfig(request.architecture, HEAD_OF_KIND[labeled.kind], request.target,
-                               featurizer.key, backbone=request.backbone,
+                               featurizer.key, backbone=backbone,
                                head_options=_head_options(labeled.kind, definition, request))
     device = pick_device(request.device)
     ensemble, histories = train_ensemble(model_config, labeled.kind, train, validation, request.train,
@@ -144,7 +150,8 @@ def _head_options(kind: TargetKind, definition: TargetDefinition, request: Train
     if kind is TargetKind.SCALAR:
         return {"pooling": request.pooling}
     if kind is TargetKind.SPECTRUM:
-        return {"bins": int(definition.length)}
+        latent = {"latent": request.spectrum_latent} if request.spectrum_latent else {}
+        return {"bins": int(definition.length), **latent}
     return {"site_size": int(np.prod(definition.site_shape or [1])), "conserve_total": request.conserve_total}
 
 
