@@ -106,3 +106,21 @@ def test_train_and_predict_commands(run_cli, engine, rows, tmp_path, monkeypatch
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Prediction)) == 60
         assert session.scalar(select(func.count()).select_from(Structure)) == 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_other_architectures_from_the_command_line(run_cli, engine, rows, tmp_path, monkeypatch):
+    """OCrystalNet on OFM features with a smaller width, then ALIGNN, through the CLI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    write_csv(tmp_path / "perov.csv", rows[:30], ["material_id", "cif", "dir_gap"])
+    run_cli("import", tmp_path / "perov.csv", "--jobs", "1")
+    assert "30 graphs built" in run_cli("featurize", "--atom-features", "ofm", "--jobs", "1").output
+    out = run_cli("train", "--target", "dir_gap", "--name", "gap-ocn", "--arch", "ocrystalnet",
+                  "--atom-features", "ofm", "--backbone", "hidden=32", "--members", "2", "--epochs", "2",
+                  "--device", "cpu", "--jobs", "1").output
+    assert "Registered gap-ocn version 1" in out
+    run_cli("train", "--target", "dir_gap", "--name", "gap-alignn", "--arch", "alignn", "--members", "1",
+            "--epochs", "1", "--device", "cpu", "--jobs", "1")
+    assert "Wrote 30 predictions" in run_cli("predict", "--model", "gap-ocn@champion", "--jobs", "1").output
+    run_cli("train", "--target", "dir_gap", "--name", "bad", "--atom-features", "orbital", expect=2)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -140,6 +141,23 @@ def _progress() -> Progress:
     )
 
 
+AtomFeaturesOption = Annotated[str, typer.Option(
+    help="Atom features: cgcnn (91-entry element vector) or ofm (orbital field matrix + cgcnn, OCrystalNet/OGCNN).")]
+
+
+def _atom_features(name: str) -> str:
+    from workbench.featurize.featurizer import ATOM_FEATURE_TABLES
+
+    if name not in ATOM_FEATURE_TABLES:
+        raise typer.BadParameter(f"--atom-features must be one of {sorted(ATOM_FEATURE_TABLES)}, not {name!r}")
+    return name
+
+
+def _backbone_options(values: list[str]) -> dict:
+    # Values are read as YAML scalars: "hidden=128" gives an int, "normalization=layer" a string.
+    return {name: yaml.safe_load(value) for name, value in _pairs(values, "--backbone").items()}
+
+
 @app.command()
 def featurize(
     cutoff: Annotated[float, typer.Option(help="Neighbour search radius, Å.")] = GraphConfig.cutoff,
@@ -147,11 +165,13 @@ def featurize(
     keep_ties: Annotated[bool, typer.Option(help="Keep the whole shell of the k-th neighbour.")] = False,
     max_cutoff: Annotated[float, typer.Option(help="Radius tried once for sites short of neighbours.")]
     = GraphConfig.max_cutoff,
+    atom_features: AtomFeaturesOption = "cgcnn",
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = os.cpu_count() or 1,
 ) -> None:
     """Build and cache the crystal graphs the store does not have yet for this featurizer."""
     featurizer = Featurizer(GraphConfig(cutoff=cutoff, max_neighbors=max_neighbors,
-                                        keep_ties=keep_ties, max_cutoff=max_cutoff))
+                                        keep_ties=keep_ties, max_cutoff=max_cutoff),
+                            atom_features=_atom_features(atom_features))
     engine = _engine(Settings())
     with _workers(jobs) as executor, _progress() as progress:
         task = progress.add_task(f"featurizer {featurizer.key}", total=None)
@@ -170,7 +190,13 @@ def featurize(
 def train(
     target: Annotated[str, typer.Option(help="Target to learn.")],
     name: Annotated[str, typer.Option(help="Registered model name in MLflow.")],
-    arch: Annotated[str, typer.Option(help="Backbone architecture.")] = "cgcnn",
+    arch: Annotated[str, typer.Option(
+        help="Backbone: cgcnn, alignn, schnet, megnet, ocrystalnet or neighbour-mlp.")] = "cgcnn",
+    backbone: Annotated[list[str] | None, typer.Option(
+        help="Backbone setting NAME=VALUE, e.g. hidden=128 (repeatable).")] = None,
+    atom_features: AtomFeaturesOption = "cgcnn",
+    spectrum_latent: Annotated[int | None, typer.Option(
+        help="Spectrum targets: predict an autoencoder code of this size (AE-DOS; 12 as published).")] = None,
     members: Annotated[int, typer.Option(help="Ensemble members.")] = TrainConfig.members,
     epochs: Annotated[int, typer.Option(help="Most epochs per member.")] = TrainConfig.epochs,
     patience: Annotated[int, typer.Option(help="Early stopping patience, epochs.")] = TrainConfig.patience,
@@ -195,7 +221,8 @@ def train(
     settings.ensure_home()
     request = TrainRequest(
         target=target, name=name, architecture=arch, pooling=pooling, conserve_total=conserve_total,
-        champion=champion, device=device,
+        champion=champion, device=device, backbone=_backbone_options(backbone or []),
+        featurizer=Featurizer(atom_features=_atom_features(atom_features)), spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
     )
