@@ -189,3 +189,13 @@ def test_cli_runs_status_and_retry(run_cli, engine):
     run_cli("dft", "retry", "--preset", "emt", "--reason", "crash", expect=2)
     run_cli("dft", "run", "--preset", "emt", "--ids", "1", "--all", expect=2)
     assert "gpaw-fast" in run_cli("dft", "presets").output
+
+
+def test_parallel_calculations_define_their_targets_once(engine, tmp_path):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Au": bulk("Au", a=4.1),
+                                  "Al": bulk("Al", a=4.05), "Ni": bulk("Ni", a=3.52)})
+    queue_calculations(engine, list(ids.values()), EMT)
+    report = run_queued(engine, EMT, RunOptions(workdir=tmp_path / "dft", jobs=4), references=False)
+    assert len(report.done) == 4 and not report.failed
+    assert {name for name in targets_of(engine, ids["Ni"])} == {
+        "emt.energy", "emt.energy_per_atom", "emt.forces"}

@@ -26,3 +26,23 @@ def test_import_flow(prefect_api, engine, database_url, shared_data, tmp_path, m
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Structure)) == 80
         assert session.scalar(select(func.count()).select_from(TargetValue)) == 30
+
+
+@pytest.mark.slow
+def test_run_dft_flow(prefect_api, engine, database_url, tmp_path, monkeypatch):
+    from ase.build import bulk
+
+    from flows.run_dft import run_dft
+    from tests.dft_helpers import calculation_of, cu3au, store_crystals, targets_of
+    from workbench.store.schema import CalculationStatus
+
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    ids = store_crystals(engine, {"Cu3Au": cu3au(), "Si": bulk("Si")})
+    outcome = run_dft([ids["Cu3Au"], ids["Si"]], preset="emt")
+    # References Cu and Au run first, then the two structures; EMT knows no Si.
+    assert len(outcome["done"]) == 3 and len(outcome["failed"]) == 1
+    assert "emt.formation_energy_per_atom" in targets_of(engine, ids["Cu3Au"])
+    assert calculation_of(engine, ids["Si"], "emt")[0].status is CalculationStatus.FAILED
+    again = run_dft([ids["Cu3Au"]], preset="emt")
+    assert again == {"done": [], "failed": [], "skipped": []}

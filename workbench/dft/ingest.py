@@ -23,6 +23,7 @@ from workbench.dft.outputs import (
     raw_dos,
     standard_dos,
 )
+from workbench.store.bulk import insert_ignoring_duplicates
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Calculation,
@@ -86,19 +87,17 @@ def derive(results: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str
 
 
 def _definition(session: Session, name: str, quantity: Quantity) -> TargetDefinition:
-    definition = session.scalars(select(TargetDefinition).where(TargetDefinition.name == name)).one_or_none()
-    if definition is None:
-        spectrum = quantity.kind is TargetKind.SPECTRUM
-        definition = TargetDefinition(
-            name=name, kind=quantity.kind, units=quantity.units, description=quantity.description,
-            length=len(DOS_GRID) if spectrum else None,
-            site_shape=list(quantity.site_shape) if quantity.kind is TargetKind.PER_SITE else None,
-            grid=DOS_GRID if spectrum else None,
-            grid_units=DOS_GRID_UNITS if spectrum else "",
-        )
-        session.add(definition)
-        session.flush()
-    elif definition.kind is not quantity.kind:
+    spectrum = quantity.kind is TargetKind.SPECTRUM
+    # Concurrent ingests define the same targets: insert-or-ignore, then read it back.
+    insert_ignoring_duplicates(session, TargetDefinition.__table__, [{
+        "name": name, "kind": quantity.kind, "units": quantity.units, "description": quantity.description,
+        "length": len(DOS_GRID) if spectrum else None,
+        "site_shape": list(quantity.site_shape) if quantity.kind is TargetKind.PER_SITE else None,
+        "grid": DOS_GRID if spectrum else None,
+        "grid_units": DOS_GRID_UNITS if spectrum else "",
+    }])
+    definition = session.scalars(select(TargetDefinition).where(TargetDefinition.name == name)).one()
+    if definition.kind is not quantity.kind:
         raise IngestConflict(f"target {name!r} exists as {definition.kind.value}, not {quantity.kind.value}")
     return definition
 

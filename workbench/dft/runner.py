@@ -437,32 +437,46 @@ def _elements(engine: Engine, calculation_ids: list[int]) -> set[str]:
     return {element for elements in species for element in elements}
 
 
+@dataclass
+class RunPlan:
+    """What a run will do: calculation ids in stages (references first), and why."""
+
+    stages: list[list[int]]
+    requeued: list[int]
+    references_missing: dict[str, str]
+
+
+def plan_run(engine: Engine, preset: Preset, options: RunOptions, *,
+             calculation_ids: list[int] | None = None, references: bool = True) -> RunPlan:
+    """Re-queue lost calculations, then order the queued ones of ``preset`` (or only
+    ``calculation_ids``): with ``references``, the elemental references of every element
+    involved are queued and come first."""
+    requeued = requeue_lost(engine, stale_after_s=options.stale_after_s)
+    if calculation_ids is not None:
+        calculation_ids = list(dict.fromkeys([*calculation_ids, *requeued]))
+    work = _queued(engine, preset.name, calculation_ids)
+    if not (references and work):
+        return RunPlan([work], requeued, {})
+    reference_ids, missing = reference_structure_ids(engine, _elements(engine, work))
+    first = _queued(engine, preset.name, queue_calculations(engine, sorted(reference_ids.values()), preset))
+    return RunPlan([first, [calculation_id for calculation_id in work if calculation_id not in first]],
+                   requeued, missing)
+
+
 def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
                calculation_ids: list[int] | None = None, references: bool = True,
                on_event: Events | None = None) -> RunReport:
-    """Run the queued calculations of ``preset`` (or only ``calculation_ids``).
-
-    Lost calculations are re-queued first. With ``references``, the elemental
-    references of every element involved are queued and run before the rest, and
-    formation energies are added at the end.
-    """
-    report = RunReport()
-    report.requeued = requeue_lost(engine, stale_after_s=options.stale_after_s)
-    if calculation_ids is not None:
-        calculation_ids = list(dict.fromkeys([*calculation_ids, *report.requeued]))
-    work = _queued(engine, preset.name, calculation_ids)
-    stages = [work]
-    if references and work:
-        reference_ids, report.references_missing = reference_structure_ids(engine, _elements(engine, work))
-        reference_calculations = queue_calculations(engine, sorted(reference_ids.values()), preset)
-        first = _queued(engine, preset.name, reference_calculations)
-        stages = [first, [calculation_id for calculation_id in work if calculation_id not in first]]
+    """Run the queued calculations of ``preset`` (or only ``calculation_ids``), stage by
+    stage of :func:`plan_run`, ``options.jobs`` at once; with ``references``, formation
+    energies are added at the end."""
+    plan = plan_run(engine, preset, options, calculation_ids=calculation_ids, references=references)
+    report = RunReport(requeued=plan.requeued, references_missing=plan.references_missing)
 
     def one(calculation_id: int) -> tuple[int, str | None]:
         return calculation_id, run_calculation(engine, calculation_id, preset, options, on_event)
 
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        for stage in stages:
+        for stage in plan.stages:
             for calculation_id, status in pool.map(one, stage):
                 if status == "done":
                     report.done.append(calculation_id)

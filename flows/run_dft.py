@@ -1,0 +1,80 @@
+"""Prefect flow ``run-dft``: ``workbench dft run`` as a flow, one task per calculation.
+
+Every step is a :mod:`workbench.dft.runner` function; tasks pass ids, not objects. The
+calculation tasks carry the tag ``dft``, so a concurrency limit caps how many run at once
+across all flows (``prefect concurrency-limit create dft 2``). A dropped database
+connection is retried; a failed calculation is not a failed task: its reason is in the
+store, and ``workbench dft retry`` (or this flow again) takes it up.
+"""
+
+from prefect import flow, get_run_logger, task
+from sqlalchemy.exc import OperationalError
+
+from workbench.dft.ingest import add_formation_energies
+from workbench.dft.presets import load_preset
+from workbench.dft.runner import RunOptions, plan_run, queue_calculations, run_calculation
+from workbench.settings import Settings
+from workbench.store.engine import make_engine
+
+DFT_TAG = "dft"
+
+
+def _transient(task, task_run, state) -> bool:
+    return isinstance(state.result(raise_on_failure=False), OperationalError)
+
+
+def _options(settings: Settings, threads: int, wall_time_s: float | None) -> RunOptions:
+    return RunOptions(workdir=settings.dft_dir, threads=threads, wall_time_s=wall_time_s,
+                      espresso_pseudo_dir=settings.espresso_pseudo_dir,
+                      espresso_command=settings.espresso_command)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: float | None) -> list[list[int]]:
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        preset = load_preset(preset_name)
+        calculation_ids = queue_calculations(engine, structure_ids, preset)
+        run_plan = plan_run(engine, preset, _options(settings, threads, wall_time_s),
+                            calculation_ids=calculation_ids)
+    finally:
+        engine.dispose()
+    for element, why in run_plan.references_missing.items():
+        get_run_logger().warning("no elemental reference for %s: %s", element, why)
+    return run_plan.stages
+
+
+@task(tags=[DFT_TAG], retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+def run_one(calculation_id: int, preset_name: str, threads: int, wall_time_s: float | None) -> str | None:
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        return run_calculation(engine, calculation_id, load_preset(preset_name),
+                               _options(settings, threads, wall_time_s),
+                               on_event=lambda i, message: get_run_logger().info("calculation %s: %s", i, message))
+    finally:
+        engine.dispose()
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+def formation_energies(preset_name: str) -> int:
+    engine = make_engine(Settings().database_url)
+    try:
+        return add_formation_energies(engine, preset_name)
+    finally:
+        engine.dispose()
+
+
+@flow(name="run-dft")
+def run_dft(structure_ids: list[int], preset: str = "gpaw", threads: int = 1,
+            wall_time_s: float | None = None) -> dict[str, list[int]]:
+    """Compute the structures with a preset (elemental references first); returns the
+    calculation ids by final status."""
+    outcome: dict[str, list[int]] = {"done": [], "failed": [], "skipped": []}
+    for stage in plan(preset, structure_ids, threads, wall_time_s):
+        futures = [run_one.submit(calculation_id, preset, threads, wall_time_s) for calculation_id in stage]
+        for calculation_id, future in zip(stage, futures, strict=True):
+            outcome[future.result() or "skipped"].append(calculation_id)
+    formation_energies(preset)
+    return outcome
