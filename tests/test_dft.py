@@ -187,6 +187,10 @@ def test_cli_runs_status_and_retry(run_cli, engine):
     shown = run_cli("dft", "status").output
     assert "done" in shown and "crash" in shown
     run_cli("dft", "retry", "--preset", "emt", "--reason", "crash", expect=2)
+    silicon, _ = calculation_of(engine, ids["Si"], "emt")
+    shown = run_cli("dft", "show", silicon.id).output
+    assert "No EMT-potential for Si" in shown and "crash" in shown
+    run_cli("dft", "show", 999_999, expect=1)
     run_cli("dft", "run", "--preset", "emt", "--ids", "1", "--all", expect=2)
     assert "gpaw-fast" in run_cli("dft", "presets").output
 

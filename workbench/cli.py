@@ -460,6 +460,32 @@ def dft_status(
     Console().print(table)
 
 
+@dft_app.command("show")
+def dft_show(calculation_id: Annotated[int, typer.Argument(help="Calculation id.")]) -> None:
+    """A calculation's attempts: settings rung, outcome, reason, message and folder."""
+    from workbench.dft.runner import attempts_of
+
+    try:
+        calculation, attempts = attempts_of(_engine(Settings()), calculation_id)
+    except ValueError as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+    console.print(f"calculation {calculation.id}: structure {calculation.structure_id}, preset "
+                  f"{calculation.preset}, {calculation.status.value}"
+                  f"{f' ({calculation.reason})' if calculation.reason else ''}, folder {calculation.workdir}")
+    table = Table("attempt", "rung", "status", "reason", "exit", "wall (s)", title="attempts")
+    for attempt in attempts:
+        table.add_row(str(attempt.number), str(attempt.parameters.get("rung", "")), attempt.status.value,
+                      attempt.reason or "", "" if attempt.exit_code is None else str(attempt.exit_code),
+                      "" if attempt.wall_time_s is None else f"{attempt.wall_time_s:.1f}")
+    Console().print(table)
+    # Messages and folders unwrapped, so that they can be copied.
+    for attempt in attempts:
+        console.print(f"attempt {attempt.number}: {attempt.workdir}")
+        if attempt.message:
+            console.print(f"  {attempt.message}")
+
+
 @dft_app.command("presets")
 def dft_presets() -> None:
     """The built-in calculator presets."""

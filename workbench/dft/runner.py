@@ -502,3 +502,14 @@ def status_counts(engine: Engine, preset: str | None = None) -> list[tuple[str, 
         query = query.where(Calculation.preset == preset)
     with session_scope(engine) as session:
         return [(name, status.value, reason, count) for name, status, reason, count in session.execute(query)]
+
+
+def attempts_of(engine: Engine, calculation_id: int) -> tuple[Calculation, list[CalculationAttempt]]:
+    """A calculation and its attempts, oldest first (``workbench dft show``)."""
+    with session_scope(engine) as session:
+        calculation = session.get(Calculation, calculation_id)
+        if calculation is None:
+            raise ValueError(f"no calculation with id {calculation_id}")
+        attempts = session.scalars(select(CalculationAttempt).where(
+            CalculationAttempt.calculation_id == calculation_id).order_by(CalculationAttempt.number)).all()
+        return calculation, list(attempts)
