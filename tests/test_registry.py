@@ -124,3 +124,24 @@ def test_other_architectures_from_the_command_line(run_cli, engine, rows, tmp_pa
             "--epochs", "1", "--device", "cpu", "--jobs", "1")
     assert "Wrote 30 predictions" in run_cli("predict", "--model", "gap-ocn@champion", "--jobs", "1").output
     run_cli("train", "--target", "dir_gap", "--name", "bad", "--atom-features", "orbital", expect=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_replay_against_a_labeled_pool(run_cli, rows, tmp_path):
+    import json
+
+    write_csv(tmp_path / "perov.csv", rows[:120], ["material_id", "cif", "heat_ref", "dir_gap"])
+    run_cli("import", tmp_path / "perov.csv", "--source", "pool", "--jobs", "1")
+    plot = tmp_path / "curve.png"
+    out = run_cli("replay", "--source", "pool", "--objective", "heat_ref<1.0", "--objective", "dir_gap<=3",
+                  "--initial", "20", "--batch", "10", "--budget", "40", "--seeds", "2", "--members", "1",
+                  "--epochs", "2", "--device", "cpu", "--plot", plot, "--json").stdout
+    result = json.loads(out[out.index("{"):])
+    assert result["pool"] == 120 and result["revealed"] == [20, 30, 40]
+    assert len(result["hits_at_budget"]) == len(result["random_hits_at_budget"]) == 2
+    for curve in result["hits"] + result["random_hits"]:
+        assert curve == sorted(curve) and curve[-1] <= min(40, result["hits_in_pool"])
+    assert plot.stat().st_size > 0
+    run_cli("replay", "--source", "pool", "--objective", "heat_ref<<1", expect=2)
+    run_cli("replay", "--source", "nowhere", "--objective", "heat_ref<1", expect=1)

@@ -264,6 +264,56 @@ def predict(
     console.print(f"Wrote {written} predictions of {model}")
 
 
+@app.command()
+def replay(
+    source: Annotated[str, typer.Option(help="Source label of the labeled pool.")],
+    objective: Annotated[list[str], typer.Option(help="Constraint, e.g. '1.5<=dir_gap<=3' (repeatable).")],
+    initial: Annotated[int, typer.Option(help="Random structures revealed first.")] = 50,
+    batch: Annotated[int, typer.Option(help="Structures revealed per round.")] = 25,
+    budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
+    seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
+    arch: Annotated[str, typer.Option(help="Backbone of the ensembles.")] = "cgcnn",
+    members: Annotated[int, typer.Option(help="Ensemble members per target and round.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Most epochs per member.")] = 60,
+    patience: Annotated[int, typer.Option(help="Early stopping patience, epochs.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    plot: Annotated[Path | None, typer.Option(help="Discovery-curve PNG (default: in WORKBENCH_HOME).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Replay a campaign on a labeled pool (labels revealed as if computed), beside random."""
+    from workbench.acquire.objective import ObjectiveError, parse_objective
+    from workbench.campaign.replay import ReplayConfig, discovery_plot
+    from workbench.campaign.replay import replay as run_replay
+
+    settings = Settings()
+    try:
+        parsed = parse_objective(objective)
+    except ObjectiveError as error:
+        raise typer.BadParameter(str(error)) from None
+    config = ReplayConfig(source=source, objective=parsed, initial=initial, batch=batch, budget=budget,
+                          seeds=seeds, architecture=arch, device=device,
+                          train=TrainConfig(members=members, epochs=epochs, patience=patience))
+    rounds = seeds * -(-(budget - initial) // batch)
+    with _progress() as progress:
+        task = progress.add_task("replay", total=rounds)
+        try:
+            result = run_replay(_engine(settings), config, on_round=lambda seed, revealed, hits: progress.update(
+                task, advance=1, description=f"seed {seed}: {revealed} revealed, {hits} hits"))
+        except ValueError as error:
+            console.print(f"[red]{error}")
+            raise typer.Exit(1) from None
+    path = discovery_plot(result, plot or settings.ensure_home() / "replay.png")
+    table = Table("seed", f"hits at {budget}", "random", title=f"{result.objective}: "
+                  f"{result.hits_in_pool} hits in a pool of {result.pool}")
+    for seed, (hits, random_hits) in enumerate(zip(result.hits_at_budget, result.random_hits_at_budget, strict=True)):
+        table.add_row(str(seed), str(hits), str(random_hits))
+    table.add_row("median", f"{np.median(result.hits_at_budget):g}", f"{np.median(result.random_hits_at_budget):g}")
+    Console(stderr=as_json).print(table)
+    console.print(f"Discovery curve: {path}")
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1))
+
+
 @app.command("export-ase")
 def export_ase_command(
     out: Annotated[Path, typer.Argument(help="OUT.db or OUT.json")],

@@ -1,0 +1,2 @@
+"""The active-learning campaign. So far: :mod:`workbench.campaign.replay`, a campaign
+against a labeled pool, measured beside random selection."""
