@@ -39,6 +39,7 @@ class ReplayConfig:
     batch: int = 25
     budget: int = 400
     seeds: int = 5
+    first_seed: int = 0
     architecture: str = "cgcnn"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(members=3, epochs=60, patience=10))
     device: str = "auto"
@@ -124,7 +125,7 @@ def replay(engine: Engine, config: ReplayConfig, *, featurizer: Featurizer | Non
     checkpoints = list(range(config.initial, config.budget, config.batch)) + [config.budget]
     result = ReplayResult(str(config.objective), len(ids), int(meets.sum()), checkpoints)
 
-    for seed in range(config.seeds):
+    for seed in range(config.first_seed, config.first_seed + config.seeds):
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(ids))
         result.random_hits.append([int(meets[order[:count]].sum()) for count in checkpoints])
