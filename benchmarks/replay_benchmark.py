@@ -84,7 +84,7 @@ def main() -> None:
                           [curve for part in parts for curve in part["hits"]],
                           [curve for part in parts for curve in part["random_hits"]])
     minutes = (time.perf_counter() - started) / 60
-    plot = REPO / "benchmarks" / "replay.png"
+    plot = args.out.with_suffix(".png") if args.out else REPO / "benchmarks" / "replay.png"
     discovery_plot(merged, plot)
     hits, random_hits = merged.hits_at_budget, merged.random_hits_at_budget
     lines = [
@@ -109,7 +109,7 @@ def main() -> None:
               "|---|" + "---:|" * len(merged.revealed),
               "| campaign | " + " | ".join(f"{value:g}" for value in np.median(merged.hits, axis=0)) + " |",
               "| random | " + " | ".join(f"{value:g}" for value in np.median(merged.random_hits, axis=0)) + " |",
-              "", "![discovery curve](replay.png)"]
+              "", f"![discovery curve]({plot.name})"]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
