@@ -21,6 +21,7 @@ of a noble gas) leaves its block zero.
 import functools
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from ase.data import covalent_radii
@@ -71,10 +72,15 @@ def element_features(atomic_number: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def element_table(features_of: Callable[[int], np.ndarray], size: int) -> np.ndarray:
+    """``(MAX_ATOMIC_NUMBER + 1, size)`` float32 with ``features_of(Z)`` in row Z (row 0 zero)."""
+    table = np.zeros((MAX_ATOMIC_NUMBER + 1, size), dtype=np.float32)
+    for atomic_number in range(1, MAX_ATOMIC_NUMBER + 1):
+        table[atomic_number] = features_of(atomic_number)
+    return table
+
+
 @functools.cache
 def cgcnn_feature_table() -> np.ndarray:
     """``(MAX_ATOMIC_NUMBER + 1, 91)`` float32; row Z is element Z (row 0 unused, zero)."""
-    table = np.zeros((MAX_ATOMIC_NUMBER + 1, FEATURE_SIZE), dtype=np.float32)
-    for atomic_number in range(1, MAX_ATOMIC_NUMBER + 1):
-        table[atomic_number] = element_features(atomic_number)
-    return table
+    return element_table(element_features, FEATURE_SIZE)

@@ -30,7 +30,7 @@ import numpy as np
 from pymatgen.analysis.local_env import VoronoiNN
 from pymatgen.core import Element
 
-from workbench.featurize.atom_features import MAX_ATOMIC_NUMBER
+from workbench.featurize.atom_features import element_table
 from workbench.featurize.graph import GraphError
 from workbench.structures.crystal import Crystal
 
@@ -58,10 +58,7 @@ def valence_one_hot(atomic_number: int) -> np.ndarray:
 @functools.cache
 def valence_table() -> np.ndarray:
     """``(MAX_ATOMIC_NUMBER + 1, 32)`` float32; row Z is element Z (row 0 unused, zero)."""
-    table = np.zeros((MAX_ATOMIC_NUMBER + 1, VALENCE_SIZE), dtype=np.float32)
-    for atomic_number in range(1, MAX_ATOMIC_NUMBER + 1):
-        table[atomic_number] = valence_one_hot(atomic_number)
-    return table
+    return element_table(valence_one_hot, VALENCE_SIZE)
 
 
 def orbital_field(crystal: Crystal, atomic_numbers: np.ndarray) -> np.ndarray:
