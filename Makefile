@@ -42,6 +42,6 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	CC=g++ $(BIN)/python -m pip install -q $(GPAW)
+	CC=g++ GPAW_CONFIG=$(CURDIR)/docker/gpaw-siteconfig.py $(BIN)/python -m pip install -q $(GPAW)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
