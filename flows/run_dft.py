@@ -30,14 +30,15 @@ def _options(settings: Settings, threads: int, wall_time_s: float | None) -> Run
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: float | None) -> list[list[int]]:
+def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: float | None,
+         references: bool) -> list[list[int]]:
     settings = Settings()
     engine = make_engine(settings.database_url)
     try:
         preset = load_preset(preset_name)
         calculation_ids = queue_calculations(engine, structure_ids, preset)
         run_plan = plan_run(engine, preset, _options(settings, threads, wall_time_s),
-                            calculation_ids=calculation_ids)
+                            calculation_ids=calculation_ids, references=references)
     finally:
         engine.dispose()
     for element, why in run_plan.references_missing.items():
@@ -68,13 +69,14 @@ def formation_energies(preset_name: str) -> int:
 
 @flow(name="run-dft")
 def run_dft(structure_ids: list[int], preset: str = "gpaw", threads: int = 1,
-            wall_time_s: float | None = None) -> dict[str, list[int]]:
-    """Compute the structures with a preset (elemental references first); returns the
-    calculation ids by final status."""
+            wall_time_s: float | None = None, references: bool = True) -> dict[str, list[int]]:
+    """Compute the structures with a preset (with ``references``, the elemental references
+    first and formation energies after); returns the calculation ids by final status."""
     outcome: dict[str, list[int]] = {"done": [], "failed": [], "skipped": []}
-    for stage in plan(preset, structure_ids, threads, wall_time_s):
+    for stage in plan(preset, structure_ids, threads, wall_time_s, references):
         futures = [run_one.submit(calculation_id, preset, threads, wall_time_s) for calculation_id in stage]
         for calculation_id, future in zip(stage, futures, strict=True):
             outcome[future.result() or "skipped"].append(calculation_id)
-    formation_energies(preset)
+    if references:
+        formation_energies(preset)
     return outcome

@@ -34,6 +34,8 @@ from workbench.train.config import TrainConfig
 app = typer.Typer(help="Active-learning workbench for crystalline materials.", no_args_is_help=True)
 dft_app = typer.Typer(help="DFT calculations through ASE: run, inspect, retry.", no_args_is_help=True)
 app.add_typer(dft_app, name="dft")
+campaign_app = typer.Typer(help="Active-learning campaigns: run or resume, status, report.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -338,8 +340,11 @@ def sql(
     if format not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
     settings = Settings()
+    # A role that may only SELECT, where one is configured: then the server refuses writes too.
+    readonly_url = settings.readonly_database_url
+    engine = make_engine(readonly_url) if readonly_url else _engine(settings)
     try:
-        result = run_read_only(_engine(settings), query)
+        result = run_read_only(engine, query)
     except ReadOnlyViolation as error:
         console.print(f"[red]Refused: {error}")
         raise typer.Exit(1) from None
@@ -545,3 +550,78 @@ def dft_presets() -> None:
     for preset in BUILTIN_PRESETS.values():
         table.add_row(preset.name, preset.calculator, preset.description)
     Console().print(table)
+
+
+def _campaign_id(engine, name: str) -> int:
+    from workbench.campaign.loop import campaign_id_of
+
+    try:
+        return campaign_id_of(engine, name)
+    except LookupError as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+
+
+@campaign_app.command("run")
+def campaign_run(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
+    report: Annotated[Path | None, typer.Option(help="Write the report here at the end "
+                                                     "(default WORKBENCH_HOME/reports/NAME).")] = None,
+) -> None:
+    """Run a campaign, or resume it where it stopped, until its budget or stopping rule."""
+    from workbench.campaign.config import load_config
+    from workbench.campaign.loop import run_campaign
+    from workbench.campaign.report import write_report
+
+    settings = Settings()
+    try:
+        parsed = load_config(config)
+    except InputError as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+    engine = _engine(settings)
+    try:
+        outcome = run_campaign(engine, settings, parsed, on_event=lambda message: console.print(message))
+    except (InputError, LookupError) as error:
+        console.print(f"[red]{error}")
+        raise typer.Exit(1) from None
+    path = write_report(engine, outcome.campaign_id, report or settings.ensure_home() / "reports" / parsed.name)
+    console.print(f"Campaign {parsed.name!r}: {outcome.spent} calculations, {outcome.hits} hits "
+                  f"({outcome.stopped_because}). Report: {path}")
+
+
+@campaign_app.command("status")
+def campaign_status(name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
+    """Rounds of a campaign with what each found."""
+    from workbench.campaign.loop import campaign_config, progress, stop_reason
+    from workbench.store.engine import session_scope
+    from workbench.store.schema import Round
+
+    settings = Settings()
+    engine = _engine(settings)
+    campaign_id = _campaign_id(engine, name)
+    config = campaign_config(engine, campaign_id)
+    table = Table("round", "status", "acquired", "hits", "failed", "DFT s", title=f"campaign {name}")
+    with session_scope(engine) as session:
+        for round_row in session.query(Round).filter(Round.campaign_id == campaign_id).order_by(Round.number):
+            summary = round_row.summary or {}
+            table.add_row(str(round_row.number), round_row.status, *(str(summary.get(key, ""))
+                          for key in ("acquired", "hits", "failed", "dft_seconds")))
+    Console().print(table)
+    state = progress(engine, campaign_id)
+    console.print(f"{state.spent} of {config.budget} calculations spent, {state.hits} hits; "
+                  f"{stop_reason(engine, campaign_id, config) or 'more rounds to run'}")
+
+
+@campaign_app.command("report")
+def campaign_report(
+    name: Annotated[str, typer.Argument(help="Campaign name.")],
+    out: Annotated[Path | None, typer.Option(help="Folder (default WORKBENCH_HOME/reports/NAME).")] = None,
+) -> None:
+    """Write the campaign's report: discovery curve, parity, spectra, ledger."""
+    from workbench.campaign.report import write_report
+
+    settings = Settings()
+    engine = _engine(settings)
+    path = write_report(engine, _campaign_id(engine, name), out or settings.ensure_home() / "reports" / name)
+    console.print(f"Report: {path}")

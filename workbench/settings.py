@@ -17,6 +17,8 @@ class Settings(BaseSettings):
       (default ``./.workbench``, made absolute).
     - ``WORKBENCH_DATABASE_URL``: SQLAlchemy URL of the store (default: SQLite file
       ``workbench.db`` in the home).
+    - ``WORKBENCH_READONLY_DATABASE_URL``: optional URL of the store for ``workbench sql``,
+      as a role that may only read (default: the store's URL, in a read-only transaction).
     - ``MLFLOW_TRACKING_URI`` (MLflow's own variable) or ``WORKBENCH_MLFLOW_TRACKING_URI``:
       tracking and registry store (default: SQLite file ``mlflow.db`` in the home).
     - ``WORKBENCH_DFT_DIR``: where calculations keep their folders (default ``HOME/dft``).
@@ -28,6 +30,7 @@ class Settings(BaseSettings):
 
     home: Path = Path(".workbench")
     database_url: str = ""
+    readonly_database_url: str = ""
     mlflow_tracking_uri: str = Field(
         default="",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "WORKBENCH_MLFLOW_TRACKING_URI"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from workbench.dft.outputs import (
@@ -23,10 +23,11 @@ from workbench.dft.outputs import (
     raw_dos,
     standard_dos,
 )
-from workbench.store.bulk import insert_ignoring_duplicates
+from workbench.store.bulk import insert_ignoring_duplicates, one_writer_at_a_time
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Calculation,
+    CalculationAttempt,
     CalculationStatus,
     Structure,
     StructureSource,
@@ -135,8 +136,10 @@ SITE_OUTPUTS = ("forces", "magmoms", "charges")
 
 
 def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: dict[str, np.ndarray],
-                   *, wall_time_s: float) -> bool:
-    """Mark the calculation done with its outputs and targets, in one transaction.
+                   *, wall_time_s: float, attempt: dict | None = None) -> bool:
+    """Mark the calculation done with its outputs and targets, in one transaction, which
+    also closes the attempt that computed them (``attempt``: its ``number`` and the
+    values to record on it), so that a worker killed here leaves neither half.
 
     Returns ``False`` (and writes nothing) when the calculation is done already.
     """
@@ -154,6 +157,11 @@ def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: d
         calculation.reason = None
         calculation.finished_at = datetime.now(UTC)
         calculation.wall_time_s = wall_time_s
+        if attempt is not None:
+            fields = {key: value for key, value in attempt.items() if key != "number"}
+            session.execute(update(CalculationAttempt).where(
+                CalculationAttempt.calculation_id == calculation_id, CalculationAttempt.number == attempt["number"]
+            ).values(status=CalculationStatus.DONE, finished_at=calculation.finished_at, **fields))
     return True
 
 
@@ -175,6 +183,8 @@ def add_formation_energies(engine: Engine, preset: str) -> int:
     name = target_name(preset, "formation_energy_per_atom")
     added = 0
     with session_scope(engine) as session:
+        # Workers that finish together would both find a formation energy missing.
+        one_writer_at_a_time(session, f"formation-energies {preset}")
         references = reference_energies(session, preset)
         have = select(TargetValue.structure_id).join(TargetDefinition).where(TargetDefinition.name == name)
         rows = session.execute(

@@ -365,8 +365,7 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
     finished = _finished_result(last_workdir)
     if finished is not None:
         ingest_outputs(engine, calculation_id, finished.results, finished.arrays,
-                       wall_time_s=finished.results.get("compute_s", 0.0))
-        _close_attempt(engine, calculation_id, number, finished)
+                       wall_time_s=finished.results.get("compute_s", 0.0), attempt=_attempt_values(number, finished))
         notify(calculation_id, "done (result recovered from a finished job)")
         return "done"
 
@@ -391,8 +390,7 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
                               heartbeat=lambda: _heartbeat(engine, calculation_id))
         if outcome.reason is None:
             ingest_outputs(engine, calculation_id, outcome.results, outcome.arrays,
-                           wall_time_s=outcome.wall_time_s)
-            _close_attempt(engine, calculation_id, number, outcome)
+                           wall_time_s=outcome.wall_time_s, attempt=_attempt_values(number, outcome))
             notify(calculation_id, f"done in {outcome.wall_time_s:.1f} s")
             return "done"
         _close_attempt(engine, calculation_id, number, outcome)
@@ -409,14 +407,20 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
     return "failed"
 
 
+def _attempt_values(number: int, outcome: AttemptOutcome) -> dict:
+    return {"number": number, "reason": outcome.reason, "message": outcome.message or None,
+            "exit_code": outcome.exit_code, "wall_time_s": outcome.wall_time_s}
+
+
 def _close_attempt(engine: Engine, calculation_id: int, number: int, outcome: AttemptOutcome) -> None:
+    """Record a failed attempt (a successful one is closed by its ingest)."""
+    values = _attempt_values(number, outcome)
     with session_scope(engine) as session:
         session.execute(
             update(CalculationAttempt)
             .where(CalculationAttempt.calculation_id == calculation_id, CalculationAttempt.number == number)
-            .values(status=CalculationStatus.FAILED if outcome.reason else CalculationStatus.DONE,
-                    reason=outcome.reason, message=outcome.message or None, exit_code=outcome.exit_code,
-                    finished_at=_now(), wall_time_s=outcome.wall_time_s)
+            .values(status=CalculationStatus.FAILED, finished_at=_now(),
+                    **{key: value for key, value in values.items() if key != "number"})
         )
 
 

@@ -334,6 +334,10 @@ class Round(Base):
     number: Mapped[int] = mapped_column(Integer)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     status: Mapped[str] = mapped_column(String(32), default="started")
+    # Target name -> model_versions.id of every ensemble this round trained.
+    models: Mapped[dict | None] = mapped_column(JsonDocument)
+    # What the round found: hits, failures, cost (filled when it is done).
+    summary: Mapped[dict | None] = mapped_column(JsonDocument)
     started_at: Mapped[datetime] = _created_at()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -361,6 +365,10 @@ class Acquisition(Base):
     calculation_id: Mapped[int | None] = mapped_column(
         ForeignKey("calculations.id", ondelete="SET NULL")
     )
+    # Per target, the ensemble's mean and std when the candidate was chosen.
+    predicted: Mapped[dict | None] = mapped_column(JsonDocument)
+    expected_cost_s: Mapped[float | None] = mapped_column(Double)
+    # Per target, the computed value, and whether the objective was met.
     outcome: Mapped[dict | None] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime | None] = mapped_column(

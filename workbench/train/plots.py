@@ -29,8 +29,10 @@ def parity_plot(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Path, *,
 
 
 def spectrum_overlays(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Path, *, title: str,
-                      energies: np.ndarray | None = None, count: int = 6) -> Path:
-    """The first ``count`` test spectra, truth against prediction with a ±std band."""
+                      energies: np.ndarray | None = None, count: int = 6,
+                      labels: list[str] | None = None) -> Path:
+    """The first ``count`` spectra, truth against prediction with a ±std band; ``labels``
+    title each panel (e.g. the formula)."""
     grid = energies if energies is not None else np.arange(y.shape[1])
     figure = Figure(figsize=(10, 5))
     axes = figure.subplots(2, 3, sharex=True)
@@ -38,6 +40,8 @@ def spectrum_overlays(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Pa
         axis.plot(grid, y[index], "k", linewidth=1, label="DFT")
         axis.plot(grid, mean[index], "C1", linewidth=1, label="predicted")
         axis.fill_between(grid, mean[index] - std[index], mean[index] + std[index], color="C1", alpha=0.3)
+        if labels is not None:
+            axis.set_title(labels[index], fontsize=9)
     axes[0, 0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()

@@ -1,0 +1,224 @@
+"""The campaign loop on real parts: EMT calculations in job processes, CGCNN ensembles
+registered in an MLflow SQLite store, the ledger on SQLite and PostgreSQL; a campaign
+process SIGKILLed in training and in DFT resumes without re-running finished DFT."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from mlflow import MlflowClient
+from sqlalchemy import func, select
+
+from tests.dft_helpers import store_crystals
+from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost_model
+from workbench.campaign.config import config_from_document, load_config
+from workbench.campaign.loop import campaign_id_of, ledger_structures, run_campaign
+from workbench.campaign.report import ledger, write_report
+from workbench.dft.presets import load_preset
+from workbench.errors import InputError
+from workbench.settings import Settings
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    Acquisition,
+    AcquisitionStatus,
+    Calculation,
+    CalculationAttempt,
+    CalculationStatus,
+    Campaign,
+    Round,
+)
+
+# fcc lattice constants (Å) of the metals ASE's EMT knows.
+LATTICE = {"Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92, "Al": 4.05}
+
+
+def l12(major: str, minor: str):
+    """L1_2 ``major``3``minor``, lattice constant by Vegard's law."""
+    atoms = bulk(major, "fcc", a=(3 * LATTICE[major] + LATTICE[minor]) / 4, cubic=True)
+    atoms[0].symbol = minor
+    return atoms
+
+
+@pytest.fixture
+def alloys(engine) -> dict[str, int]:
+    """42 L1_2 alloys stored under source ``test``."""
+    return store_crystals(engine, {f"{a}3{b}": l12(a, b) for a, b in permutations(LATTICE, 2)})
+
+
+def emt_threshold() -> float:
+    """The lower quartile of the alloys' EMT energy per atom: about 10 hits in the pool."""
+    energies = []
+    for a, b in permutations(LATTICE, 2):
+        atoms = l12(a, b)
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy() / len(atoms))
+    return float(np.quantile(energies, 0.25))
+
+
+def campaign_document(name: str, budget: int, **overrides) -> dict:
+    document = {
+        "name": name,
+        "candidates": {"source": "test"},
+        "objective": [f"emt.energy_per_atom<={emt_threshold():.4f}"],
+        "initial": 10, "budget": budget, "seed": 1,
+        "model": {"members": 2, "epochs": 8, "patience": 8, "device": "cpu"},
+        "acquisition": {"batch": 4},
+        "dft": {"preset": "emt", "jobs": 2},
+    }
+    return {**document, **overrides}
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, mlflow_uri) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(InputError, match=r"acquisition.batchsize: Extra inputs"):
+        config_from_document(campaign_document("x", 10, acquisition={"batchsize": 4}))
+    with pytest.raises(InputError, match="objective: cannot read constraint 'gap is small'"):
+        config_from_document(campaign_document("x", 10, objective=["gap is small"]))
+    with pytest.raises(InputError, match="candidates: .*give candidates.source"):
+        config_from_document(campaign_document("x", 10, candidates={}))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed")
+    with pytest.raises(InputError, match=f"{broken}: not valid YAML"):
+        load_config(broken)
+
+
+def test_cost_model_learns_from_past_calculations(engine, alloys):
+    rng = np.random.default_rng(0)
+    nsites = rng.integers(2, 40, 60)
+    spin = rng.random(60) < 0.5
+    seconds = 0.01 * nsites**2.0 * np.where(spin, 3.0, 1.0) * np.exp(rng.normal(0, 0.05, 60))
+    model = fit_cost_model(nsites, spin, seconds)
+    assert model.coefficients[1] == pytest.approx(2.0, abs=0.15)  # the cubic prior pulls a little
+    assert np.exp(model.coefficients[2]) == pytest.approx(3.0, rel=0.15)
+    # No past calculation: the prior's cubic growth with the number of sites.
+    prior = fit_cost_model(np.array([]), np.array([], bool), np.array([]))
+    assert prior.coefficients[1] == pytest.approx(PRIOR_SIZE_EXPONENT)
+    costs = expected_costs(engine, load_preset("gpaw-fast"), [alloys["Cu3Ni"], alloys["Cu3Au"]])
+    assert costs[0] > costs[1]  # Ni is in the Materials Project's magnetic table: spin doubles the work
+
+
+def _acquisitions(engine, campaign_id: int) -> list[Acquisition]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Acquisition).join(Round).where(Round.campaign_id == campaign_id)
+                                    .order_by(Round.number, Acquisition.batch)))
+
+
+@pytest.mark.slow
+def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings, tmp_path):
+    config = config_from_document(campaign_document("alloys", 18))
+    outcome = run_campaign(engine, settings, config)
+    assert (outcome.spent, outcome.rounds) == (18, 3)  # 10 random, then 2 model-guided batches of 4
+    acquisitions = _acquisitions(engine, outcome.campaign_id)
+    assert len({a.structure_id for a in acquisitions}) == 18
+    assert all(a.status is AcquisitionStatus.LABELED for a in acquisitions)
+    guided = [a for a in acquisitions if a.acquisition_function == "probability"]
+    assert len(guided) == 8 and all(a.model_version_id is not None for a in guided)
+    target = "emt.energy_per_atom"
+    threshold = float(config.objective[0].split("<=")[1])
+    for a in acquisitions:
+        assert a.outcome["hit"] == (a.outcome["computed"][target] <= threshold)
+    for a in guided:
+        assert set(a.predicted[target]) == {"mean", "std"} and a.predicted[target]["std"] >= 0
+        assert 0 <= a.score <= 1 and a.rank >= 1
+    assert sorted(a.batch for a in guided) == [1, 1, 2, 2, 3, 3, 4, 4]
+    with session_scope(engine) as session:
+        assert session.scalar(select(Campaign.status)) == "finished"
+        rounds = session.scalars(select(Round).order_by(Round.number)).all()
+        assert [r.status for r in rounds] == ["done"] * 3
+        assert rounds[0].models is None and set(rounds[2].models) == {target}
+        assert session.scalar(select(func.count(Calculation.id))) == 18
+    # The champion is the model of the last round.
+    champion = MlflowClient(settings.mlflow_tracking_uri).get_model_version_by_alias(f"alloys-{target}", "champion")
+    assert int(champion.version) == 2
+    assert outcome.hits == sum(a.outcome["hit"] for a in acquisitions)
+    # Running it again spends nothing more.
+    again = run_campaign(engine, settings, config)
+    assert (again.spent, again.rounds) == (18, 0)
+    report = write_report(engine, outcome.campaign_id, tmp_path / "report")
+    text = report.read_text()
+    assert "**" + str(outcome.hits) + " hits**" in text and "![discovery](discovery.png)" in text
+    assert (tmp_path / "report" / f"parity-{target}.png").stat().st_size > 0
+    assert len(ledger(engine, outcome.campaign_id)) == 18
+
+
+@pytest.mark.slow
+def test_campaign_with_other_settings_is_refused(engine, alloys, settings):
+    run_campaign(engine, settings, config_from_document(campaign_document("alloys", 10)))
+    with pytest.raises(InputError, match="exists with other settings for objective"):
+        run_campaign(engine, settings, config_from_document(
+            campaign_document("alloys", 10, objective=["emt.energy_per_atom<=0"])))
+    # The budget may grow: the campaign goes on from its ledger.
+    grown = run_campaign(engine, settings, config_from_document(campaign_document("alloys", 14)))
+    assert (grown.spent, grown.rounds) == (14, 1)
+
+
+def _wait_for(engine, condition, process, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition(engine):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"campaign process ended (exit {process.returncode}) before the kill point")
+        time.sleep(0.05)
+    pytest.fail("kill point not reached")
+
+
+def _round_training(engine) -> bool:
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count(Round.id)).where(Round.number == 1, Round.status == "started")) > 0
+
+
+def _round_computing(engine) -> bool:
+    with session_scope(engine) as session:
+        return session.scalar(
+            select(func.count(Calculation.id))
+            .join(Acquisition, Acquisition.calculation_id == Calculation.id).join(Round)
+            .where(Round.number == 2, Round.status == "dispatched", Calculation.status == CalculationStatus.DONE)
+        ) > 0
+
+
+@pytest.mark.slow
+def test_killed_campaign_resumes_without_rerunning_dft(engine, alloys, settings, database_url, tmp_path):
+    config_path = tmp_path / "campaign.yaml"
+    config_path.write_text(yaml.safe_dump(campaign_document("alloys", 22)))
+    environment = dict(os.environ, WORKBENCH_DATABASE_URL=database_url, WORKBENCH_HOME=str(settings.home),
+                       MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, OMP_NUM_THREADS="1")
+    command = [str(Path(sys.executable).parent / "workbench"), "campaign", "run", str(config_path)]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, env=environment, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    for kill_point in (_round_training, _round_computing):
+        process = start()
+        _wait_for(engine, kill_point, process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished = start()
+    _, errors = finished.communicate(timeout=600)
+    assert finished.returncode == 0, errors.decode()[-3000:]
+
+    campaign_id = campaign_id_of(engine, "alloys")
+    acquisitions = _acquisitions(engine, campaign_id)
+    assert len(acquisitions) == 22 and len(ledger_structures(engine, campaign_id)) == 22
+    assert all(a.status is AcquisitionStatus.LABELED for a in acquisitions)
+    with session_scope(engine) as session:
+        done_attempts = session.execute(
+            select(CalculationAttempt.calculation_id, func.count()).where(
+                CalculationAttempt.status == CalculationStatus.DONE).group_by(CalculationAttempt.calculation_id)
+        ).all()
+        assert len(done_attempts) == 22 and all(count == 1 for _, count in done_attempts)
+        assert [r.status for r in session.scalars(select(Round).order_by(Round.number))] == ["done"] * 4

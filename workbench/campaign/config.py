@@ -1,0 +1,151 @@
+"""The campaign configuration: one YAML file, validated, stored with the campaign.
+
+A minimal file::
+
+    name: gaps
+    candidates: {source: example-pool}
+    objective: ["1.0<=gpaw-fast.band_gap<=3.0"]
+    dft: {preset: gpaw-fast}
+    budget: 40
+
+Everything else has a default; unknown keys are refused, so a misspelt option is an
+error that names it rather than a setting silently ignored.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench.acquire.objective import Objective, parse_objective
+from workbench.errors import InputError
+from workbench.train.config import TrainConfig
+
+ACQUISITION_FUNCTIONS = ("probability", "ucb", "ei", "greedy", "uncertainty", "random")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Candidates(_Strict):
+    """Which stored structures the campaign may choose from: those imported under
+    ``source``, or those matching the SQL condition ``where`` on ``structures`` (or both)."""
+
+    source: str | None = None
+    where: str | None = None
+
+    @model_validator(mode="after")
+    def _one_given(self) -> "Candidates":
+        if self.source is None and self.where is None:
+            raise ValueError("give candidates.source, candidates.where or both")
+        return self
+
+
+class ModelSettings(_Strict):
+    """The ensembles retrained every round (one per target)."""
+
+    architecture: str = "cgcnn"
+    members: int = Field(3, ge=1)
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    backbone: dict = Field(default_factory=dict)
+    device: str = "auto"
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(members=self.members, epochs=self.epochs, patience=self.patience,
+                           batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed)
+
+
+class Acquisition(_Strict):
+    """How a batch is chosen. ``function``: ``probability`` (of meeting the objective),
+    ``ucb``, ``ei``, ``greedy`` and ``uncertainty`` (these four on the first objective
+    target, towards the objective's bound), or ``random``. ``cost_aware`` divides scores by
+    the expected DFT cost of each candidate."""
+
+    function: Literal[ACQUISITION_FUNCTIONS] = "probability"
+    batch: int = Field(6, ge=1)
+    diversity: float = Field(1.0, ge=0)
+    kappa: float = Field(2.0, ge=0)
+    cost_aware: bool = False
+
+
+class Dft(_Strict):
+    """How acquired structures are computed (see ``workbench dft presets``)."""
+
+    preset: str = "gpaw-fast"
+    threads: int = Field(1, ge=1)
+    jobs: int = Field(1, ge=1)
+    wall_time_s: float | None = Field(None, gt=0)
+    references: bool = False
+
+
+class Stop(_Strict):
+    """When to stop besides the budget: after ``rounds`` rounds, after ``hits`` hits."""
+
+    rounds: int | None = Field(None, ge=1)
+    hits: int | None = Field(None, ge=1)
+
+
+class CampaignConfig(_Strict):
+    """A whole campaign. ``initial``: labels bought at random before the first model when
+    fewer candidates than that are labeled for every objective target; ``budget``: DFT
+    calculations the campaign may spend, the initial ones included; ``targets``: extra
+    targets modelled and predicted for the report (e.g. ``gpaw-fast.dos``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    candidates: Candidates
+    objective: list[str] = Field(min_length=1)
+    targets: list[str] = Field(default_factory=list)
+    initial: int = Field(10, ge=0)
+    budget: int = Field(ge=1)
+    seed: int = 0
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    acquisition: Acquisition = Field(default_factory=Acquisition)
+    dft: Dft = Field(default_factory=Dft)
+    stop: Stop = Field(default_factory=Stop)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_reads(cls, constraints: list[str]) -> list[str]:
+        parse_objective(constraints)
+        return constraints
+
+    @property
+    def parsed_objective(self) -> Objective:
+        return parse_objective(self.objective)
+
+    @property
+    def modelled_targets(self) -> list[str]:
+        """Objective targets first, then the extra ones."""
+        return list(dict.fromkeys([*self.parsed_objective.targets, *self.targets]))
+
+    def to_document(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file; errors name the file and the field."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise InputError(f"cannot read campaign config: {error.strerror}", file=str(path)) from None
+    except yaml.YAMLError as error:
+        raise InputError(f"not valid YAML: {error}", file=str(path)) from None
+    return config_from_document(document, origin=str(path))
+
+
+def config_from_document(document: object, *, origin: str = "campaign config") -> CampaignConfig:
+    if not isinstance(document, dict):
+        raise InputError(f"expected a mapping of options, got {type(document).__name__}", file=origin)
+    try:
+        return CampaignConfig.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise InputError(problems, file=origin) from None

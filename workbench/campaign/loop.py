@@ -1,0 +1,609 @@
+"""The campaign loop: retrain, predict, rank, dispatch, compute, ingest, repeat.
+
+Every step is a function that reads what it needs from the store and records what it did
+there, in one transaction, and advances the round's status:
+
+    started -> trained -> predicted -> ranked -> dispatched -> computed -> done
+
+so a campaign killed at any point resumes at the step it stopped in (:func:`run_campaign`
+or the Prefect flow ``campaign`` call :func:`resume_round` and then the steps left). DFT
+that finished is never re-run: calculations are unique per structure and preset, and the
+runner re-queues only those whose worker is gone. A round numbered 0 buys the initial
+labels at random; so does any round while an objective target has fewer than
+:data:`MIN_LABELS` labels (failed calculations can leave it short).
+"""
+
+import enum
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, func, select, text
+
+from workbench.acquire.batch import SHORTLIST_FACTOR, select_batch
+from workbench.acquire.candidates import blocked_keys
+from workbench.acquire.cost import expected_costs
+from workbench.acquire.objective import Constraint
+from workbench.acquire.scores import (
+    expected_improvement,
+    greedy,
+    probability_of_objective,
+    uncertainty,
+    upper_confidence_bound,
+)
+from workbench.campaign.config import CampaignConfig, config_from_document
+from workbench.dft.presets import load_preset
+from workbench.dft.runner import RunOptions, queue_calculations, run_queued
+from workbench.errors import InputError
+from workbench.featurize.cache import load_graphs
+from workbench.featurize.data import graph_to_data
+from workbench.models import needs_triplets
+from workbench.settings import Settings
+from workbench.store.bulk import one_of
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    Acquisition,
+    AcquisitionStatus,
+    Calculation,
+    CalculationStatus,
+    Campaign,
+    ModelVersion,
+    Prediction,
+    Round,
+    Structure,
+    StructureSource,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+from workbench.train.ensemble import pick_device
+from workbench.train.pipeline import (
+    TrainRequest,
+    featurizer_of,
+    predict_into_store,
+    train_and_register,
+)
+from workbench.train.registry import download_ensemble
+
+# train_and_register holds out validation and test structures: below this it refuses.
+MIN_LABELS = 10
+RANDOM = "random"
+# Config fields a resumed campaign may change; anything else would make its ledger lie.
+ADJUSTABLE = ("budget", "stop")
+
+
+class RoundStatus(enum.StrEnum):
+    STARTED = "started"
+    TRAINED = "trained"
+    PREDICTED = "predicted"
+    RANKED = "ranked"
+    DISPATCHED = "dispatched"
+    COMPUTED = "computed"
+    DONE = "done"
+
+
+Events = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RoundRef:
+    """The round a step works on (ids only: what Prefect tasks pass around)."""
+
+    campaign_id: int
+    round_id: int
+    number: int
+    status: RoundStatus
+    random: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- campaign and round bookkeeping -----------------------------------------------------
+
+def open_campaign(engine: Engine, config: CampaignConfig) -> int:
+    """The campaign named in ``config``: created, or found and checked against it."""
+    document = config.to_document()
+    with session_scope(engine) as session:
+        campaign = session.scalar(select(Campaign).where(Campaign.name == config.name))
+        if campaign is None:
+            campaign = Campaign(name=config.name, config=document, status="active")
+            session.add(campaign)
+            session.flush()
+            return campaign.id
+        changed = sorted(key for key in set(document) | set(campaign.config)
+                         if document.get(key) != campaign.config.get(key) and key not in ADJUSTABLE)
+        if changed:
+            raise InputError(f"campaign {config.name!r} exists with other settings for {', '.join(changed)}; "
+                             "resume it with its stored config or give the new one another name", field=changed[0])
+        campaign.config = document
+        if campaign.status == "finished":
+            campaign.status, campaign.finished_at = "active", None
+        return campaign.id
+
+
+def campaign_config(engine: Engine, campaign_id: int) -> CampaignConfig:
+    with session_scope(engine) as session:
+        campaign = session.get(Campaign, campaign_id)
+        return config_from_document(campaign.config, origin=f"campaign {campaign.name!r}")
+
+
+def campaign_id_of(engine: Engine, name: str) -> int:
+    with session_scope(engine) as session:
+        campaign_id = session.scalar(select(Campaign.id).where(Campaign.name == name))
+    if campaign_id is None:
+        raise LookupError(f"no campaign named {name!r} in the store")
+    return campaign_id
+
+
+def candidate_ids(engine: Engine, config: CampaignConfig) -> list[int]:
+    """Structures the campaign may choose from (source and/or SQL condition)."""
+    query = select(Structure.id).order_by(Structure.id)
+    if config.candidates.source is not None:
+        query = query.where(Structure.id.in_(select(StructureSource.structure_id).where(
+            StructureSource.source == config.candidates.source)))
+    if config.candidates.where is not None:
+        query = query.where(text(config.candidates.where))
+    with session_scope(engine) as session:
+        ids = list(session.scalars(query))
+    if not ids:
+        raise InputError(f"campaign {config.name!r}: no stored structure matches its candidates", field="candidates")
+    return ids
+
+
+def ledger_structures(engine: Engine, campaign_id: int) -> list[int]:
+    """Structures in the campaign's ledger, each once, in the order they were chosen."""
+    with session_scope(engine) as session:
+        ids = session.scalars(select(Acquisition.structure_id).join(Round).where(Round.campaign_id == campaign_id)
+                              .order_by(Round.number, Acquisition.batch))
+        return list(dict.fromkeys(ids))
+
+
+def _ledger_keys(engine: Engine, campaign_id: int) -> set[str]:
+    with session_scope(engine) as session:
+        return set(session.scalars(
+            select(Structure.dedup_key).distinct().join(Acquisition, Acquisition.structure_id == Structure.id)
+            .join(Round, Round.id == Acquisition.round_id).where(Round.campaign_id == campaign_id)
+        ))
+
+
+def eligible_candidates(engine: Engine, campaign_id: int, config: CampaignConfig) -> list[int]:
+    """Candidates not labeled for an objective target, not being computed, and not in this
+    campaign's ledger already — all matched by dedup key."""
+    ids = candidate_ids(engine, config)
+    blocked = blocked_keys(engine, config.parsed_objective.targets) | _ledger_keys(engine, campaign_id)
+    with session_scope(engine) as session:
+        keys = dict(session.execute(select(Structure.id, Structure.dedup_key).where(one_of(session, Structure.id, ids))).all())
+    return [structure_id for structure_id in ids if keys[structure_id] not in blocked]
+
+
+def labeled_counts(engine: Engine, targets: list[str]) -> dict[str, int]:
+    """Structures labeled for each target, anywhere in the store (what retraining sees)."""
+    with session_scope(engine) as session:
+        counts = dict(session.execute(
+            select(TargetDefinition.name, func.count(TargetValue.id)).join(TargetValue)
+            .where(TargetDefinition.name.in_(targets)).group_by(TargetDefinition.name)
+        ).all())
+    return {target: counts.get(target, 0) for target in targets}
+
+
+@dataclass(frozen=True)
+class Progress:
+    spent: int  # acquisitions dispatched so far (each one a DFT calculation)
+    hits: int
+    model_rounds: int  # finished rounds that ranked with a model
+
+
+def progress(engine: Engine, campaign_id: int) -> Progress:
+    with session_scope(engine) as session:
+        in_campaign = select(Acquisition).join(Round).where(Round.campaign_id == campaign_id)
+        rows = session.scalars(in_campaign).all()
+        model_rounds = session.scalar(select(func.count(Round.id)).where(
+            Round.campaign_id == campaign_id, Round.status == RoundStatus.DONE,
+            Round.model_version_id.is_not(None)))
+        spent = sum(row.status is not AcquisitionStatus.PROPOSED for row in rows)
+        hits = sum(bool(row.outcome and row.outcome.get("hit")) for row in rows)
+    return Progress(spent, hits, model_rounds)
+
+
+def stop_reason(engine: Engine, campaign_id: int, config: CampaignConfig) -> str | None:
+    """Why the campaign is finished, or ``None`` if another round should run."""
+    state = progress(engine, campaign_id)
+    if state.spent >= config.budget:
+        return f"budget of {config.budget} calculations spent"
+    if config.stop.hits is not None and state.hits >= config.stop.hits:
+        return f"{state.hits} hits found"
+    if config.stop.rounds is not None and state.model_rounds >= config.stop.rounds:
+        return f"{state.model_rounds} model-guided rounds run"
+    if not eligible_candidates(engine, campaign_id, config):
+        return "no candidate left"
+    return None
+
+
+def _needs_random_round(engine: Engine, config: CampaignConfig) -> bool:
+    counts = labeled_counts(engine, config.parsed_objective.targets)
+    return min(counts.values()) < max(config.initial, MIN_LABELS) and config.acquisition.function != RANDOM
+
+
+def _reference(round_row: Round) -> RoundRef:
+    return RoundRef(round_row.campaign_id, round_row.id, round_row.number, RoundStatus(round_row.status),
+                    random=bool(round_row.summary and round_row.summary.get("random")))
+
+
+def unfinished_round(engine: Engine, campaign_id: int) -> RoundRef | None:
+    with session_scope(engine) as session:
+        unfinished = session.scalar(select(Round).where(
+            Round.campaign_id == campaign_id, Round.status != RoundStatus.DONE).order_by(Round.number))
+        return None if unfinished is None else _reference(unfinished)
+
+
+def resume_round(engine: Engine, campaign_id: int) -> RoundRef | None:
+    """The unfinished round, or a new one if the campaign should go on, else ``None``
+    (and the campaign is marked finished)."""
+    config = campaign_config(engine, campaign_id)
+    unfinished = unfinished_round(engine, campaign_id)
+    if unfinished is not None:
+        return unfinished
+    reason = stop_reason(engine, campaign_id, config)
+    with session_scope(engine) as session:
+        campaign = session.get(Campaign, campaign_id)
+        if reason is not None:
+            campaign.status, campaign.finished_at = "finished", campaign.finished_at or _now()
+            return None
+        last = session.scalar(select(func.max(Round.number)).where(Round.campaign_id == campaign_id))
+        number = 0 if last is None else last + 1
+        random = number == 0 or _needs_random_round(engine, config)
+        round_row = Round(campaign_id=campaign_id, number=number, status=RoundStatus.STARTED,
+                          summary={"random": random} if random else None)
+        session.add(round_row)
+        session.flush()
+        return _reference(round_row)
+
+
+def _set_status(engine: Engine, round_id: int, status: RoundStatus, **values) -> None:
+    with session_scope(engine) as session:
+        round_row = session.get(Round, round_id)
+        round_row.status = status
+        for key, value in values.items():
+            setattr(round_row, key, value)
+
+
+def current_round(engine: Engine, round_id: int) -> RoundRef:
+    with session_scope(engine) as session:
+        return _reference(session.get(Round, round_id))
+
+
+# -- the steps --------------------------------------------------------------------------
+
+def _model_name(config: CampaignConfig, target: str) -> str:
+    return f"{config.name}-{target}"
+
+
+def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict[str, int]:
+    """Train and register one ensemble per modelled target with enough labels (the new
+    version becomes ``@champion``: it is the model this round ranks with). Targets
+    already trained in this round are kept, so a resumed round trains only the rest."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    with session_scope(engine) as session:
+        models = dict(session.get(Round, round_ref.round_id).models or {})
+    if round_ref.random:  # nothing to train or predict: the batch is drawn at random
+        _set_status(engine, round_ref.round_id, RoundStatus.PREDICTED)
+        return models
+    counts = labeled_counts(engine, config.modelled_targets)
+    for target in config.modelled_targets:
+        if target in models or counts[target] < MIN_LABELS:
+            continue
+        request = TrainRequest(target=target, name=_model_name(config, target),
+                               architecture=config.model.architecture,
+                               train=config.model.train_config(config.seed * 1000 + round_ref.number),
+                               backbone=dict(config.model.backbone), champion=True, device=config.model.device)
+        result = train_and_register(engine, settings, request)
+        models[target] = result.model_version_id
+        if on_event:
+            on_event(f"round {round_ref.number}: {target} model version {result.registry_version} "
+                     f"(test MAE {result.metrics.get('mae', float('nan')):.3g})")
+        with session_scope(engine) as session:  # each target kept as soon as it is trained
+            session.get(Round, round_ref.round_id).models = dict(models)
+    first = config.parsed_objective.targets[0]
+    _set_status(engine, round_ref.round_id, RoundStatus.TRAINED, models=models, model_version_id=models.get(first))
+    return models
+
+
+def predict(engine: Engine, settings: Settings, round_ref: RoundRef) -> int:
+    """Predictions of the round's models for every eligible candidate (skipping those a
+    model has predicted already); returns how many were written."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    with session_scope(engine) as session:
+        models = session.get(Round, round_ref.round_id).models or {}
+        versions = {target: session.get(ModelVersion, model_version_id) for target, model_version_id in models.items()}
+        uris = {target: f"{version.name}/{version.registry_version}" for target, version in versions.items()}
+    eligible = eligible_candidates(engine, round_ref.campaign_id, config)
+    written = sum(predict_into_store(engine, settings, uri, structure_ids=eligible) for uri in uris.values())
+    _set_status(engine, round_ref.round_id, RoundStatus.PREDICTED)
+    return written
+
+
+def _scalar_predictions(engine: Engine, models: dict[str, int], structure_ids: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    predictions = {}
+    with session_scope(engine) as session:
+        for target, model_version_id in models.items():
+            rows = {row.structure_id: row for row in session.execute(
+                select(Prediction.structure_id, Prediction.mean, Prediction.std)
+                .where(Prediction.model_version_id == model_version_id, Prediction.mean.is_not(None),
+                       one_of(session, Prediction.structure_id, structure_ids)))}
+            if rows:
+                missing = [i for i in structure_ids if i not in rows]
+                if missing:
+                    raise LookupError(f"model version {model_version_id} has not predicted structures {missing[:5]}")
+                predictions[target] = (np.array([rows[i].mean for i in structure_ids]),
+                                       np.array([rows[i].std for i in structure_ids]))
+    return predictions
+
+
+def _one_sided(constraint: Constraint, function: str) -> bool:
+    """Whether the objective's first constraint is maximised (a lower bound)."""
+    if np.isfinite(constraint.low) and np.isfinite(constraint.high):
+        raise InputError(f"acquisition {function!r} needs a one-sided first constraint (e.g. 'heat_ref<1.0'), "
+                         f"not the window {constraint}; use 'probability'", field="acquisition.function")
+    return bool(np.isfinite(constraint.low))
+
+
+def _best_labeled(engine: Engine, target: str, maximize: bool) -> float:
+    with session_scope(engine) as session:
+        best = session.scalar(select(func.max(TargetValue.value) if maximize else func.min(TargetValue.value))
+                              .join(TargetDefinition).where(TargetDefinition.name == target))
+    if best is None:
+        raise LookupError(f"no label of {target!r} to improve on")
+    return float(best)
+
+
+def acquisition_scores(engine: Engine, config: CampaignConfig,
+                       predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Scores of the configured function (higher is better) over ``predictions``."""
+    objective, function = config.parsed_objective, config.acquisition.function
+    if function == "probability":
+        return probability_of_objective(objective, predictions)
+    first = objective.constraints[0]
+    mean, std = predictions[first.target]
+    maximize = _one_sided(first, function)
+    if function == "ucb":
+        return upper_confidence_bound(mean, std, kappa=config.acquisition.kappa, maximize=maximize)
+    if function == "ei":
+        return expected_improvement(mean, std, _best_labeled(engine, first.target, maximize), maximize=maximize)
+    if function == "greedy":
+        return greedy(mean, maximize=maximize)
+    return uncertainty(std)
+
+
+def _embeddings(engine: Engine, settings: Settings, model_version_id: int, structure_ids: list[int]) -> np.ndarray:
+    """The first member's pooled representation of each structure (for diverse batches)."""
+    import mlflow
+
+    with session_scope(engine) as session:
+        version = session.get(ModelVersion, model_version_id)
+        name, registry_version, featurizer_key = version.name, version.registry_version, version.featurizer_key
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = download_ensemble(name, registry_version, Path(scratch)).members[0]
+    featurizer = featurizer_of(engine, featurizer_key)
+    graphs = load_graphs(engine, featurizer_key, structure_ids)
+    table = featurizer.feature_table()
+    triplets = needs_triplets(model.config.architecture)
+    from torch_geometric.data import Batch
+
+    device = pick_device("auto")
+    model = model.to(device).eval()
+    with torch.no_grad():
+        batch = Batch.from_data_list([graph_to_data(graphs[i], table, triplets=triplets) for i in structure_ids])
+        return model.embed(batch.to(device)).cpu().numpy()
+
+
+def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> list[int]:
+    """Choose the round's batch and write it to the ledger as ``proposed``; returns the
+    chosen structure ids. A round already ranked returns its batch unchanged."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    existing = round_structures(engine, round_ref.round_id)
+    if existing:
+        _set_status(engine, round_ref.round_id, RoundStatus.RANKED)
+        return existing
+    state = progress(engine, round_ref.campaign_id)
+    eligible = eligible_candidates(engine, round_ref.campaign_id, config)
+    with session_scope(engine) as session:
+        round_row = session.get(Round, round_ref.round_id)
+        models, model_version_id = dict(round_row.models or {}), round_row.model_version_id
+    rng = np.random.default_rng([config.seed, round_ref.number])
+    if round_ref.random:
+        labeled = min(labeled_counts(engine, config.parsed_objective.targets).values())
+        size = min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible))
+        size = max(size, 1)
+        predictions, function = {}, RANDOM
+        scores = rng.random(len(eligible))
+    else:
+        size = min(config.acquisition.batch, config.budget - state.spent, len(eligible))
+        predictions = _scalar_predictions(engine, models, eligible)
+        function = config.acquisition.function
+        scores = rng.random(len(eligible)) if function == RANDOM else acquisition_scores(engine, config, predictions)
+    costs = None
+    if config.acquisition.cost_aware:
+        costs = expected_costs(engine, load_preset(config.dft.preset), eligible)
+        if function != RANDOM:
+            scores = scores / costs
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(order), int)
+    ranks[order] = np.arange(1, len(order) + 1)
+    if function == RANDOM or config.acquisition.diversity == 0 or model_version_id is None:
+        chosen = order[:size]
+    else:
+        shortlist = order[: SHORTLIST_FACTOR * size]
+        embeddings = _embeddings(engine, settings, model_version_id, [eligible[i] for i in shortlist])
+        chosen = shortlist[select_batch(scores[shortlist], size, embeddings, diversity=config.acquisition.diversity)]
+    rows = []
+    for pick, position in enumerate(chosen, start=1):
+        predicted = {target: {"mean": float(mean[position]), "std": float(std[position])}
+                     for target, (mean, std) in predictions.items()}
+        rows.append(Acquisition(
+            round_id=round_ref.round_id, structure_id=eligible[position], model_version_id=model_version_id,
+            acquisition_function=function, score=float(scores[position]), rank=int(ranks[position]), batch=pick,
+            predicted=predicted or None, expected_cost_s=None if costs is None else float(costs[position]),
+        ))
+    with session_scope(engine) as session:
+        session.add_all(rows)
+        session.get(Round, round_ref.round_id).status = RoundStatus.RANKED
+    chosen_ids = [eligible[position] for position in chosen]
+    if on_event:
+        on_event(f"round {round_ref.number}: {len(chosen_ids)} of {len(eligible)} candidates chosen by {function}")
+    return chosen_ids
+
+
+def round_structures(engine: Engine, round_id: int) -> list[int]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Acquisition.structure_id).where(
+            Acquisition.round_id == round_id).order_by(Acquisition.batch)))
+
+
+def dispatch(engine: Engine, round_ref: RoundRef) -> list[int]:
+    """Queue a calculation for every proposed acquisition of the round and link it in
+    the ledger; returns the calculation ids (repeatable: calculations are unique per
+    structure and preset, so a second call finds the same ones)."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    structure_ids = round_structures(engine, round_ref.round_id)
+    calculation_ids = queue_calculations(engine, structure_ids, load_preset(config.dft.preset))
+    by_structure = dict(zip(structure_ids, calculation_ids, strict=True))
+    with session_scope(engine) as session:
+        for acquisition in session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)):
+            acquisition.calculation_id = by_structure[acquisition.structure_id]
+            if acquisition.status is AcquisitionStatus.PROPOSED:
+                acquisition.status = AcquisitionStatus.DISPATCHED
+        session.get(Round, round_ref.round_id).status = RoundStatus.DISPATCHED
+    return calculation_ids
+
+
+def round_calculations(engine: Engine, round_id: int) -> list[int]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Acquisition.calculation_id).where(
+            Acquisition.round_id == round_id, Acquisition.calculation_id.is_not(None)).order_by(Acquisition.batch)))
+
+
+def compute(engine: Engine, settings: Settings, round_ref: RoundRef, *,
+            on_event: Callable[[int, str], None] | None = None) -> None:
+    """Run the round's queued calculations here (the Prefect flow runs them as tasks
+    instead); those done already are not touched, lost ones are re-queued first."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    options = RunOptions(workdir=settings.dft_dir, threads=config.dft.threads, jobs=config.dft.jobs,
+                         wall_time_s=config.dft.wall_time_s, espresso_pseudo_dir=settings.espresso_pseudo_dir,
+                         espresso_command=settings.espresso_command)
+    run_queued(engine, load_preset(config.dft.preset), options,
+               calculation_ids=round_calculations(engine, round_ref.round_id),
+               references=config.dft.references, on_event=on_event)
+    mark_computed(engine, round_ref)
+
+
+def mark_computed(engine: Engine, round_ref: RoundRef) -> None:
+    """Advance the round once none of its calculations is queued or running."""
+    with session_scope(engine) as session:
+        pending = session.scalar(select(func.count(Calculation.id)).where(
+            Calculation.id.in_(select(Acquisition.calculation_id).where(Acquisition.round_id == round_ref.round_id)),
+            Calculation.status.in_((CalculationStatus.QUEUED, CalculationStatus.RUNNING))))
+    if pending:
+        raise RuntimeError(f"round {round_ref.number} still has {pending} calculations queued or running")
+    _set_status(engine, round_ref.round_id, RoundStatus.COMPUTED)
+
+
+def _labels(session, structure_ids: list[int], targets: list[str]) -> dict[tuple[int, str], float]:
+    rows = session.execute(
+        select(TargetValue.structure_id, TargetDefinition.name, TargetValue.value).join(TargetDefinition)
+        .where(TargetDefinition.name.in_(targets), TargetDefinition.kind == TargetKind.SCALAR,
+               TargetValue.structure_id.in_(structure_ids))
+    ).all()
+    return {(structure_id, name): value for structure_id, name, value in rows}
+
+
+def ingest(engine: Engine, round_ref: RoundRef) -> dict:
+    """Record each acquisition's outcome (computed values, hit or not, or why it failed)
+    and close the round with its summary, in one transaction."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    objective = config.parsed_objective
+    with session_scope(engine) as session:
+        acquisitions = session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)).all()
+        calculations = {row.id: row for row in session.scalars(select(Calculation).where(
+            Calculation.id.in_([a.calculation_id for a in acquisitions if a.calculation_id])))}
+        labels = _labels(session, [a.structure_id for a in acquisitions], config.modelled_targets)
+        hits = failed = 0
+        cost = 0.0
+        for acquisition in acquisitions:
+            calculation = calculations.get(acquisition.calculation_id)
+            computed = {target: labels[(acquisition.structure_id, target)] for target in config.modelled_targets
+                        if (acquisition.structure_id, target) in labels}
+            complete = all(target in computed for target in objective.targets)
+            if calculation is not None and calculation.wall_time_s:
+                cost += calculation.wall_time_s
+            if complete:
+                hit = bool(objective.holds({target: np.array([computed[target]]) for target in objective.targets})[0])
+                acquisition.outcome = {"computed": computed, "hit": hit}
+                acquisition.status = AcquisitionStatus.LABELED
+                hits += hit
+            else:
+                reason = calculation.reason if calculation is not None else "not computed"
+                acquisition.outcome = {"computed": computed, "hit": False, "reason": reason or "no label"}
+                acquisition.status = AcquisitionStatus.FAILED
+                failed += 1
+        round_row = session.get(Round, round_ref.round_id)
+        summary = {**(round_row.summary or {}), "acquired": len(acquisitions), "hits": hits, "failed": failed,
+                   "dft_seconds": round(cost, 1)}
+        round_row.summary, round_row.status, round_row.finished_at = summary, RoundStatus.DONE, _now()
+    return summary
+
+
+# -- the whole loop without Prefect ------------------------------------------------------
+
+@dataclass(frozen=True)
+class CampaignOutcome:
+    campaign_id: int
+    rounds: int
+    spent: int
+    hits: int
+    stopped_because: str
+
+
+def run_campaign(engine: Engine, settings: Settings, config: CampaignConfig, *,
+                 on_event: Events | None = None) -> CampaignOutcome:
+    """Run (or resume) a campaign to its end in this process."""
+    say = on_event or (lambda message: None)
+    campaign_id = open_campaign(engine, config)
+    rounds = 0
+    while (round_ref := resume_round(engine, campaign_id)) is not None:
+        say(f"round {round_ref.number}{' (random)' if round_ref.random else ''}: {round_ref.status.value}")
+        run_round(engine, settings, round_ref, on_event=say)
+        rounds += 1
+    state = progress(engine, campaign_id)
+    reason = stop_reason(engine, campaign_id, config) or "finished"
+    return CampaignOutcome(campaign_id, rounds, state.spent, state.hits, reason)
+
+
+def run_round(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict:
+    """The steps of one round from wherever it stopped."""
+    say = on_event or (lambda message: None)
+    if round_ref.status is RoundStatus.STARTED:
+        retrain(engine, settings, round_ref, on_event=say)
+        round_ref = current_round(engine, round_ref.round_id)
+    if round_ref.status is RoundStatus.TRAINED:
+        predict(engine, settings, round_ref)
+        round_ref = current_round(engine, round_ref.round_id)
+    if round_ref.status is RoundStatus.PREDICTED:
+        rank(engine, settings, round_ref, on_event=say)
+        round_ref = current_round(engine, round_ref.round_id)
+    if round_ref.status is RoundStatus.RANKED:
+        dispatch(engine, round_ref)
+        round_ref = current_round(engine, round_ref.round_id)
+    if round_ref.status is RoundStatus.DISPATCHED:
+        compute(engine, settings, round_ref, on_event=lambda calculation_id, message: say(
+            f"calculation {calculation_id}: {message}"))
+        round_ref = current_round(engine, round_ref.round_id)
+    summary = ingest(engine, round_ref)
+    say(f"round {round_ref.number}: {summary['hits']} hits, {summary['failed']} failed of {summary['acquired']}")
+    return summary

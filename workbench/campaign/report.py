@@ -1,0 +1,201 @@
+"""A campaign's report: markdown with PNG figures, written from the store alone.
+
+- the discovery curve: hits against calculations spent, round by round, beside the hit
+  rate of the campaign's random rounds (the pool's base rate, as far as it has been seen);
+- parity of every objective target: the prediction the candidate was chosen on (mean ±
+  std, from the ledger) against what DFT then computed;
+- computed against predicted DOS of the newest candidates, when a spectrum target is
+  modelled;
+- the ledger: what was chosen, in which round, by which function and score, and what
+  came of it.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sqlalchemy import Engine, select
+
+from workbench.campaign.loop import campaign_config, progress, stop_reason
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    Acquisition,
+    Calculation,
+    Campaign,
+    ModelVersion,
+    Prediction,
+    Round,
+    Structure,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+from workbench.train.plots import parity_plot, spectrum_overlays
+
+# Spectra shown in the DOS figure (its 2 x 3 panels).
+DOS_PANELS = 6
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    round: int
+    batch: int
+    structure_id: int
+    formula: str
+    function: str
+    score: float
+    rank: int
+    status: str
+    predicted: dict
+    outcome: dict
+    calculation_id: int | None
+    dft_seconds: float | None
+    model_version: str | None
+
+
+def ledger(engine: Engine, campaign_id: int) -> list[LedgerRow]:
+    """The campaign's acquisitions in the order they were chosen."""
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(Round.number, Acquisition, Structure.formula, Calculation.wall_time_s,
+                   ModelVersion.name, ModelVersion.registry_version)
+            .join(Round, Round.id == Acquisition.round_id)
+            .join(Structure, Structure.id == Acquisition.structure_id)
+            .outerjoin(Calculation, Calculation.id == Acquisition.calculation_id)
+            .outerjoin(ModelVersion, ModelVersion.id == Acquisition.model_version_id)
+            .where(Round.campaign_id == campaign_id).order_by(Round.number, Acquisition.batch)
+        ).all()
+        return [LedgerRow(number, a.batch, a.structure_id, formula, a.acquisition_function, a.score, a.rank,
+                          a.status.value, a.predicted or {}, a.outcome or {}, a.calculation_id, seconds,
+                          f"{name}/{version}" if name else None)
+                for number, a, formula, seconds, name, version in rows]
+
+
+def discovery_curve(rows: list[LedgerRow], path: Path, *, title: str) -> Path:
+    spent = np.arange(1, len(rows) + 1)
+    hits = np.cumsum([bool(row.outcome.get("hit")) for row in rows])
+    random_rows = [row for row in rows if row.function == "random"]
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    axis.step(spent, hits, where="post", color="tab:blue", linewidth=2, label="campaign")
+    if random_rows:
+        rate = sum(bool(row.outcome.get("hit")) for row in random_rows) / len(random_rows)
+        axis.plot(spent, rate * spent, "--", color="tab:grey",
+                  label=f"random at the rate of the random rounds ({rate:.0%})")
+    for boundary in np.flatnonzero(np.diff([row.round for row in rows])) + 1:
+        axis.axvline(boundary + 0.5, color="0.85", linewidth=0.8)
+    axis.set(xlabel="DFT calculations", ylabel="hits found", title=title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _parity(rows: list[LedgerRow], target: str, path: Path) -> Path | None:
+    chosen = [row for row in rows if target in row.predicted and target in row.outcome.get("computed", {})]
+    if not chosen:
+        return None
+    computed = np.array([row.outcome["computed"][target] for row in chosen])
+    mean = np.array([row.predicted[target]["mean"] for row in chosen])
+    std = np.array([row.predicted[target]["std"] for row in chosen])
+    return parity_plot(computed, mean, std, path, title=f"{target}: predicted when chosen vs computed")
+
+
+def _dos_figure(engine: Engine, campaign_id: int, target: str, path: Path) -> Path | None:
+    """Computed vs predicted spectra of the newest candidates that have both."""
+    with session_scope(engine) as session:
+        definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
+        if definition is None or definition.kind is not TargetKind.SPECTRUM:
+            return None
+        rounds = session.scalars(select(Round).where(Round.campaign_id == campaign_id, Round.models.is_not(None))
+                                 .order_by(Round.number.desc())).all()
+        panels = []
+        for round_row in rounds:
+            model_version_id = (round_row.models or {}).get(target)
+            if model_version_id is None:
+                continue
+            rows = session.execute(
+                select(Structure.formula, TargetValue.value_array, Prediction.mean_array, Prediction.std_array)
+                .join(Acquisition, Acquisition.structure_id == Structure.id)
+                .join(TargetValue, (TargetValue.structure_id == Structure.id) & (TargetValue.target_id == definition.id))
+                .join(Prediction, (Prediction.structure_id == Structure.id)
+                      & (Prediction.model_version_id == model_version_id))
+                .where(Acquisition.round_id == round_row.id).order_by(Acquisition.batch)
+            ).all()
+            panels.extend(rows)
+            if len(panels) >= DOS_PANELS:
+                break
+        grid = definition.grid
+    if not panels:
+        return None
+    panels = panels[:DOS_PANELS]
+    return spectrum_overlays(np.array([p.value_array for p in panels]), np.array([p.mean_array for p in panels]),
+                             np.array([p.std_array for p in panels]), path, energies=grid,
+                             labels=[p.formula for p in panels],
+                             title=f"{target}: computed (black) vs predicted before computing")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
+    """Write ``out/report.md`` and its figures; returns the markdown's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = campaign_config(engine, campaign_id)
+    objective = config.parsed_objective
+    rows = ledger(engine, campaign_id)
+    state = progress(engine, campaign_id)
+    with session_scope(engine) as session:
+        campaign = session.get(Campaign, campaign_id)
+        status = campaign.status
+        rounds = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
+        round_lines = [
+            f"| {r.number} | {r.status} | {'random' if (r.summary or {}).get('random') else config.acquisition.function} "
+            f"| {', '.join(f'{t}: {v}' for t, v in (r.models or {}).items())} | {(r.summary or {}).get('acquired', '')} "
+            f"| {(r.summary or {}).get('hits', '')} | {(r.summary or {}).get('failed', '')} "
+            f"| {(r.summary or {}).get('dft_seconds', '')} |"
+            for r in rounds
+        ]
+    lines = [
+        f"# Campaign `{config.name}`", "",
+        (f"Objective: `{objective}`. Candidates: {config.candidates.model_dump(exclude_none=True)}. "
+         f"DFT preset `{config.dft.preset}`; {config.model.architecture} ensembles of {config.model.members}; "
+         f"acquisition `{config.acquisition.function}`{' (cost-aware)' if config.acquisition.cost_aware else ''}, "
+         f"batches of {config.acquisition.batch}."), "",
+        (f"Status: **{status}** ({stop_reason(engine, campaign_id, config) or 'more rounds to run'}). "
+         f"{state.spent} of {config.budget} calculations spent, **{state.hits} hits**."), "",
+    ]
+    figures = [discovery_curve(rows, out / "discovery.png", title=str(objective))] if rows else []
+    for target in objective.targets:
+        figure = _parity(rows, target, out / f"parity-{target}.png")
+        if figure:
+            figures.append(figure)
+    for target in config.modelled_targets:
+        figure = _dos_figure(engine, campaign_id, target, out / f"spectra-{target}.png")
+        if figure:
+            figures.append(figure)
+    lines += [f"![{figure.stem}]({figure.name})" for figure in figures] + [""]
+    lines += ["## Rounds", "",
+              "| round | status | chosen by | models (target: model_versions.id) | acquired | hits | failed | DFT s |",
+              "|---:|---|---|---|---:|---:|---:|---:|", *round_lines, ""]
+    targets = objective.targets
+    header = " | ".join(f"{t} predicted | {t} computed" for t in targets)
+    lines += ["## Ledger", "", "Predicted: the ensemble's mean ± std when the candidate was chosen.", "",
+              f"| round | # | structure | formula | function | score | rank | {header} | hit | status | DFT s |",
+              "|" + "---:|" * 7 + "---|---|" * len(targets) + "---|---|---:|"]
+    for row in rows:
+        cells = []
+        for target in targets:
+            guess = row.predicted.get(target)
+            cells.append(f"{guess['mean']:.3g} ± {guess['std']:.2g}" if guess else "")
+            cells.append(_number(row.outcome.get("computed", {}).get(target)))
+        hit = "yes" if row.outcome.get("hit") else ("" if row.outcome else "?")
+        reason = f" ({row.outcome['reason']})" if row.outcome.get("reason") else ""
+        lines.append(f"| {row.round} | {row.batch} | {row.structure_id} | {row.formula} | {row.function} "
+                     f"| {row.score:.3g} | {row.rank} | {' | '.join(cells)} | {hit} | {row.status}{reason} "
+                     f"| {_number(row.dft_seconds)} |")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
