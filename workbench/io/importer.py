@@ -21,7 +21,7 @@ from workbench.errors import ImportFailed, InputError
 from workbench.io.entries import Entry, Label
 from workbench.io.readers import ReadOptions, read_entries
 from workbench.io.structure_text import parse_structure_text
-from workbench.store.bulk import insert_returning_ids, one_of
+from workbench.store.bulk import insert_returning_ids, one_of, one_writer_at_a_time
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Structure,
@@ -125,6 +125,8 @@ def import_entries(
         checked_stream = map(check_entry, entries)
 
     with session_scope(engine) as session:
+        # Concurrent imports of the same crystals would each find them missing and add them.
+        one_writer_at_a_time(session, "import")
         writer = _FileWriter(session, source=source, file=file, options=options)
         for chunk in _batched(checked_stream, CHUNK_SIZE):
             good = []

@@ -8,6 +8,7 @@ array parameter (``= ANY``). SQLite, in process, is fastest with ``RETURNING`` a
 Measured in benchmarks/store.md.
 """
 
+import hashlib
 from collections.abc import Collection
 
 from sqlalchemy import ARRAY, ColumnElement, Table, any_, bindparam, func, insert, select
@@ -44,3 +45,21 @@ def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict])
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
     session.execute(module.insert(table).on_conflict_do_nothing(), rows)
+
+
+def one_writer_at_a_time(session: Session, name: str) -> None:
+    """From here to the end of the transaction, no other transaction that called this with
+    the same ``name`` runs; the next one reads what this one committed.
+
+    For writes decided by what was read, where a unique constraint would only turn the
+    race into an error: the importer's dedup (crystals are matched by StructureMatcher, not
+    by a key), formation energies. PostgreSQL: a transaction advisory lock on a hash of
+    ``name``. SQLite has one writer at a time anyway, but pysqlite starts the transaction
+    at the first write, after the reads: take the write lock now.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(select(func.pg_advisory_xact_lock(key)))
+    elif not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
