@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import uuid
+from itertools import permutations
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,8 @@ def postgres_admin():
     engine.dispose()
 
 
-def _database_url(name: str) -> str:
+def postgres_url(name: str) -> str:
+    """The URL of database ``name`` on the test server."""
     return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
@@ -95,7 +97,7 @@ def sqlite_template(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_template(postgres_admin):
     name = create_postgres_database(postgres_admin)
-    engine = make_engine(_database_url(name))
+    engine = make_engine(postgres_url(name))
     migrate.upgrade(engine)
     engine.dispose()
     yield name
@@ -115,7 +117,7 @@ def empty_database_url(request, backend, tmp_path):
         return
     admin = request.getfixturevalue("postgres_admin")
     name = create_postgres_database(admin)
-    yield _database_url(name)
+    yield postgres_url(name)
     drop_postgres_database(admin, name)
 
 
@@ -129,7 +131,7 @@ def database_url(request, backend, tmp_path):
         return
     admin = request.getfixturevalue("postgres_admin")
     name = create_postgres_database(admin, template=request.getfixturevalue("postgres_template"))
-    yield _database_url(name)
+    yield postgres_url(name)
     drop_postgres_database(admin, name)
 
 
@@ -171,3 +173,11 @@ def mlflow_uri(mlflow_template, tmp_path) -> str:
     path = tmp_path / "mlflow.db"
     shutil.copy(mlflow_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def alloys(engine) -> dict[str, int]:
+    """42 L1_2 alloys of the metals EMT knows, stored under source ``test``."""
+    from tests.dft_helpers import LATTICE, l12, store_crystals
+
+    return store_crystals(engine, {f"{a}3{b}": l12(a, b) for a, b in permutations(LATTICE, 2)})

@@ -1,7 +1,12 @@
-"""Shared by the DFT tests: store small crystals, read back a calculation's ledger."""
+"""Shared by the DFT and campaign tests: store small crystals, read back a calculation's
+ledger, a pool of EMT alloys and a campaign over it."""
 
+from itertools import permutations
+
+import numpy as np
 from ase import Atoms
 from ase.build import bulk
+from ase.calculators.emt import EMT
 from sqlalchemy import Engine, select
 
 from workbench.io.entries import Entry
@@ -58,3 +63,37 @@ def targets_of(engine: Engine, structure_id: int) -> dict[str, TargetValue]:
 def count_rows(engine: Engine, model) -> int:
     with session_scope(engine) as session:
         return len(session.scalars(select(model.id)).all())
+
+
+# fcc lattice constants (Å) of the metals ASE's EMT knows.
+LATTICE = {"Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92, "Al": 4.05}
+
+
+def l12(major: str, minor: str):
+    """L1_2 ``major``3``minor``, lattice constant by Vegard's law."""
+    atoms = bulk(major, "fcc", a=(3 * LATTICE[major] + LATTICE[minor]) / 4, cubic=True)
+    atoms[0].symbol = minor
+    return atoms
+
+
+def emt_threshold() -> float:
+    """The lower quartile of the alloys' EMT energy per atom: about 10 hits in the pool."""
+    energies = []
+    for a, b in permutations(LATTICE, 2):
+        atoms = l12(a, b)
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy() / len(atoms))
+    return float(np.quantile(energies, 0.25))
+
+
+def campaign_document(name: str, budget: int, **overrides) -> dict:
+    document = {
+        "name": name,
+        "candidates": {"source": "test"},
+        "objective": [f"emt.energy_per_atom<={emt_threshold():.4f}"],
+        "initial": 10, "budget": budget, "seed": 1,
+        "model": {"members": 2, "epochs": 8, "patience": 8, "device": "cpu"},
+        "acquisition": {"batch": 4},
+        "dft": {"preset": "emt", "jobs": 2},
+    }
+    return {**document, **overrides}

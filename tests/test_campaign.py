@@ -7,18 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from itertools import permutations
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from ase.build import bulk
-from ase.calculators.emt import EMT
 from mlflow import MlflowClient
 from sqlalchemy import func, select
 
-from tests.dft_helpers import store_crystals
+from tests.dft_helpers import campaign_document
 from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost_model
 from workbench.campaign.config import config_from_document, load_config
 from workbench.campaign.loop import campaign_id_of, ledger_structures, run_campaign
@@ -36,45 +33,6 @@ from workbench.store.schema import (
     Campaign,
     Round,
 )
-
-# fcc lattice constants (Å) of the metals ASE's EMT knows.
-LATTICE = {"Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92, "Al": 4.05}
-
-
-def l12(major: str, minor: str):
-    """L1_2 ``major``3``minor``, lattice constant by Vegard's law."""
-    atoms = bulk(major, "fcc", a=(3 * LATTICE[major] + LATTICE[minor]) / 4, cubic=True)
-    atoms[0].symbol = minor
-    return atoms
-
-
-@pytest.fixture
-def alloys(engine) -> dict[str, int]:
-    """42 L1_2 alloys stored under source ``test``."""
-    return store_crystals(engine, {f"{a}3{b}": l12(a, b) for a, b in permutations(LATTICE, 2)})
-
-
-def emt_threshold() -> float:
-    """The lower quartile of the alloys' EMT energy per atom: about 10 hits in the pool."""
-    energies = []
-    for a, b in permutations(LATTICE, 2):
-        atoms = l12(a, b)
-        atoms.calc = EMT()
-        energies.append(atoms.get_potential_energy() / len(atoms))
-    return float(np.quantile(energies, 0.25))
-
-
-def campaign_document(name: str, budget: int, **overrides) -> dict:
-    document = {
-        "name": name,
-        "candidates": {"source": "test"},
-        "objective": [f"emt.energy_per_atom<={emt_threshold():.4f}"],
-        "initial": 10, "budget": budget, "seed": 1,
-        "model": {"members": 2, "epochs": 8, "patience": 8, "device": "cpu"},
-        "acquisition": {"batch": 4},
-        "dft": {"preset": "emt", "jobs": 2},
-    }
-    return {**document, **overrides}
 
 
 @pytest.fixture

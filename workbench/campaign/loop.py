@@ -258,7 +258,9 @@ def resume_round(engine: Engine, campaign_id: int) -> RoundRef | None:
         last = session.scalar(select(func.max(Round.number)).where(Round.campaign_id == campaign_id))
         number = 0 if last is None else last + 1
         random = number == 0 or _needs_random_round(engine, config)
-        round_row = Round(campaign_id=campaign_id, number=number, status=RoundStatus.STARTED,
+        # A random round has nothing to train or predict: it starts at the ranking.
+        round_row = Round(campaign_id=campaign_id, number=number,
+                          status=RoundStatus.PREDICTED if random else RoundStatus.STARTED,
                           summary={"random": random} if random else None)
         session.add(round_row)
         session.flush()
@@ -291,9 +293,6 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
     config = campaign_config(engine, round_ref.campaign_id)
     with session_scope(engine) as session:
         models = dict(session.get(Round, round_ref.round_id).models or {})
-    if round_ref.random:  # nothing to train or predict: the batch is drawn at random
-        _set_status(engine, round_ref.round_id, RoundStatus.PREDICTED)
-        return models
     counts = labeled_counts(engine, config.modelled_targets)
     for target in config.modelled_targets:
         if target in models or counts[target] < MIN_LABELS:

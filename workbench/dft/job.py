@@ -136,10 +136,15 @@ def extract(atoms: Atoms, calculator, want_eigenvalues: bool) -> tuple[dict, dic
     energy = float(atoms.get_potential_energy())
     results: dict = {"energy": energy, "natoms": len(atoms)}
     arrays: dict[str, np.ndarray] = {"forces": np.asarray(atoms.get_forces(), dtype=float)}
-    magmoms = _optional(atoms.get_magnetic_moments)
-    if magmoms is not None and atoms.get_initial_magnetic_moments().any():
-        arrays["magmoms"] = np.asarray(magmoms, dtype=float)
-        results["magmom_total"] = float(atoms.get_magnetic_moment())
+    if atoms.get_initial_magnetic_moments().any():
+        magmoms = _optional(atoms.get_magnetic_moments)
+        if magmoms is not None:
+            arrays["magmoms"] = np.asarray(magmoms, dtype=float)
+            results["magmom_total"] = float(atoms.get_magnetic_moment())
+    elif "magmom" in getattr(calculator, "implemented_properties", ()):
+        # Spin-restricted by the preset (no magnetic element): no moment, by construction.
+        # Recorded, so that a model of the moment learns the zeros too.
+        results["magmom_total"] = 0.0
     if want_eigenvalues:
         fermi = _optional(calculator.get_fermi_level)
         spins = _optional(calculator.get_number_of_spins)
