@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy.exc import OperationalError
 
 if __package__ in (None, ""):  # run as a script: make `flows` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.run_dft import run_dft
+from flows.task_runners import task_runner
 from workbench.campaign import loop
 from workbench.campaign.config import load_config
 from workbench.settings import Settings
@@ -166,7 +166,7 @@ def campaign(config: str) -> dict:
                 structure_ids = loop.round_structures(engine, current["round_id"])
             finally:
                 engine.dispose()
-            run_dft.with_options(task_runner=ThreadPoolTaskRunner(max_workers=dft.jobs))(
+            run_dft.with_options(task_runner=task_runner(settings, dft.jobs))(
                 structure_ids, preset=dft.preset, threads=dft.threads, wall_time_s=dft.wall_time_s,
                 references=dft.references)
         summary = ingest(name)

@@ -46,3 +46,29 @@ def test_run_dft_flow(prefect_api, engine, database_url, tmp_path, monkeypatch):
     assert calculation_of(engine, ids["Si"], "emt")[0].status is CalculationStatus.FAILED
     again = run_dft([ids["Cu3Au"]], preset="emt")
     assert again == {"done": [], "failed": [], "skipped": []}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_campaign_on_a_two_worker_local_dask_cluster(prefect_api, engine, alloys, database_url, mlflow_uri,
+                                                     tmp_path, monkeypatch):
+    import os
+
+    import yaml
+
+    from flows.campaign import campaign
+    from tests.dft_helpers import campaign_document
+    from workbench.store.schema import Acquisition, AcquisitionStatus, Calculation
+
+    for name, value in {"WORKBENCH_DATABASE_URL": database_url, "MLFLOW_TRACKING_URI": mlflow_uri,
+                        "WORKBENCH_HOME": str(tmp_path / "home"), "WORKBENCH_DASK_WORKERS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump(campaign_document("dask", 14)))  # 10 random, then one round of 4
+    assert campaign(str(config)) == {"campaign": "dask", "rounds": 2}
+    with session_scope(engine) as session:
+        assert set(session.scalars(select(Acquisition.status))) == {AcquisitionStatus.LABELED}
+        workers = set(session.scalars(select(Calculation.pid)))
+    # The calculations ran in the Dask worker processes (a local cluster of two per
+    # run-dft flow run), none in this one.
+    assert len(workers) >= 2 and os.getpid() not in workers

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     - ``WORKBENCH_DFT_DIR``: where calculations keep their folders (default ``HOME/dft``).
     - ``WORKBENCH_ESPRESSO_PSEUDO_DIR`` and ``WORKBENCH_ESPRESSO_COMMAND``: pseudopotentials
       and the ``pw.x`` command line of the ``espresso`` preset.
+    - ``WORKBENCH_DASK_ADDRESS``: scheduler of a Dask cluster (e.g. ``dask_jobqueue``'s
+      SLURMCluster) on which the Prefect flows fan out DFT calculations and ensemble
+      members; or ``WORKBENCH_DASK_WORKERS``: start a local cluster of that many
+      single-threaded worker processes. Neither: threads in the flow's process.
     """
 
     model_config = SettingsConfigDict(env_prefix="WORKBENCH_", extra="ignore")
@@ -39,6 +43,9 @@ class Settings(BaseSettings):
     dft_dir: Path | None = None
     espresso_pseudo_dir: str = ""
     espresso_command: str = "pw.x"
+
+    dask_address: str = ""
+    dask_workers: int = 0
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

@@ -5,7 +5,7 @@ them (see docs/sql.md). Every change here is one Alembic revision in ``migration
 """
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import (
@@ -71,6 +71,12 @@ def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
         length=16,
         values_callable=lambda members: [member.value for member in members],
     )
+
+
+def _utc_now() -> datetime:
+    # Set in Python, not as SQL now(): a process that runs a Prefect server (ephemeral
+    # mode, the test harness) recompiles SQLite's now() into a form executemany rejects.
+    return datetime.now(UTC)
 
 
 def _created_at() -> Mapped[datetime]:
@@ -372,5 +378,5 @@ class Acquisition(Base):
     outcome: Mapped[dict | None] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), onupdate=func.now()
+        DateTime(timezone=True), onupdate=_utc_now
     )
