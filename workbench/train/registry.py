@@ -4,7 +4,9 @@
 strings, POSCAR strings or pymatgen structures (a list, or a DataFrame with a ``cif``
 column) and returns a DataFrame with ``mean`` and ``std`` per structure (lists of bins or
 of sites for spectra and per-site targets). The model carries its member weights, its
-featurizer config and the workbench code, so it loads in a fresh process.
+featurizer config and the workbench code, so it loads in a fresh process; it is logged
+as code (``pyfunc_entry.py``, MLflow's "models from code"), so loading it unpickles
+nothing.
 """
 
 import json
@@ -99,7 +101,7 @@ def log_ensemble(ensemble: Ensemble, featurizer: Featurizer, name: str, workdir:
     featurizer_file.write_text(json.dumps(featurizer.config, indent=1))
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=EnsembleModel(),
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # code, not a pickle
         artifacts={"ensemble": str(ensemble_folder), "featurizer": str(featurizer_file)},
         code_paths=[str(Path(workbench.__file__).parent)],
         pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
