@@ -75,7 +75,7 @@ def _acquisitions(engine, campaign_id: int) -> list[Acquisition]:
 
 
 @pytest.mark.slow
-def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings, tmp_path):
+def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings, tmp_path, run_cli):
     config = config_from_document(campaign_document("alloys", 18))
     outcome = run_campaign(engine, settings, config)
     assert (outcome.spent, outcome.rounds) == (18, 3)  # 10 random, then 2 model-guided batches of 4
@@ -110,6 +110,12 @@ def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings
     assert "**" + str(outcome.hits) + " hits**" in text and "![discovery](discovery.png)" in text
     assert (tmp_path / "report" / f"parity-{target}.png").stat().st_size > 0
     assert len(ledger(engine, outcome.campaign_id)) == 18
+    status = run_cli("campaign", "status", "alloys").output
+    assert f"18 of 18 calculations spent, {outcome.hits} hits; budget of 18 calculations spent" in status
+    run_cli("campaign", "report", "alloys", "--out", tmp_path / "cli-report")
+    # 8 rows of the ledger and the 2 guided rounds in the rounds table
+    assert (tmp_path / "cli-report" / "report.md").read_text().count("| probability |") == 10
+    run_cli("campaign", "status", "nonesuch", expect=1)
 
 
 @pytest.mark.slow
