@@ -8,9 +8,10 @@ finished with its budget spent. Writes the reliability report.
 Each trial: a fresh store (SQLite file, or a database on a private PostgreSQL cluster
 started by this script so that restarting it disturbs nobody), the 42 EMT alloys of the
 tests, a campaign of 10 random + 2 rounds of 3 (CGCNN, 1 member, 4 epochs), real EMT job
-processes, a fresh MLflow SQLite store. Kill moments are uniform over the duration of an
-uninterrupted reference run; where each landed (training, DFT running, between steps) is
-read from the store just before the kill.
+processes, a fresh MLflow SQLite store. Kills aim at DFT (shortly after a random job
+started) and at the runner's ingest (just after a random job wrote its result); where
+each landed is read from the store at the kill. Server restarts come at a random moment
+of an uninterrupted reference run, timed from the process start.
 """
 
 import argparse
@@ -50,6 +51,9 @@ from workbench.store.schema import (
 
 BIN = Path(sys.executable).parent
 BUDGET = 16
+# An EMT job's life (process start to result) and the runner's ingest after it, seconds.
+EMT_JOB_S = 2.0
+INGEST_WINDOW_S = 0.1
 CAMPAIGN = campaign_document("faults", BUDGET, model={"members": 1, "epochs": 4, "patience": 4, "device": "cpu"},
                              acquisition={"batch": 3})
 POSTGRES_BIN = max(Path("/usr/lib/postgresql").glob("*/bin")) if Path("/usr/lib/postgresql").exists() else None
@@ -138,11 +142,18 @@ def _where(engine) -> str:
         running = session.scalar(select(func.count(Calculation.id)).where(
             Calculation.status == CalculationStatus.RUNNING))
     if current is None:
-        return "between rounds"
+        with session_scope(engine) as session:
+            started = session.scalar(select(func.count(Round.id)))
+        return "between rounds" if started else "start-up (no round yet)"
     number, status = current
     step = {"started": "training", "trained": "predicting", "predicted": "ranking", "ranked": "dispatching",
             "dispatched": "DFT" if running else "DFT (claiming/ingesting)", "computed": "ledger ingest"}[status]
     return f"round {number}: {step}" + (f", {running} calculations running" if running else "")
+
+
+def _dispatched(engine) -> bool:
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count(Calculation.id))) > 0
 
 
 def _check(engine, trial: Trial) -> None:
@@ -187,18 +198,38 @@ def _last_error(folder: Path) -> str:
     return (errors or lines or [""])[-1][:160]
 
 
-def kill_trial(trial: Trial, database_url: str, folder: Path, mlflow_template: Path) -> Trial:
+def _attempts(engine) -> int:
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count(CalculationAttempt.id)))
+
+
+def _done(engine) -> int:
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count(Calculation.id)).where(Calculation.status == CalculationStatus.DONE))
+
+
+def _results_written(folder: Path) -> int:
+    return len(list((folder / "home" / "dft").glob("*/*/attempt-*/result.json")))
+
+
+def kill_trial(trial: Trial, database_url: str, folder: Path, mlflow_template: Path, calculation: int) -> Trial:
+    """SIGKILL the campaign ``trial.at_s`` after its ``calculation``-th job started (a kill
+    in DFT) or after that job wrote its result (a kill in the runner's ingest)."""
     environment = _prepare(database_url, folder, mlflow_template)
     engine = make_engine(database_url)
     process = _campaign_process(environment, folder)
+    in_dft = trial.fault == "SIGKILL in DFT"
+    while process.poll() is None and (_attempts(engine) if in_dft else _results_written(folder)) < calculation:
+        time.sleep(0.005)
     deadline = time.perf_counter() + trial.at_s
     while time.perf_counter() < deadline and process.poll() is None:
-        time.sleep(0.02)
+        time.sleep(0.002)
     if process.poll() is None:
-        trial.landed = _where(engine)
+        written = _results_written(folder)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         trial.first_exit = "SIGKILL"
+        trial.landed = f"{_where(engine)}; {written} results written, {_done(engine)} ingested"
     else:
         trial.landed, trial.first_exit = "after the end (no kill)", f"exit {process.returncode}"
     _resume(environment, folder, engine, trial)
@@ -224,16 +255,21 @@ def restart_trial(trial: Trial, server: PrivatePostgres, folder: Path, mlflow_te
 
 
 def reference_run(database_url: str, folder: Path, mlflow_template: Path) -> float:
+    """Seconds an uninterrupted campaign runs from its first queued calculation on."""
     environment = _prepare(database_url, folder, mlflow_template)
-    started = time.perf_counter()
+    engine = make_engine(database_url)
     process = _campaign_process(environment, folder)
+    while process.poll() is None and not _dispatched(engine):
+        time.sleep(0.02)
+    started = time.perf_counter()
     if process.wait(timeout=900) != 0:
         sys.exit(f"the reference campaign failed: {_last_error(folder)}")
+    engine.dispose()
     return time.perf_counter() - started
 
 
 def report(trials: list[Trial], reference_s: float, args) -> str:
-    kills = [t for t in trials if t.fault == "SIGKILL"]
+    kills = [t for t in trials if t.fault.startswith("SIGKILL")]
     lines = [
         "# Reliability: fault trials", "",
         (f"`benchmarks/fault_trials.py --trials {args.trials} --restarts {args.restarts}` on {platform.machine()}, "
@@ -246,19 +282,23 @@ def report(trials: list[Trial], reference_s: float, args) -> str:
         "with more than one successful attempt (a finished DFT run done again);"),
         "- **resumed**: the campaign finished with its budget spent;",
         "- **recovered**: attempts whose worker died, re-queued (reason `lost`).", "",
-        f"An uninterrupted run takes {reference_s:.0f} s; kill moments are uniform over it.", "",
+        (f"An uninterrupted run takes {reference_s:.0f} s from its first queued calculation. A kill in DFT "
+         f"comes a random 0-{EMT_JOB_S:g} s after the start of a random one of the {BUDGET} jobs; a kill at "
+         f"ingest a random 0-{INGEST_WINDOW_S:g} s after a random job wrote its result file, while the "
+         "runner reads it into the store. 'landed in' is the campaign's step at the kill, with how many job "
+         "results were on disk and how many calculations the store had as done."), "",
         ("| # | store | fault | at (s) | landed in | first run | lost | duplicated | resumed | recovered | "
         "resume (s) | notes |"),
         "|---:|---|---|---:|---|---|---:|---:|---|---:|---:|---|",
     ]
     for t in trials:
-        lines.append(f"| {t.number} | {t.backend} | {t.fault} | {t.at_s:.1f} | {t.landed} | {t.first_exit} | "
+        lines.append(f"| {t.number} | {t.backend} | {t.fault} | {t.at_s:.2f} | {t.landed} | {t.first_exit} | "
                      f"{t.lost} | {t.duplicated} | {'yes' if t.resumed else '**no**'} | {t.recovered} | "
                      f"{t.resume_s:.0f} | {'; '.join(t.notes)} |")
     ok = sum(t.lost == 0 and t.duplicated == 0 and t.resumed for t in trials)
-    in_dft = sum("DFT" in t.landed for t in kills)
+    landed = sum(t.first_exit == "SIGKILL" for t in kills)
     lines += ["", (f"**{ok} of {len(trials)} trials** ended with nothing lost, nothing duplicated and the campaign "
-              f"finished; {in_dft} of {len(kills)} kills landed while DFT was running or being ingested."), ""]
+              f"finished; {landed} of {len(kills)} kills landed before the campaign's end."), ""]
     return "\n".join(lines)
 
 
@@ -288,8 +328,12 @@ def main() -> None:
             folder.mkdir()
             backend = "sqlite" if number % 2 else "postgresql"
             url = f"sqlite:///{folder / 'store.db'}" if backend == "sqlite" else server.new_database(f"kill_{number}")
-            trial = kill_trial(Trial(number, backend, "SIGKILL", rng.uniform(1.0, reference_s)), url, folder,
-                               mlflow_template)
+            # Odd pairs kill in DFT (up to one EMT job's length after the job started), even
+            # pairs right after a job wrote its result, while the runner ingests it.
+            fault, delay = (("SIGKILL in DFT", rng.uniform(0.0, EMT_JOB_S)) if (number - 1) // 2 % 2 == 0
+                            else ("SIGKILL at ingest", rng.uniform(0.0, INGEST_WINDOW_S)))
+            trial = kill_trial(Trial(number, backend, fault, delay), url, folder, mlflow_template,
+                               calculation=rng.randint(1, BUDGET))
             trials.append(trial)
             print(trial, flush=True)
         for number in range(args.trials + 1, args.trials + args.restarts + 1):
