@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect_dask import get_dask_client
 from sqlalchemy.exc import OperationalError
 
 if __package__ in (None, ""):  # run as a script: make `flows` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.run_dft import run_dft
-from flows.task_runners import task_runner
+from flows.task_runners import task_runner, uses_dask
 from workbench.campaign import loop
 from workbench.campaign.config import load_config
 from workbench.settings import Settings
@@ -80,10 +81,17 @@ def next_round_task(campaign: str) -> dict | None:
                                            "status": round_ref.status.value, "random": round_ref.random}
 
 
+def _retrain(engine, settings: Settings, round_ref: loop.RoundRef) -> dict[str, int]:
+    if not uses_dask(settings):
+        return loop.retrain(engine, settings, round_ref, on_event=_log)
+    # On the Dask cluster this task runs on: its members train there in parallel.
+    with get_dask_client() as client:
+        return loop.retrain(engine, settings, round_ref, on_event=_log, member_executor=client.get_executor())
+
+
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
 def retrain_task(campaign: str) -> dict[str, int] | None:
-    return _step(campaign, loop.RoundStatus.STARTED,
-                 lambda engine, settings, ref: loop.retrain(engine, settings, ref, on_event=_log), create=True)
+    return _step(campaign, loop.RoundStatus.STARTED, _retrain, create=True)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
@@ -114,8 +122,10 @@ def ingest_task(campaign: str) -> dict | None:
 
 @flow(name="retrain")
 def retrain(campaign: str) -> dict[str, int] | None:
-    """Train and register the current round's ensembles (starting a round if none is open)."""
-    return retrain_task(campaign)
+    """Train and register the current round's ensembles (starting a round if none is open).
+    Submitted, so that on a Dask task runner it runs on the cluster and trains the members
+    there."""
+    return retrain_task.submit(campaign).result()
 
 
 @flow(name="predict")
@@ -155,7 +165,7 @@ def campaign(config: str) -> dict:
         status = loop.RoundStatus(current["status"])
         order = list(loop.RoundStatus)
         if order.index(status) <= order.index(loop.RoundStatus.STARTED):
-            retrain(name)
+            retrain.with_options(task_runner=task_runner(settings, 1))(name)
         if order.index(status) <= order.index(loop.RoundStatus.TRAINED):
             predict(name)
         if order.index(status) <= order.index(loop.RoundStatus.RANKED):

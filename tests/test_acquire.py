@@ -105,3 +105,48 @@ def test_candidates_are_excluded_by_dedup_key(engine):
     everything = [ids["Cu"], ids["Cu-twin"], ids["Au"], ids["Al"]]
     assert eligible(engine, everything, ["gap"]) == [ids["Al"]]
     assert eligible(engine, everything, ["other"]) == [ids["Cu"], ids["Cu-twin"], ids["Al"]]
+
+
+def test_std_scale_fits_held_out_errors():
+    from workbench.train.ensemble import fit_std_scale
+
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(0, 1, 20_000), rng.uniform(0.1, 1.0, 20_000)
+    y = mean + 3.0 * std * rng.normal(size=mean.size)  # a spread three times too narrow
+    assert fit_std_scale(y, mean, std) == pytest.approx(3.0, rel=0.02)
+    assert fit_std_scale(y, mean, np.zeros_like(std)) == 1.0  # one member: nothing to scale
+
+
+def test_ensembles_calibrate_their_spread_and_keep_it(tmp_path):
+    import torch
+    from ase.build import bulk
+
+    from workbench.featurize.data import graph_to_data
+    from workbench.featurize.featurizer import Featurizer
+    from workbench.models import CrystalModel, ModelConfig
+    from workbench.structures.crystal import Crystal
+    from workbench.train.ensemble import CALIBRATION_FILE, Ensemble
+
+    featurizer = Featurizer()
+    data = []
+    for index, (element, a) in enumerate([("Cu", 3.6), ("Al", 4.05), ("Au", 4.1), ("Ni", 3.5), ("Ag", 4.1)]):
+        item = graph_to_data(featurizer.graph_of(Crystal.from_ase(bulk(element, a=a))), featurizer.feature_table())
+        item.y = torch.tensor([float(index)])
+        data.append(item)
+    config = ModelConfig("cgcnn", "scalar", "e", featurizer.key, backbone={"hidden": 8, "layers": 1})
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        members.append(CrystalModel(config).eval())
+    ensemble = Ensemble(members)
+    raw_mean, raw_std = ensemble.predict(data)
+    scale = ensemble.calibrate(data)
+    mean, std = ensemble.predict(data)
+    y = np.arange(5.0)
+    assert scale == pytest.approx(np.sqrt(np.mean(((y - raw_mean.numpy()) / raw_std.numpy()) ** 2)), rel=1e-5)
+    torch.testing.assert_close(mean, raw_mean)
+    torch.testing.assert_close(std, raw_std * scale)
+    ensemble.save(tmp_path / "ensemble")
+    torch.testing.assert_close(Ensemble.load(tmp_path / "ensemble").predict(data)[1], std)
+    (tmp_path / "ensemble" / CALIBRATION_FILE).unlink()  # as saved before calibration existed
+    assert Ensemble.load(tmp_path / "ensemble").std_scale == 1.0

@@ -16,6 +16,7 @@ labels at random; so does any round while an objective target has fewer than
 import enum
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,10 +287,12 @@ def _model_name(config: CampaignConfig, target: str) -> str:
     return f"{config.name}-{target}"
 
 
-def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict[str, int]:
+def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None,
+            member_executor: Executor | None = None) -> dict[str, int]:
     """Train and register one ensemble per modelled target with enough labels (the new
-    version becomes ``@champion``: it is the model this round ranks with). Targets
-    already trained in this round are kept, so a resumed round trains only the rest."""
+    version becomes ``@champion``: it is the model this round ranks with), its members in
+    ``member_executor`` if given. Targets already trained in this round are kept, so a
+    resumed round trains only the rest."""
     config = campaign_config(engine, round_ref.campaign_id)
     with session_scope(engine) as session:
         models = dict(session.get(Round, round_ref.round_id).models or {})
@@ -301,7 +304,7 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
                                architecture=config.model.architecture,
                                train=config.model.train_config(config.seed * 1000 + round_ref.number),
                                backbone=dict(config.model.backbone), champion=True, device=config.model.device)
-        result = train_and_register(engine, settings, request)
+        result = train_and_register(engine, settings, request, member_executor=member_executor)
         models[target] = result.model_version_id
         if on_event:
             on_event(f"round {round_ref.number}: {target} model version {result.registry_version} "

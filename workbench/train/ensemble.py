@@ -1,9 +1,11 @@
 """Deep ensembles: M members from different seeds (optionally bootstrapped), each trained
-with early stopping on a validation split; their spread is the uncertainty."""
+with early stopping on a validation split; their spread, scaled to fit the validation
+errors, is the uncertainty."""
 
 import copy
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,9 @@ class MemberHistory:
 
 EpochCallback = Callable[[int, int, float, float], None]  # member, epoch, train, validation
 
+# Saved beside the member files: the ensemble's std scale.
+CALIBRATION_FILE = "calibration.pt"
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
@@ -46,14 +51,29 @@ def target_scaling(kind: TargetKind, train: list[CrystalGraphData]) -> tuple[flo
     return float(values.mean()), float(values.std()) if len(values) > 1 else 1.0
 
 
-class Ensemble:
-    """Members that share a config and target scaling; predicts mean and std."""
+def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """The factor ``s`` that makes ``N(mean, (s std)²)`` most likely for held-out ``y``:
+    ``sqrt(mean(z²))`` with ``z = (y - mean) / std``, over the values that have a spread
+    (1 if none has). A few members agree with each other far more closely than with the
+    truth, so their raw spread is too narrow (``s > 1``)."""
+    y, mean, std = (np.asarray(array, dtype=float).reshape(-1) for array in (y, mean, std))
+    spread = std > 0
+    if not spread.any():
+        return 1.0
+    z = (y[spread] - mean[spread]) / std[spread]
+    return float(np.sqrt(np.mean(z**2))) or 1.0
 
-    def __init__(self, members: list[CrystalModel]):
+
+class Ensemble:
+    """Members that share a config and target scaling; predicts mean and std (the members'
+    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`)."""
+
+    def __init__(self, members: list[CrystalModel], std_scale: float = 1.0):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
+        self.std_scale = std_scale
 
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -68,19 +88,31 @@ class Ensemble:
             outputs.append(torch.cat(parts))
         stacked = torch.stack(outputs)
         std = stacked.std(dim=0, unbiased=False) if len(outputs) > 1 else torch.zeros_like(stacked[0])
-        return stacked.mean(dim=0), std
+        return stacked.mean(dim=0), std * self.std_scale
+
+    def calibrate(self, validation: list[CrystalGraphData], *, device: torch.device | None = None) -> float:
+        """Fit ``std_scale`` to the errors on ``validation`` (left as is without a spread)."""
+        self.std_scale = 1.0
+        mean, std = self.predict(validation, device=device)
+        y = torch.cat([item.y.reshape(-1) for item in validation])
+        self.std_scale = fit_std_scale(y.numpy(), mean.numpy(), std.numpy())
+        return self.std_scale
 
     def save(self, folder: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / f"member_{index}.pt" for index in range(len(self.members))]
         for member, path in zip(self.members, paths, strict=True):
             member.save(path)
+        torch.save({"std_scale": self.std_scale}, folder / CALIBRATION_FILE)
         return paths
 
     @classmethod
     def load(cls, folder: Path) -> "Ensemble":
         paths = sorted(folder.glob("member_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
-        return cls([CrystalModel.load(path) for path in paths])
+        calibration = folder / CALIBRATION_FILE
+        # Ensembles saved before calibration existed have no file: their raw spread.
+        std_scale = torch.load(calibration, weights_only=True)["std_scale"] if calibration.exists() else 1.0
+        return cls([CrystalModel.load(path) for path in paths], std_scale)
 
 
 def train_ensemble(
@@ -92,8 +124,17 @@ def train_ensemble(
     *,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
+    calibrate: bool = True,
+    executor: Executor | None = None,
 ) -> tuple[Ensemble, list[MemberHistory]]:
     """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU.
+
+    With an ``executor`` (e.g. a Dask client's ``get_executor()``), the members train in
+    parallel there, each from the same initial weights and seed as in this process;
+    ``on_epoch`` is not called then (the members run elsewhere).
+
+    With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
+    the validation errors (:meth:`Ensemble.calibrate`).
 
     A spectrum head with a ``latent`` size trains in two stages: first one autoencoder on
     the training spectra (early-stopped on the validation spectra, with the members'
@@ -118,11 +159,19 @@ def train_ensemble(
         if config.bootstrap:
             picks = np.random.default_rng(seed).integers(0, len(train), len(train))
             member_train = [train[pick] for pick in picks]
-        history = _train_member(model, member_train, validation, config, seed, device,
-                                lambda epoch, loss, val, index=index: on_epoch and on_epoch(index, epoch, loss, val))
-        members.append(model.cpu().eval())
+        if executor is not None:
+            members.append(executor.submit(fit_member, model, member_train, validation, config, seed, device))
+            continue
+        model, history = fit_member(model, member_train, validation, config, seed, device,
+                                    lambda epoch, loss, val, index=index: on_epoch and on_epoch(index, epoch, loss, val))
+        members.append(model)
         histories.append(history)
-    return Ensemble(members), histories
+    if executor is not None:
+        members, histories = (list(part) for part in zip(*(future.result() for future in members), strict=True))
+    ensemble = Ensemble(members)
+    if calibrate and validation:
+        ensemble.calibrate(validation, device=device)
+    return ensemble, histories
 
 
 def fit_spectrum_autoencoder(head: SpectrumHead, train: list[CrystalGraphData], validation: list[CrystalGraphData],
@@ -136,6 +185,14 @@ def fit_spectrum_autoencoder(head: SpectrumHead, train: list[CrystalGraphData], 
         hidden=head.autoencoder_hidden, epochs=config.epochs, patience=config.patience,
         batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, device=device)
     return autoencoder
+
+
+def fit_member(model: CrystalModel, train: list[CrystalGraphData], validation: list[CrystalGraphData],
+               config: TrainConfig, seed: int, device: torch.device,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[CrystalModel, MemberHistory]:
+    """Train one member (in this process or an executor's worker); returns it on the CPU."""
+    history = _train_member(model, train, validation, config, seed, device, on_epoch or (lambda *_: None))
+    return model.cpu().eval(), history
 
 
 def _train_member(model: CrystalModel, train, validation, config: TrainConfig, seed: int,

@@ -88,7 +88,10 @@ class TrainResult:
 
 
 def train_and_register(engine: Engine, settings: Settings, request: TrainRequest, *,
-                       executor: Executor | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+                       executor: Executor | None = None, on_epoch: EpochCallback | None = None,
+                       member_executor: Executor | None = None) -> TrainResult:
+    """``executor`` featurizes, ``member_executor`` trains the ensemble's members in parallel
+    (e.g. on a Dask cluster); both default to this process."""
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
@@ -106,7 +109,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
                                head_options=_head_options(labeled.kind, definition, request))
     device = pick_device(request.device)
     ensemble, histories = train_ensemble(model_config, labeled.kind, train, validation, request.train,
-                                         device=device, on_epoch=on_epoch)
+                                         device=device, on_epoch=on_epoch, executor=member_executor)
 
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(experiment_id=experiment_id, run_name=request.name) as run:
         workdir = Path(scratch)
