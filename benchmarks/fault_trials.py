@@ -11,7 +11,7 @@ tests, a campaign of 10 random + 2 rounds of 3 (CGCNN, 1 member, 4 epochs), real
 processes, a fresh MLflow SQLite store. Kills aim at DFT (shortly after a random job
 started) and at the runner's ingest (just after a random job wrote its result); where
 each landed is read from the store at the kill. Server restarts come at a random moment
-of an uninterrupted reference run, timed from the process start.
+of an uninterrupted reference run, timed like kills from the first queued calculation.
 """
 
 import argparse
@@ -194,7 +194,7 @@ def _resume(environment: dict, folder: Path, engine, trial: Trial) -> None:
 
 def _last_error(folder: Path) -> str:
     lines = [line for line in (folder / "campaign.log").read_text().splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
+    errors = [line for line in lines if "Error" in line and not line.startswith("(Background")]
     return (errors or lines or [""])[-1][:160]
 
 
@@ -242,6 +242,8 @@ def restart_trial(trial: Trial, server: PrivatePostgres, folder: Path, mlflow_te
     environment = _prepare(database_url, folder, mlflow_template)
     engine = make_engine(database_url)
     process = _campaign_process(environment, folder)
+    while process.poll() is None and not _dispatched(engine):
+        time.sleep(0.02)
     time.sleep(trial.at_s)
     trial.landed = _where(engine) if process.poll() is None else "after the end"
     server.restart()
@@ -339,7 +341,7 @@ def main() -> None:
         for number in range(args.trials + 1, args.trials + args.restarts + 1):
             folder = scratch / f"trial-{number}"
             folder.mkdir()
-            trial = restart_trial(Trial(number, "postgresql", "server restart", rng.uniform(2.0, reference_s * 0.8)),
+            trial = restart_trial(Trial(number, "postgresql", "server restart", rng.uniform(0.0, reference_s * 0.8)),
                                   server, folder, mlflow_template)
             trials.append(trial)
             print(trial, flush=True)
