@@ -143,5 +143,14 @@ def test_replay_against_a_labeled_pool(run_cli, rows, tmp_path):
     for curve in result["hits"] + result["random_hits"]:
         assert curve == sorted(curve) and curve[-1] <= min(40, result["hits_in_pool"])
     assert plot.stat().st_size > 0
+    # A campaign's config gives the objective and the model; options still override.
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text("name: c\ncandidates: {source: pool}\nobjective: ['heat_ref<1.0']\nbudget: 40\n"
+                        "model: {members: 1, epochs: 2}\nacquisition: {batch: 10}\n")
+    out = run_cli("replay", "--source", "pool", "--config", campaign, "--initial", "20", "--budget", "30",
+                  "--seeds", "1", "--device", "cpu", "--plot", plot, "--json").stdout
+    result = json.loads(out[out.index("{"):])
+    assert result["objective"] == "heat_ref<=1" and result["revealed"] == [20, 30]
+    run_cli("replay", "--source", "pool", expect=2)  # no objective anywhere
     run_cli("replay", "--source", "pool", "--objective", "heat_ref<<1", expect=2)
     run_cli("replay", "--source", "nowhere", "--objective", "heat_ref<1", expect=1)

@@ -269,37 +269,56 @@ def predict(
 @app.command()
 def replay(
     source: Annotated[str, typer.Option(help="Source label of the labeled pool.")],
-    objective: Annotated[list[str], typer.Option(help="Constraint, e.g. '1.5<=dir_gap<=3' (repeatable).")],
+    objective: Annotated[list[str] | None, typer.Option(
+        help="Constraint, e.g. '1.5<=dir_gap<=3' (repeatable; default: the --config campaign's).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Campaign YAML: its objective, model and batch size are the defaults of this replay.")] = None,
     initial: Annotated[int, typer.Option(help="Random structures revealed first.")] = 50,
-    batch: Annotated[int, typer.Option(help="Structures revealed per round.")] = 25,
+    batch: Annotated[int | None, typer.Option(help="Structures revealed per round [default: 25].")] = None,
     budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
     seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
-    arch: Annotated[str, typer.Option(help="Backbone of the ensembles.")] = "cgcnn",
-    members: Annotated[int, typer.Option(help="Ensemble members per target and round.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Most epochs per member.")] = 60,
-    patience: Annotated[int, typer.Option(help="Early stopping patience, epochs.")] = 10,
+    arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles [default: cgcnn].")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 3].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs per member [default: 60].")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience, epochs [default: 10].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     plot: Annotated[Path | None, typer.Option(help="Discovery-curve PNG (default: in WORKBENCH_HOME).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
     """Replay a campaign on a labeled pool (labels revealed as if computed), beside random."""
     from workbench.acquire.objective import ObjectiveError, parse_objective
+    from workbench.campaign.config import load_config
     from workbench.campaign.replay import ReplayConfig, discovery_plot
     from workbench.campaign.replay import replay as run_replay
 
     settings = Settings()
+    defaults = {"objective": None, "batch": 25, "arch": "cgcnn", "members": 3, "epochs": 60, "patience": 10}
+    if config is not None:
+        try:
+            campaign = load_config(config)
+        except InputError as error:
+            raise typer.BadParameter(str(error)) from None
+        defaults = {"objective": campaign.objective, "batch": campaign.acquisition.batch,
+                    "arch": campaign.model.architecture, "members": campaign.model.members,
+                    "epochs": campaign.model.epochs, "patience": campaign.model.patience}
+    objective = objective or defaults["objective"]
+    if not objective:
+        raise typer.BadParameter("give --objective or a --config campaign")
     try:
         parsed = parse_objective(objective)
     except ObjectiveError as error:
         raise typer.BadParameter(str(error)) from None
-    config = ReplayConfig(source=source, objective=parsed, initial=initial, batch=batch, budget=budget,
-                          seeds=seeds, architecture=arch, device=device,
-                          train=TrainConfig(members=members, epochs=epochs, patience=patience))
+    batch = batch or defaults["batch"]
+    replay_config = ReplayConfig(source=source, objective=parsed, initial=initial, batch=batch, budget=budget,
+                          seeds=seeds, architecture=arch or defaults["arch"], device=device,
+                          train=TrainConfig(members=members or defaults["members"],
+                                            epochs=epochs or defaults["epochs"],
+                                            patience=patience or defaults["patience"]))
     rounds = seeds * -(-(budget - initial) // batch)
     with _progress() as progress:
         task = progress.add_task("replay", total=rounds)
         try:
-            result = run_replay(_engine(settings), config, on_round=lambda seed, revealed, hits: progress.update(
+            result = run_replay(_engine(settings), replay_config, on_round=lambda seed, revealed, hits: progress.update(
                 task, advance=1, description=f"seed {seed}: {revealed} revealed, {hits} hits"))
         except ValueError as error:
             console.print(f"[red]{error}")
