@@ -1,6 +1,7 @@
 """The ``workbench`` command line."""
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -278,9 +279,9 @@ def replay(
     budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
     seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
     arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles [default: cgcnn].")] = None,
-    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 3].")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 2].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs per member [default: 60].")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience, epochs [default: 10].")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience, epochs [default: 15].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     plot: Annotated[Path | None, typer.Option(help="Discovery-curve PNG (default: in WORKBENCH_HOME).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
@@ -288,19 +289,18 @@ def replay(
     """Replay a campaign on a labeled pool (labels revealed as if computed), beside random."""
     from workbench.acquire.objective import ObjectiveError, parse_objective
     from workbench.campaign.config import load_config
-    from workbench.campaign.replay import ReplayConfig, discovery_plot
+    from workbench.campaign.replay import REPLAY_TRAINING, ReplayConfig, discovery_plot
     from workbench.campaign.replay import replay as run_replay
 
     settings = Settings()
-    defaults = {"objective": None, "batch": 25, "arch": "cgcnn", "members": 3, "epochs": 60, "patience": 10}
+    defaults = {"objective": None, "batch": 25, "arch": "cgcnn", "train": REPLAY_TRAINING}
     if config is not None:
         try:
             campaign = load_config(config)
         except InputError as error:
             raise typer.BadParameter(str(error)) from None
         defaults = {"objective": campaign.objective, "batch": campaign.acquisition.batch,
-                    "arch": campaign.model.architecture, "members": campaign.model.members,
-                    "epochs": campaign.model.epochs, "patience": campaign.model.patience}
+                    "arch": campaign.model.architecture, "train": campaign.model.train_config(seed=0)}
     objective = objective or defaults["objective"]
     if not objective:
         raise typer.BadParameter("give --objective or a --config campaign")
@@ -309,11 +309,11 @@ def replay(
     except ObjectiveError as error:
         raise typer.BadParameter(str(error)) from None
     batch = batch or defaults["batch"]
+    overrides = {name: value for name, value in (("members", members), ("epochs", epochs), ("patience", patience))
+                 if value}
     replay_config = ReplayConfig(source=source, objective=parsed, initial=initial, batch=batch, budget=budget,
-                          seeds=seeds, architecture=arch or defaults["arch"], device=device,
-                          train=TrainConfig(members=members or defaults["members"],
-                                            epochs=epochs or defaults["epochs"],
-                                            patience=patience or defaults["patience"]))
+                                 seeds=seeds, architecture=arch or defaults["arch"], device=device,
+                                 train=dataclasses.replace(defaults["train"], **overrides))
     rounds = seeds * -(-(budget - initial) // batch)
     with _progress() as progress:
         task = progress.add_task("replay", total=rounds)

@@ -1,10 +1,11 @@
 """Replay: a campaign run against a pool whose labels are known, before any DFT is spent.
 
 Per seed: reveal ``initial`` random structures; then, until ``budget`` structures are
-revealed, train an ensemble per objective target on what is revealed, score the rest by
-the probability of meeting the objective, and reveal the best ``batch`` as if DFT had
-computed them. Random selection runs beside it from the same initial set. A hit is a
-revealed structure whose true labels meet the objective.
+revealed, train an ensemble per objective target on what is revealed (its spread
+calibrated on a held-out tenth), score the rest by the probability of meeting the
+objective, and reveal the best ``batch`` as if DFT had computed them. Random selection
+runs beside it from the same initial set. A hit is a revealed structure whose true labels
+meet the objective.
 """
 
 from collections.abc import Callable
@@ -27,8 +28,13 @@ from workbench.store.schema import StructureSource, TargetDefinition, TargetKind
 from workbench.train.config import TrainConfig
 from workbench.train.ensemble import pick_device, train_ensemble
 
-# Share of the revealed structures each round holds out for early stopping.
+# Share of the revealed structures each round holds out for early stopping and for
+# calibrating the ensemble's spread.
 VALIDATION_FRACTION = 0.1
+# How the ensembles train on a few hundred labels: with 45 training structures, batches of
+# 64 meant one optimiser step per epoch; batches of 16 at a higher learning rate give the
+# members enough steps to learn from 50-400 labels.
+REPLAY_TRAINING = TrainConfig(members=2, epochs=60, patience=15, batch_size=16, learning_rate=3e-3)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class ReplayConfig:
     seeds: int = 5
     first_seed: int = 0
     architecture: str = "cgcnn"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(members=3, epochs=60, patience=10))
+    train: TrainConfig = REPLAY_TRAINING
     device: str = "auto"
 
 
