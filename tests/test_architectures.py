@@ -31,6 +31,7 @@ from workbench.structures.crystal import Crystal
 from workbench.train.config import TrainConfig
 from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import fit_spectrum_autoencoder, train_ensemble
+from workbench.train.pipeline import TrainRequest, evaluate
 
 # Whole neighbour shells, so that the graph itself does not depend on the order of atoms.
 FEATURIZER = Featurizer(GraphConfig(keep_ties=True))
@@ -310,6 +311,14 @@ def test_a_latent_spectrum_head_trains_in_two_stages_on_any_backbone(perovskites
         assert not any(parameter.requires_grad for parameter in member.head.decoder.parameters())
     mean, _ = ensemble.predict(validation)
     assert mean.shape == (4, BINS) and ((mean >= 0) & (mean <= autoencoder.scale)).all()
+    # The autoencoder stays with the ensemble, to report its reconstruction error alone.
+    assert torch.equal(ensemble.autoencoder(torch.cat([item.y for item in validation])),
+                       autoencoder(torch.cat([item.y for item in validation])))
+    metrics = evaluate(TargetKind.SPECTRUM, ensemble, train, validation, None,
+                       TrainRequest(target="dos", name="latent"), tmp_path)
+    reconstructed = autoencoder(torch.cat([item.y for item in validation]))
+    assert metrics["autoencoder_mae"] == pytest.approx(
+        (reconstructed - torch.cat([item.y for item in validation])).abs().mean().item())
 
     ensemble.members[0].save(tmp_path / "model.pt")
     batch = Batch.from_data_list(validation)

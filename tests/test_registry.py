@@ -11,8 +11,10 @@ from mlflow import MlflowClient
 from sqlalchemy import func, select
 
 from tests.conftest import perovskite_rows, write_csv
+from workbench.featurize import Featurizer
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
+from workbench.models import CrystalModel, ModelConfig
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.queries import run_read_only
@@ -45,6 +47,10 @@ def test_train_register_predict_and_load_the_champion(engine, settings, rows, tm
     first = train_and_register(engine, settings, request)
     assert (first.registry_version, sorted(first.aliases)) == (1, ["challenger", "champion"])
     assert {"mae", "rmse", "coverage_2std", "baseline_mean.mae", "baseline_composition.mae"} <= set(first.metrics)
+    # What a member costs: its parameters and training seconds per epoch.
+    assert first.metrics["parameters"] == sum(p.numel() for p in CrystalModel(
+        ModelConfig("cgcnn", "scalar", "heat_ref", Featurizer().key, head_options={"pooling": "sum"})).parameters())
+    assert first.metrics["seconds_per_epoch"] > 0
     second = train_and_register(engine, settings, request)
     assert (second.registry_version, second.aliases) == (2, ["challenger"])
 

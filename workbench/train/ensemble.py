@@ -66,14 +66,20 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
 
 class Ensemble:
     """Members that share a config and target scaling; predicts mean and std (the members'
-    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`)."""
+    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`).
 
-    def __init__(self, members: list[CrystalModel], std_scale: float = 1.0):
+    ``autoencoder``: for a latent spectrum head, the autoencoder whose decoder the members
+    carry, kept after training to measure its reconstruction error alone (not saved: the
+    members hold all they need to predict)."""
+
+    def __init__(self, members: list[CrystalModel], std_scale: float = 1.0,
+                 autoencoder: DOSAutoencoder | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
         self.std_scale = std_scale
+        self.autoencoder = autoencoder
 
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -168,7 +174,7 @@ def train_ensemble(
         histories.append(history)
     if executor is not None:
         members, histories = (list(part) for part in zip(*(future.result() for future in members), strict=True))
-    ensemble = Ensemble(members)
+    ensemble = Ensemble(members, autoencoder=autoencoder)
     if calibrate and validation:
         ensemble.calibrate(validation, device=device)
     return ensemble, histories

@@ -33,6 +33,7 @@ from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import (
     Ensemble,
     EpochCallback,
+    MemberHistory,
     TrainConfig,
     pick_device,
     train_ensemble,
@@ -128,6 +129,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
                                    step=epoch)
             mlflow.log_metric(f"member{member}.seconds_per_epoch", history.seconds / max(len(history.train_loss), 1))
         metrics = evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir) if test else {}
+        metrics |= cost_metrics(ensemble, histories)
         mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)})
         for figure in workdir.glob("*.png"):
             mlflow.log_artifact(str(figure), artifact_path="plots")
@@ -180,6 +182,10 @@ def evaluate(kind: TargetKind, ensemble: Ensemble, train: list, test: list, grid
         y = np.concatenate([item.y.numpy() for item in test])
         baselines = {"mean_spectrum": MeanBaseline().fit([item.y.numpy()[0] for item in train]).predict(len(y))}
         metrics = spectrum_metrics(y, mean, std, grid)
+        if ensemble.autoencoder is not None:
+            with torch.no_grad():
+                reconstructed = ensemble.autoencoder(torch.as_tensor(y)).numpy()
+            metrics["autoencoder_mae"] = float(np.mean(np.abs(reconstructed - y)))
         spectrum_overlays(y, mean, std, workdir / "spectra.png", title=title, energies=grid)
     else:
         y = np.concatenate([item.y.numpy() for item in test])
@@ -194,6 +200,13 @@ def evaluate(kind: TargetKind, ensemble: Ensemble, train: list, test: list, grid
     for name, prediction in baselines.items():
         metrics[f"baseline_{name}.mae"] = float(np.mean(np.abs(prediction - y)))
     return metrics
+
+
+def cost_metrics(ensemble: Ensemble, histories: list[MemberHistory]) -> dict[str, float]:
+    """Parameters of one member and training seconds per epoch, averaged over members."""
+    epochs = [history.seconds / len(history.train_loss) for history in histories if history.train_loss]
+    return {"parameters": float(sum(parameter.numel() for parameter in ensemble.members[0].parameters())),
+            "seconds_per_epoch": float(np.mean(epochs)) if epochs else float("nan")}
 
 
 def featurizer_of(engine: Engine, key: str) -> Featurizer:
