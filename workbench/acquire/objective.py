@@ -17,12 +17,12 @@ _LESS = r"<=?"
 _GREATER = r">=?"
 _PATTERNS = (
     # 1.5 <= gap <= 3   and   3 >= gap >= 1.5
-    (re.compile(rf"^\s*(?P<low>{_NUMBER})\s*{_LESS}\s*(?P<name>{_NAME})\s*{_LESS}\s*(?P<high>{_NUMBER})\s*$"), False),
-    (re.compile(rf"^\s*(?P<high>{_NUMBER})\s*{_GREATER}\s*(?P<name>{_NAME})\s*{_GREATER}\s*(?P<low>{_NUMBER})\s*$"), False),
-    (re.compile(rf"^\s*(?P<name>{_NAME})\s*{_LESS}\s*(?P<high>{_NUMBER})\s*$"), False),
-    (re.compile(rf"^\s*(?P<name>{_NAME})\s*{_GREATER}\s*(?P<low>{_NUMBER})\s*$"), False),
-    (re.compile(rf"^\s*(?P<low>{_NUMBER})\s*{_LESS}\s*(?P<name>{_NAME})\s*$"), False),
-    (re.compile(rf"^\s*(?P<high>{_NUMBER})\s*{_GREATER}\s*(?P<name>{_NAME})\s*$"), False),
+    re.compile(rf"^\s*(?P<low>{_NUMBER})\s*{_LESS}\s*(?P<name>{_NAME})\s*{_LESS}\s*(?P<high>{_NUMBER})\s*$"),
+    re.compile(rf"^\s*(?P<high>{_NUMBER})\s*{_GREATER}\s*(?P<name>{_NAME})\s*{_GREATER}\s*(?P<low>{_NUMBER})\s*$"),
+    re.compile(rf"^\s*(?P<name>{_NAME})\s*{_LESS}\s*(?P<high>{_NUMBER})\s*$"),
+    re.compile(rf"^\s*(?P<name>{_NAME})\s*{_GREATER}\s*(?P<low>{_NUMBER})\s*$"),
+    re.compile(rf"^\s*(?P<low>{_NUMBER})\s*{_LESS}\s*(?P<name>{_NAME})\s*$"),
+    re.compile(rf"^\s*(?P<high>{_NUMBER})\s*{_GREATER}\s*(?P<name>{_NAME})\s*$"),
 )
 
 
@@ -68,7 +68,7 @@ class Objective:
 
 
 def parse_constraint(text: str) -> Constraint:
-    for pattern, _ in _PATTERNS:
+    for pattern in _PATTERNS:
         match = pattern.match(text)
         if match:
             parts = match.groupdict()
