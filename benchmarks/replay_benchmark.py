@@ -9,6 +9,8 @@ lowest 1 % of ``heat_ref`` (``heat_ref<=q``, q its 1 % quantile in the pool: 38 
 seed, 50 random structures are revealed, then batches of 25 chosen by the replay's
 defaults (``ReplayConfig``) until 400 are revealed. Seeds run in ``--processes`` worker
 processes (one torch thread each); ``--first-seed`` picks other seeds (100 for tuning).
+``--only gap|heat`` re-runs one objective and keeps the other's latest run from the JSON
+beside ``--out``; ``--render`` only rewrites the markdown and plots from that JSON.
 """
 
 import argparse
@@ -50,36 +52,62 @@ def run_seeds(database_url: str, objective: list[str], first_seed: int, seeds: i
     return replay(make_engine(database_url), replay_config(objective, first_seed, seeds, args)).to_dict()
 
 
-def run_objective(url: str, objective: list[str], args):
-    """Both strategies for ``objective`` on every seed, split over the worker processes."""
+def run_objective(objective: list[str], args) -> dict:
+    """Both strategies for ``objective`` on every seed, split over the worker processes, on
+    the pool imported into a fresh store; the result with the run's settings."""
     import numpy as np
 
     from workbench.campaign.replay import ReplayResult
 
-    shares = np.array_split(np.arange(args.first_seed, args.first_seed + args.seeds), args.processes)
-    options = [f"--{name}={getattr(args, name)}" for name in
-               ("initial", "batch", "budget", "members", "epochs", "patience") if getattr(args, name)]
-    workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, json.dumps(objective), str(share[0]),
-                                 str(len(share)), *options], cwd=REPO, stdout=subprocess.PIPE, text=True)
-               for share in shares if len(share)]
-    parts = [json.loads(worker.communicate()[0].strip().splitlines()[-1]) for worker in workers]
-    return ReplayResult(parts[0]["objective"], parts[0]["pool"], parts[0]["hits_in_pool"], parts[0]["revealed"],
-                        [curve for part in parts for curve in part["hits"]],
-                        [curve for part in parts for curve in part["random_hits"]])
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        url = f"sqlite:///{scratch}/store.db"
+        environment = os.environ | {"WORKBENCH_DATABASE_URL": url, "WORKBENCH_HOME": scratch}
+        workbench = str(Path(sys.executable).parent / "workbench")
+        for command in ([workbench, "init"],
+                        [workbench, "import", str(POOL), "--source", "perov5", "--target", "dir_gap=dir_gap",
+                         "--target", "heat_ref=heat_ref"],
+                        [workbench, "featurize"]):
+            subprocess.run(command, env=environment, check=True, capture_output=True)
+        shares = np.array_split(np.arange(args.first_seed, args.first_seed + args.seeds), args.processes)
+        options = [f"--{name}={getattr(args, name)}" for name in
+                   ("initial", "batch", "budget", "members", "epochs", "patience") if getattr(args, name)]
+        workers = [subprocess.Popen([sys.executable, __file__, "--worker", url, json.dumps(objective),
+                                     str(share[0]), str(len(share)), *options],
+                                    cwd=REPO, stdout=subprocess.PIPE, text=True)
+                   for share in shares if len(share)]
+        parts = [json.loads(worker.communicate()[0].strip().splitlines()[-1]) for worker in workers]
+    result = ReplayResult(parts[0]["objective"], parts[0]["pool"], parts[0]["hits_in_pool"], parts[0]["revealed"],
+                          [curve for part in parts for curve in part["hits"]],
+                          [curve for part in parts for curve in part["random_hits"]])
+    config = replay_config(objective, args.first_seed, args.seeds, args)
+    return result.to_dict() | {
+        "minutes": (time.perf_counter() - started) / 60, "first_seed": args.first_seed,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.processes} worker processes "
+                   "with one torch thread each",
+        "settings": {"initial": args.initial, "batch": args.batch, "budget": args.budget,
+                     "architecture": config.architecture, "members": config.train.members,
+                     "epochs": config.train.epochs, "patience": config.train.patience,
+                     "batch_size": config.train.batch_size, "learning_rate": config.train.learning_rate}}
 
 
-def section(title: str, result, plot: Path, args) -> list[str]:
+def section(title: str, result, record: dict, plot: Path) -> list[str]:
     import numpy as np
 
     hits, random_hits = result.hits_at_budget, result.random_hits_at_budget
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    settings, budget = record["settings"], record["settings"]["budget"]
+    seeds = range(record["first_seed"], record["first_seed"] + len(hits))
     lines = [f"## {title}: `{result.objective}`", "",
-             f"{result.hits_in_pool} of the {result.pool} structures are hits.", "",
-             f"| seed | campaign hits at {args.budget} | random hits at {args.budget} |", "|---:|---:|---:|"]
+             (f"{result.hits_in_pool} of the {result.pool} structures are hits. Start {settings['initial']} random, "
+              f"batches of {settings['batch']}, budget {budget}; {settings['architecture'].upper()} ensembles of "
+              f"{settings['members']} per target, at most {settings['epochs']} epochs (patience "
+              f"{settings['patience']}), batches of {settings['batch_size']} at learning rate "
+              f"{settings['learning_rate']:g}. {record['machine']}; {record['minutes']:.0f} min."), "",
+             f"| seed | campaign hits at {budget} | random hits at {budget} |", "|---:|---:|---:|"]
     lines += [f"| {seed} | {h} | {r} |" for seed, h, r in zip(seeds, hits, random_hits, strict=True)]
     lines += [f"| median | {np.median(hits):g} | {np.median(random_hits):g} |", "",
-              (f"Expected for random: {args.budget} × {result.hits_in_pool} / {result.pool} = "
-               f"{args.budget * result.hits_in_pool / result.pool:.1f}."), "",
+              (f"Expected for random: {budget} × {result.hits_in_pool} / {result.pool} = "
+               f"{budget * result.hits_in_pool / result.pool:.1f}."), "",
               "Hits after each batch (median over seeds):", "",
               "| revealed | " + " | ".join(str(count) for count in result.revealed) + " |",
               "|---|" + "---:|" * len(result.revealed),
@@ -94,7 +122,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--only", choices=["gap", "heat"], help="run one of the two objectives")
+    parser.add_argument("--only", choices=["gap", "heat"],
+                        help="run one of the two objectives; the other's latest run stays in --out")
+    parser.add_argument("--render", action="store_true", help="only write the markdown and plots from the JSON")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--initial", type=int, default=50)
     parser.add_argument("--batch", type=int, default=25)
@@ -113,55 +143,36 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    from workbench.campaign.replay import discovery_plot
+    from workbench.campaign.replay import ReplayResult, discovery_plot
 
-    started = time.perf_counter()
     quantile = float(np.quantile(pd.read_csv(POOL)["heat_ref"], HEAT_QUANTILE))
     objectives = {"gap": ("Band gap window and stability", GAP_OBJECTIVE),
                   "heat": ("Lowest 1 % of heat_ref", [f"heat_ref<={quantile:.4f}"])}
-    if args.only:
-        objectives = {args.only: objectives[args.only]}
-    results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        url = f"sqlite:///{scratch}/store.db"
-        environment = os.environ | {"WORKBENCH_DATABASE_URL": url, "WORKBENCH_HOME": scratch}
-        workbench = str(Path(sys.executable).parent / "workbench")
-        for command in ([workbench, "init"],
-                        [workbench, "import", str(POOL), "--source", "perov5", "--target", "dir_gap=dir_gap",
-                         "--target", "heat_ref=heat_ref"],
-                        [workbench, "featurize"]):
-            subprocess.run(command, env=environment, check=True, capture_output=True)
-        for key, (_, objective) in objectives.items():
-            results[key] = run_objective(url, objective, args)
-    minutes = (time.perf_counter() - started) / 60
-
-    config = replay_config(GAP_OBJECTIVE, args.first_seed, args.seeds, args)
-    train = config.train
     out = args.out or REPO / "benchmarks" / "replay.md"
-    lines = [
-        "# Replay: a campaign against random selection on a real labeled pool",
-        "",
-        (f"`benchmarks/replay_benchmark.py` on {platform.machine()} ({os.cpu_count()} cores, "
-         f"{args.processes} worker processes with one torch thread each), {minutes:.0f} min in all. "
-         f"Pool: perov5 labeled_val, {next(iter(results.values())).pool} structures. Seeds {args.first_seed} to "
-         f"{args.first_seed + args.seeds - 1}. Start {args.initial} random, batches of {args.batch}, "
-         f"budget {args.budget}; {config.architecture.upper()} ensembles of {train.members} per target, "
-         f"at most {train.epochs} epochs (patience {train.patience}), batches of {train.batch_size} at "
-         f"learning rate {train.learning_rate:g}, retrained every round, spread calibrated on the held-out "
-         "tenth; acquisition: probability of meeting the objective, top of batch."),
-        "",
-    ]
-    for key, (title, _) in objectives.items():
+    record_path = out.with_suffix(".json")
+    # With --only, the other objective's latest run stays in the record.
+    records = json.loads(record_path.read_text()) if (args.only or args.render) and record_path.exists() else {}
+    runs = [] if args.render else [args.only] if args.only else list(objectives)
+    for key in runs:
+        records[key] = run_objective(objectives[key][1], args)
+
+    lines = ["# Replay: a campaign against random selection on a real labeled pool", "",
+             (f"`benchmarks/replay_benchmark.py` (raw numbers: [{record_path.name}]({record_path.name})). "
+              "Pool: perov5 labeled_val. Per seed, random structures first, then batches chosen by the "
+              "probability of meeting the objective under ensembles (one per target) retrained every round, "
+              "their spread calibrated on a held-out tenth; random selection from the same start beside it."),
+             ""]
+    for key in (key for key in objectives if key in records):
+        record = records[key]
+        result = ReplayResult(record["objective"], record["pool"], record["hits_in_pool"], record["revealed"],
+                              record["hits"], record["random_hits"])
         plot = out.with_name(f"{out.stem}{'' if key == 'gap' else '-' + key}.png")
-        discovery_plot(results[key], plot)
-        lines += section(title, results[key], plot, args)
+        discovery_plot(result, plot)
+        lines += section(objectives[key][0], result, record, plot)
     table = "\n".join(lines)
     print(table)
-    if args.out:
-        args.out.write_text(table)
-        args.out.with_suffix(".json").write_text(json.dumps({key: result.to_dict() for key, result in results.items()},
-                                                            indent=1))
-
+    out.write_text(table)
+    record_path.write_text(json.dumps(records, indent=1))
 
 if __name__ == "__main__":
     main()

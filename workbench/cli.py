@@ -279,7 +279,7 @@ def replay(
     budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
     seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
     arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles [default: cgcnn].")] = None,
-    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 2].")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 3].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Most epochs per member [default: 60].")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience, epochs [default: 15].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
