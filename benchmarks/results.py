@@ -265,7 +265,10 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         "",
         ("Produced by `benchmarks/results.py` (raw numbers: [results.json](results.json)); each "
          "section says when and where its runs were made. Models not listed for a data set have "
-         "not been run on it yet; the command is `benchmarks/results.py --only DATA_SET --models MODEL`."),
+         "not been run on it yet; the command is `benchmarks/results.py --only DATA_SET --models MODEL`. "
+         "Seconds per epoch are wall times of training runs that may have shared the machine with "
+         "other jobs; the like-for-like throughput comparison is "
+         "[benchmarks/architectures.md](../benchmarks/architectures.md)."),
         "",
         "Models:",
         "",
@@ -332,6 +335,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="data sets to run (default: all)")
     parser.add_argument("--models", nargs="*", default=["cgcnn"], choices=sorted(MODELS),
                         help="models to run on each data set they apply to")
+    parser.add_argument("--render", action="store_true", help="only write the markdown from the JSON")
     args = parser.parse_args()
     out = args.out or (REPO / ".workbench" / "results-quick.md" if args.quick else REPO / "docs" / "results.md")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -345,6 +349,9 @@ def main() -> None:
         out.write_text(render(runs, data_sets) + "\n")
         print(f"wrote {out}", flush=True)
 
+    if args.render:
+        out.write_text(render(runs, data_sets) + "\n")
+        return
     with ProcessPoolExecutor(2) as executor:
         for name in args.only or data_sets:
             data_set = data_sets[name]
