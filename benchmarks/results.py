@@ -200,6 +200,7 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
         with engine.connect() as connection:
             structures = connection.exec_driver_sql("SELECT count(*) FROM target_values").scalar_one()
         train = replace(data_set.train, epochs=4) if quick else data_set.train
+        commit = git_commit()  # of the code that runs, even if HEAD moves meanwhile
         for model in models:
             started = time.perf_counter()
             featurizer = model.featurizer()
@@ -222,7 +223,7 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                 "structures": structures, "import_note": import_note, "seeds": seeds,
                 "train": {key: value for key, value in asdict(train).items() if key != "seed"},
                 "featurize_minutes": featurized / 60, "minutes": (time.perf_counter() - started) / 60,
-                "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "machine": machine(), "quick": quick,
             })
         engine.dispose()
