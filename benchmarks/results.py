@@ -207,6 +207,10 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
             featurize_structures(engine, featurizer, executor=executor)
             featurized = time.perf_counter() - started
             seeds = []
+            run = {"data_set": data_set.name, "model": model.name, "target": data_set.target,
+                   "structures": structures, "import_note": import_note, "seeds": seeds,
+                   "train": {key: value for key, value in asdict(train).items() if key != "seed"},
+                   "featurize_minutes": featurized / 60, "commit": commit, "machine": machine(), "quick": quick}
             for seed in SEEDS:
                 request = TrainRequest(target=data_set.target, name=f"{data_set.name}-{model.name}-{seed}",
                                        train=replace(train, seed=seed), architecture=model.architecture,
@@ -218,14 +222,10 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                 seeds.append(metrics)
                 print(f"{data_set.name} {model.name} seed {seed}: " + ", ".join(
                     f"{key}={metrics[key]:.4g}" for key in PROGRESS_METRICS if key in metrics), flush=True)
-            record(f"{data_set.name}/{model.name}", {
-                "data_set": data_set.name, "model": model.name, "target": data_set.target,
-                "structures": structures, "import_note": import_note, "seeds": seeds,
-                "train": {key: value for key, value in asdict(train).items() if key != "seed"},
-                "featurize_minutes": featurized / 60, "minutes": (time.perf_counter() - started) / 60,
-                "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "machine": machine(), "quick": quick,
-            })
+                # Recorded after every seed, so a run stopped early keeps the seeds it finished.
+                record(f"{data_set.name}/{model.name}", run | {
+                    "minutes": (time.perf_counter() - started) / 60,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         engine.dispose()
 
 
@@ -244,12 +244,18 @@ def summary(values: list[float | None], digits: int = 4) -> str:
     if not values:
         return "–"
     mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}g} ± {spread:.2g}"
+    if len(values) == 1:
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {statistics.stdev(values):.2g}"
 
 
 def column(run: dict, key: str) -> list[float | None]:
     return [seed.get(key) for seed in run["seeds"]]
+
+
+def seed_count(run: dict) -> str:
+    """A note on a run stopped before all its seeds were trained."""
+    return "" if len(run["seeds"]) == len(SEEDS) else f" ({len(run['seeds'])} of {len(SEEDS)} seeds)"
 
 
 def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
@@ -260,7 +266,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
          "(`import_file` → `featurize_structures` → `train_and_register`), on the same deduplicated "
          "splits per seed (20 % test, 10 % validation for early stopping and for calibrating the "
          "ensemble's spread, the rest training). Mean ± standard deviation over "
-         f"{len(SEEDS)} seeds (split and training). Test-split metrics; coverage is the share of "
+         f"{len(SEEDS)} seeds (split and training; fewer where a row says so). Test-split metrics; coverage is the share of "
          "test values within 2 calibrated standard deviations (0.95 if the spread were exact Gaussian "
          "errors); ρ is the Spearman correlation between error and predicted std."),
         "",
@@ -287,12 +293,12 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
                    f"ensembles of {train['members']}, at most {train['epochs']} epochs (patience "
                    f"{train['patience']}), batches of {train['batch_size']}."), ""]
         published, reference = data_set.published or ({}, "")
-        header = "| model | MAE | coverage 2σ | ρ(error, std) | parameters | s / epoch | minutes (3 seeds) |"
+        header = "| model | MAE | coverage 2σ | ρ(error, std) | parameters | s / epoch | minutes (all seeds) |"
         if published:
             header += " published MAE |"
         lines += [header, "|---" + "|---:" * (header.count("|") - 2) + "|"]
         for run in entries:
-            cells = [f"`{run['model']}`", summary(column(run, "mae")), summary(column(run, "coverage_2std"), 2),
+            cells = [f"`{run['model']}`{seed_count(run)}", summary(column(run, "mae")), summary(column(run, "coverage_2std"), 2),
                      summary(column(run, "spearman_error_std"), 2),
                      f"{statistics.fmean(column(run, 'parameters')):,.0f}",
                      summary(column(run, "seconds_per_epoch"), 2), f"{run['minutes']:.1f}"]
@@ -317,9 +323,9 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         for run in entries:
             # Per-element rows only for elements in every seed's test split.
             metrics = sorted(set.intersection(*(set(seed) for seed in run["seeds"])))
-            lines += [f"### {data_set.name}, `{run['model']}`", "",
+            lines += [f"### {data_set.name}, `{run['model']}`{seed_count(run)}", "",
                       (f"Commit {run['commit']}, {run['date']}, {run['machine']}; {run['minutes']:.1f} min "
-                       f"for the three seeds ({run['featurize_minutes']:.1f} min featurizing)"
+                       f"for {len(run['seeds'])} seed(s) ({run['featurize_minutes']:.1f} min featurizing)"
                        f"{'; quick smoke run' if run['quick'] else ''}."), "",
                       "| metric | value |", "|---|---:|"]
             lines += [f"| {key} | {summary(column(run, key))} |" for key in metrics]
