@@ -312,6 +312,10 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         lines.append("")
         if reference:
             lines += [reference, ""]
+        parameters = {run["model"]: statistics.fmean(column(run, "parameters")) for run in entries}
+        if {"ocrystalnet", "alignn"} <= parameters.keys():
+            ratio = parameters["ocrystalnet"] / parameters["alignn"]
+            lines += [f"Here OCrystalNet has {ratio:.2f} of ALIGNN's parameters.", ""]
         autoencoded = [run for run in entries if "autoencoder_mae" in run["seeds"][0]]
         if autoencoded:
             lines += [("Autoencoder alone (reconstructing the test spectra) and end to end (the model's "
