@@ -311,6 +311,10 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             lines.append(f"| {name} (baseline) | {summary(column(first, key))} |" + " |" * (header.count("|") - 3))
         lines.append("")
         if reference:
+            missing = sorted(published.keys() - {run["model"] for run in entries})
+            if missing:
+                reference += (f" Not run here yet: {', '.join(missing)} (for training cost see "
+                              "[benchmarks/architectures.md](../benchmarks/architectures.md)).")
             lines += [reference, ""]
         parameters = {run["model"]: statistics.fmean(column(run, "parameters")) for run in entries}
         if {"ocrystalnet", "alignn"} <= parameters.keys():
