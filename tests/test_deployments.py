@@ -8,6 +8,7 @@ Prefect server and an MLflow server on their own PostgreSQL databases, the store
 PostgreSQL)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from workbench.store.schema import Acquisition, AcquisitionStatus, Campaign
 
 BIN = Path(sys.executable).parent
 SERVER_START_S = 120
+STOP_GRACE_S = 30
 
 
 def _free_port() -> int:
@@ -57,10 +59,16 @@ def _start(command: list[str], environment: dict, health_url: str, log: Path) ->
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """Terminate, then kill the session of any process that has not exited after a grace
+    period: on a loaded machine a Prefect worker can take longer than that to shut down."""
     for process in processes:
         process.terminate()
     for process in processes:
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @pytest.fixture
@@ -120,8 +128,7 @@ def test_campaign_deployment_runs_through_server_and_worker(services, engine, al
         output = _prefect(environment, "deployment", "run", "campaign/local", "-p", f"config={config}",
                           "--watch", "--watch-timeout", "600", timeout=660)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        _stop([worker])
     assert "Completed" in output
     with session_scope(engine) as session:
         assert session.scalar(select(Campaign.status).where(Campaign.name == "deployed")) == "finished"
