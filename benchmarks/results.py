@@ -358,14 +358,17 @@ def main() -> None:
     runs = json.loads(record_path.read_text()) if record_path.exists() else {}
     data_sets = {data_set.name: data_set for data_set in DATA_SETS}
 
-    def record(key: str, run: dict) -> None:
-        runs[key] = run
-        record_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+    def write_page() -> None:
         out.write_text(render(runs, data_sets) + "\n")
         print(f"wrote {out}", flush=True)
 
+    def record(key: str, run: dict) -> None:
+        runs[key] = run
+        record_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+        write_page()
+
     if args.render:
-        out.write_text(render(runs, data_sets) + "\n")
+        write_page()
         return
     with ProcessPoolExecutor(2) as executor:
         for name in args.only or data_sets:
