@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/results.py [--models cgcnn schnet ...] [--only perovskites ...] [--quick]
+    .venv/bin/python benchmarks/results.py [--models cgcnn schnet ...] [--only perovskites ...] [--quick] [--resume]
 
 Each data set is imported once into a fresh SQLite store with ``import_file``; then, for
 each model, featurized with the model's featurizer and trained with ``train_and_register``
@@ -12,8 +12,9 @@ three split and training seeds. Reported: test metrics of the ensemble and of th
 baselines, the ensemble's uncertainty quality, parameters of one member and training
 seconds per epoch.
 
-Every finished (data set, model) pair is merged into ``docs/results.json`` at once
-(replacing an earlier run of the same pair), and ``docs/results.md`` is rendered from all
+Every finished seed of a (data set, model) pair is merged into ``docs/results.json`` at
+once (replacing an earlier run of the same pair; with ``--resume``, a pair recorded with
+fewer than three seeds trains only the missing ones), and ``docs/results.md`` is rendered from all
 of it, so data sets and models can be run in separate sittings.
 
 - perovskites, ``heat_ref`` (eV per cell, sum pooling): ../shared/data/perov5/labeled_val.csv
@@ -188,8 +189,12 @@ DATA_SETS = (
 
 
 def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: ProcessPoolExecutor,
-                 record: Callable[[str, dict], None]) -> None:
-    """Import ``data_set`` once, then train every model on it, recording each as it ends."""
+                 record: Callable[[str, dict], None], resumed: dict[str, dict]) -> None:
+    """Import ``data_set`` once, then train every model on it, recording each seed as it ends.
+
+    A pair in ``resumed`` (key ``"<data set>/<model>"``) keeps its recorded seeds and trains
+    only the ones it lacks; splits depend on the seed alone, so they are the same ones.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         settings = Settings(home=workdir / "home", database_url=f"sqlite:///{workdir / 'store.db'}",
@@ -206,12 +211,25 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
             featurizer = model.featurizer()
             featurize_structures(engine, featurizer, executor=executor)
             featurized = time.perf_counter() - started
-            seeds = []
+            pair = f"{data_set.name}/{model.name}"
             run = {"data_set": data_set.name, "model": model.name, "target": data_set.target,
-                   "structures": structures, "import_note": import_note, "seeds": seeds,
+                   "structures": structures, "import_note": import_note, "seeds": [],
                    "train": {key: value for key, value in asdict(train).items() if key != "seed"},
                    "featurize_minutes": featurized / 60, "commit": commit, "machine": machine(), "quick": quick}
-            for seed in SEEDS:
+            earlier_minutes = 0.0
+            if pair in resumed:
+                earlier = resumed[pair]
+                for field in ("structures", "train", "quick"):
+                    if earlier[field] != run[field]:
+                        raise SystemExit(f"--resume {pair}: the recorded run has {field} {earlier[field]!r}, "
+                                         f"this one {run[field]!r}; run it afresh without --resume")
+                done = len(earlier["seeds"])
+                run |= {"seeds": list(earlier["seeds"]), "featurize_minutes": earlier["featurize_minutes"] + featurized / 60,
+                        "commit": earlier["commit"] if earlier["commit"] == commit
+                        else f"{earlier['commit']} (seeds {SEEDS[0]}–{SEEDS[done - 1]}), {commit} (the rest)"}
+                earlier_minutes = earlier["minutes"]
+            seeds = run["seeds"]
+            for seed in SEEDS[len(seeds):]:
                 request = TrainRequest(target=data_set.target, name=f"{data_set.name}-{model.name}-{seed}",
                                        train=replace(train, seed=seed), architecture=model.architecture,
                                        featurizer=featurizer, pooling=data_set.pooling,
@@ -223,8 +241,8 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                 print(f"{data_set.name} {model.name} seed {seed}: " + ", ".join(
                     f"{key}={metrics[key]:.4g}" for key in PROGRESS_METRICS if key in metrics), flush=True)
                 # Recorded after every seed, so a run stopped early keeps the seeds it finished.
-                record(f"{data_set.name}/{model.name}", run | {
-                    "minutes": (time.perf_counter() - started) / 60,
+                record(pair, run | {
+                    "minutes": earlier_minutes + (time.perf_counter() - started) / 60,
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         engine.dispose()
 
@@ -272,7 +290,8 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         "",
         ("Produced by `benchmarks/results.py` (raw numbers: [results.json](results.json)); each "
          "section says when and where its runs were made. Models not listed for a data set have "
-         "not been run on it yet; the command is `benchmarks/results.py --only DATA_SET --models MODEL`. "
+         "not been run on it yet; the command is `benchmarks/results.py --only DATA_SET --models MODEL`, "
+         "and `--resume` trains the seeds a row lacks. "
          "Seconds per epoch are wall times of training runs that may have shared the machine with "
          "other jobs; the like-for-like throughput comparison is "
          "[benchmarks/architectures.md](../benchmarks/architectures.md)."),
@@ -351,6 +370,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["cgcnn"], choices=sorted(MODELS),
                         help="models to run on each data set they apply to")
     parser.add_argument("--render", action="store_true", help="only write the markdown from the JSON")
+    parser.add_argument("--resume", action="store_true",
+                        help="train only the seeds a pair recorded in the JSON lacks (same settings required)")
     args = parser.parse_args()
     out = args.out or (REPO / ".workbench" / "results-quick.md" if args.quick else REPO / "docs" / "results.md")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +396,8 @@ def main() -> None:
             data_set = data_sets[name]
             models = [MODELS[name] for name in args.models if data_set.kind in MODELS[name].kinds]
             if models:
-                run_data_set(data_set, models, args.quick, executor, record)
+                resumed = {key: run for key, run in runs.items() if args.resume and len(run["seeds"]) < len(SEEDS)}
+                run_data_set(data_set, models, args.quick, executor, record, resumed)
 
 
 if __name__ == "__main__":
