@@ -216,7 +216,7 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                    "structures": structures, "import_note": import_note, "seeds": [],
                    "train": {key: value for key, value in asdict(train).items() if key != "seed"},
                    "featurize_minutes": featurized / 60, "commit": commit, "machine": machine(), "quick": quick}
-            earlier_minutes = 0.0
+            earlier_minutes, earlier_commit, done = 0.0, commit, 0
             if pair in resumed:
                 earlier = resumed[pair]
                 for field in ("structures", "train", "quick"):
@@ -224,10 +224,8 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                         raise SystemExit(f"--resume {pair}: the recorded run has {field} {earlier[field]!r}, "
                                          f"this one {run[field]!r}; run it afresh without --resume")
                 done = len(earlier["seeds"])
-                run |= {"seeds": list(earlier["seeds"]), "featurize_minutes": earlier["featurize_minutes"] + featurized / 60,
-                        "commit": earlier["commit"] if earlier["commit"] == commit
-                        else f"{earlier['commit']} (seeds {SEEDS[0]}–{SEEDS[done - 1]}), {commit} (the rest)"}
-                earlier_minutes = earlier["minutes"]
+                run |= {"seeds": list(earlier["seeds"]), "featurize_minutes": earlier["featurize_minutes"] + featurized / 60}
+                earlier_minutes, earlier_commit = earlier["minutes"], earlier["commit"]
             seeds = run["seeds"]
             for seed in SEEDS[len(seeds):]:
                 request = TrainRequest(target=data_set.target, name=f"{data_set.name}-{model.name}-{seed}",
@@ -242,9 +240,15 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                     f"{key}={metrics[key]:.4g}" for key in PROGRESS_METRICS if key in metrics), flush=True)
                 # Recorded after every seed, so a run stopped early keeps the seeds it finished.
                 record(pair, run | {
+                    "commit": commit if earlier_commit == commit else (
+                        f"{earlier_commit} ({seed_range(SEEDS[:done])}), {commit} ({seed_range(SEEDS[done:len(seeds)])})"),
                     "minutes": earlier_minutes + (time.perf_counter() - started) / 60,
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         engine.dispose()
+
+
+def seed_range(seeds: tuple[int, ...]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
 
 
 def git_commit() -> str:
