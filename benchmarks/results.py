@@ -395,12 +395,12 @@ def main() -> None:
     if args.render:
         write_page()
         return
+    resumed = {key: run for key, run in runs.items() if args.resume and len(run["seeds"]) < len(SEEDS)}
     with ProcessPoolExecutor(2) as executor:
         for name in args.only or data_sets:
             data_set = data_sets[name]
             models = [MODELS[name] for name in args.models if data_set.kind in MODELS[name].kinds]
             if models:
-                resumed = {key: run for key, run in runs.items() if args.resume and len(run["seeds"]) < len(SEEDS)}
                 run_data_set(data_set, models, args.quick, executor, record, resumed)
 
 
