@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/results.py [--models cgcnn schnet ...] [--only perovskites ...] [--quick] [--resume]
+    .venv/bin/python benchmarks/results.py [--models cgcnn schnet ...] [--only perovskites ...] [--quick]
+        [--resume] [--seeds 0 1 2]
 
 Each data set is imported once into a fresh SQLite store with ``import_file``; then, for
 each model, featurized with the model's featurizer and trained with ``train_and_register``
@@ -13,9 +14,11 @@ baselines, the ensemble's uncertainty quality, parameters of one member and trai
 seconds per epoch.
 
 Every finished seed of a (data set, model) pair is merged into ``docs/results.json`` at
-once (replacing an earlier run of the same pair; with ``--resume``, a pair recorded with
-fewer than three seeds trains only the missing ones), and ``docs/results.md`` is rendered from all
-of it, so data sets and models can be run in separate sittings.
+once, and ``docs/results.md`` is rendered from all of it, so data sets and models can be
+run in separate sittings. A run replaces an earlier record of the same pair; with
+``--resume`` it trains only the seeds the pair lacks and adds them. Processes started with
+``--resume`` and different ``--seeds`` fill one pair side by side (the record is locked
+while it is merged).
 
 - perovskites, ``heat_ref`` (eV per cell, sum pooling): ../shared/data/perov5/labeled_val.csv
 - phonon DOS (66 bins): ../shared/data/jarvis_phdos, the 663 entries that have one
@@ -24,7 +27,9 @@ of it, so data sets and models can be run in separate sittings.
 """
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import gzip
 import io
 import json
@@ -188,12 +193,14 @@ DATA_SETS = (
 )
 
 
-def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: ProcessPoolExecutor,
-                 record: Callable[[str, dict], None], resumed: dict[str, dict]) -> None:
-    """Import ``data_set`` once, then train every model on it, recording each seed as it ends.
+def run_data_set(data_set: DataSet, models: list[Model], seeds: list[int], quick: bool,
+                 executor: ProcessPoolExecutor, record: Callable[..., None], resumed: dict[str, dict] | None) -> None:
+    """Import ``data_set`` once, then train ``seeds`` of every model on it, recording each
+    seed as it ends.
 
-    A pair in ``resumed`` (key ``"<data set>/<model>"``) keeps its recorded seeds and trains
-    only the ones it lacks; splits depend on the seed alone, so they are the same ones.
+    With ``resumed`` (the record at the start, keys ``"<data set>/<model>"``), a pair keeps
+    its recorded seeds and trains only the ones it lacks; splits depend on the seed alone,
+    so they are the same ones. Without it, a pair's first trained seed replaces its record.
     """
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
@@ -213,21 +220,21 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
             featurized = time.perf_counter() - started
             pair = f"{data_set.name}/{model.name}"
             run = {"data_set": data_set.name, "model": model.name, "target": data_set.target,
-                   "structures": structures, "import_note": import_note, "seeds": [],
+                   "structures": structures, "import_note": import_note,
                    "train": {key: value for key, value in asdict(train).items() if key != "seed"},
-                   "featurize_minutes": featurized / 60, "commit": commit, "machine": machine(), "quick": quick}
-            earlier_minutes, earlier_commit, done = 0.0, commit, 0
-            if pair in resumed:
+                   "machine": machine(), "quick": quick}
+            todo = seeds
+            if resumed and pair in resumed:
                 earlier = resumed[pair]
-                for field in ("structures", "train", "quick"):
-                    if earlier[field] != run[field]:
-                        raise SystemExit(f"--resume {pair}: the recorded run has {field} {earlier[field]!r}, "
-                                         f"this one {run[field]!r}; run it afresh without --resume")
-                done = len(earlier["seeds"])
-                run |= {"seeds": list(earlier["seeds"]), "featurize_minutes": earlier["featurize_minutes"] + featurized / 60}
-                earlier_minutes, earlier_commit = earlier["minutes"], earlier["commit"]
-            seeds = run["seeds"]
-            for seed in SEEDS[len(seeds):]:
+                for key in ("structures", "train", "quick"):
+                    if earlier[key] != run[key]:
+                        raise SystemExit(f"--resume {pair}: the recorded run has {key} {earlier[key]!r}, "
+                                         f"this one {run[key]!r}; run it afresh without --resume")
+                todo = [seed for seed in seeds if seed not in {entry["seed"] for entry in earlier["seeds"]}]
+            # This process's featurizing counts once, with its first seed.
+            overhead_minutes = featurized / 60
+            for position, seed in enumerate(todo):
+                seed_started = time.perf_counter()
                 request = TrainRequest(target=data_set.target, name=f"{data_set.name}-{model.name}-{seed}",
                                        train=replace(train, seed=seed), architecture=model.architecture,
                                        featurizer=featurizer, pooling=data_set.pooling,
@@ -235,20 +242,43 @@ def run_data_set(data_set: DataSet, models: list[Model], quick: bool, executor: 
                                        spectrum_latent=model.spectrum_latent,
                                        validation_fraction=0.1, test_fraction=0.2, split_seed=seed, device="cpu")
                 metrics = train_and_register(engine, settings, request, executor=executor).metrics
-                seeds.append(metrics)
                 print(f"{data_set.name} {model.name} seed {seed}: " + ", ".join(
                     f"{key}={metrics[key]:.4g}" for key in PROGRESS_METRICS if key in metrics), flush=True)
                 # Recorded after every seed, so a run stopped early keeps the seeds it finished.
-                record(pair, run | {
-                    "commit": commit if earlier_commit == commit else (
-                        f"{earlier_commit} ({seed_range(SEEDS[:done])}), {commit} ({seed_range(SEEDS[done:len(seeds)])})"),
-                    "minutes": earlier_minutes + (time.perf_counter() - started) / 60,
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+                record(pair, run, {"seed": seed, "commit": commit, "metrics": metrics},
+                       minutes=overhead_minutes + (time.perf_counter() - seed_started) / 60,
+                       featurize_minutes=overhead_minutes, replace=resumed is None and position == 0)
+                overhead_minutes = 0.0
         engine.dispose()
 
 
-def seed_range(seeds: tuple[int, ...]) -> str:
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
+def merge_seed(earlier: dict | None, run: dict, entry: dict, minutes: float, featurize_minutes: float) -> dict:
+    """``run`` with ``earlier``'s seeds (if any) and ``entry``, in seed order; its minutes
+    and featurizing add to theirs."""
+    earlier = earlier or {"seeds": [], "minutes": 0.0, "featurize_minutes": 0.0}
+    seeds = [seed for seed in earlier["seeds"] if seed["seed"] != entry["seed"]] + [entry]
+    return run | {"seeds": sorted(seeds, key=lambda seed: seed["seed"]),
+                  "minutes": earlier["minutes"] + minutes,
+                  "featurize_minutes": earlier["featurize_minutes"] + featurize_minutes,
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def seed_range(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def commits(run: dict) -> str:
+    """The commit that trained the run's seeds, or each commit with the seeds it trained."""
+    trained: dict[str, list[int]] = {}
+    for seed in run["seeds"]:
+        trained.setdefault(seed["commit"], []).append(seed["seed"])
+    if len(trained) == 1:
+        return next(iter(trained))
+    return ", ".join(f"{commit} ({seed_range(seeds)})" for commit, seeds in trained.items())
 
 
 def git_commit() -> str:
@@ -272,7 +302,7 @@ def summary(values: list[float | None], digits: int = 4) -> str:
 
 
 def column(run: dict, key: str) -> list[float | None]:
-    return [seed.get(key) for seed in run["seeds"]]
+    return [seed["metrics"].get(key) for seed in run["seeds"]]
 
 
 def seed_count(run: dict) -> str:
@@ -295,7 +325,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         ("Produced by `benchmarks/results.py` (raw numbers: [results.json](results.json)); each "
          "section says when and where its runs were made. Models not listed for a data set have "
          "not been run on it yet; the command is `benchmarks/results.py --only DATA_SET --models MODEL`, "
-         "and `--resume` trains the seeds a row lacks. "
+         "and `--resume` trains the seeds a row lacks (with `--seeds`, several processes can share them). "
          "Seconds per epoch are wall times of training runs that may have shared the machine with "
          "other jobs; the like-for-like throughput comparison is "
          "[benchmarks/architectures.md](../benchmarks/architectures.md)."),
@@ -328,7 +358,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             if published:
                 cells.append(f"{published[run['model']]:g}" if run["model"] in published else "")
             lines.append("| " + " | ".join(cells) + " |")
-        baselines = sorted(key for key in first["seeds"][0] if key.startswith("baseline_"))
+        baselines = sorted(key for key in first["seeds"][0]["metrics"] if key.startswith("baseline_"))
         for key in baselines:
             name = key.removeprefix("baseline_").removesuffix(".mae").replace("_", " ")
             lines.append(f"| {name} (baseline) | {summary(column(first, key))} |" + " |" * (header.count("|") - 3))
@@ -343,7 +373,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
         if {"ocrystalnet", "alignn"} <= parameters.keys():
             ratio = parameters["ocrystalnet"] / parameters["alignn"]
             lines += [f"Here OCrystalNet has {ratio:.2f} of ALIGNN's parameters.", ""]
-        autoencoded = [run for run in entries if "autoencoder_mae" in run["seeds"][0]]
+        autoencoded = [run for run in entries if "autoencoder_mae" in run["seeds"][0]["metrics"]]
         if autoencoded:
             lines += [("Autoencoder alone (reconstructing the test spectra) and end to end (the model's "
                       "predicted code, decoded), as Table I of the AE-ALIGNN paper:"), "",
@@ -353,9 +383,9 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             lines.append("")
         for run in entries:
             # Per-element rows only for elements in every seed's test split.
-            metrics = sorted(set.intersection(*(set(seed) for seed in run["seeds"])))
+            metrics = sorted(set.intersection(*(set(seed["metrics"]) for seed in run["seeds"])))
             lines += [f"### {data_set.name}, `{run['model']}`{seed_count(run)}", "",
-                      (f"Commit {run['commit']}, {run['date']}, {run['machine']}; {run['minutes']:.1f} min "
+                      (f"Commit {commits(run)}, {run['date']}, {run['machine']}; {run['minutes']:.1f} min "
                        f"for {len(run['seeds'])} seed(s) ({run['featurize_minutes']:.1f} min featurizing)"
                        f"{'; quick smoke run' if run['quick'] else ''}."), "",
                       "| metric | value |", "|---|---:|"]
@@ -376,32 +406,51 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="only write the markdown from the JSON")
     parser.add_argument("--resume", action="store_true",
                         help="train only the seeds a pair recorded in the JSON lacks (same settings required)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), choices=SEEDS,
+                        help="seeds to train (default: all); with --resume, several processes can fill one pair")
     args = parser.parse_args()
     out = args.out or (REPO / ".workbench" / "results-quick.md" if args.quick else REPO / "docs" / "results.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     record_path = out.with_suffix(".json")
-    runs = json.loads(record_path.read_text()) if record_path.exists() else {}
     data_sets = {data_set.name: data_set for data_set in DATA_SETS}
 
-    def write_page() -> None:
+    def read_runs() -> dict[str, dict]:
+        return json.loads(record_path.read_text()) if record_path.exists() else {}
+
+    def write_page(runs: dict[str, dict]) -> None:
         out.write_text(render(runs, data_sets) + "\n")
         print(f"wrote {out}", flush=True)
 
-    def record(key: str, run: dict) -> None:
-        runs[key] = run
-        record_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
-        write_page()
+    def record(key: str, run: dict, entry: dict, *, minutes: float, featurize_minutes: float, replace: bool) -> None:
+        """Merge one trained seed into the pair ``key`` (its first seed of a fresh run replaces
+        the pair), re-reading the record under a lock so that other processes' seeds stay."""
+        with locked(record_path.parent):
+            runs = read_runs()
+            runs[key] = merge_seed(None if replace else runs.get(key), run, entry, minutes, featurize_minutes)
+            record_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+            write_page(runs)
 
     if args.render:
-        write_page()
+        write_page(read_runs())
         return
-    resumed = {key: run for key, run in runs.items() if args.resume and len(run["seeds"]) < len(SEEDS)}
+    resumed = read_runs() if args.resume else None
     with ProcessPoolExecutor(2) as executor:
         for name in args.only or data_sets:
             data_set = data_sets[name]
             models = [MODELS[name] for name in args.models if data_set.kind in MODELS[name].kinds]
             if models:
-                run_data_set(data_set, models, args.quick, executor, record, resumed)
+                run_data_set(data_set, models, sorted(set(args.seeds)), args.quick, executor, record, resumed)
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive lock on ``folder`` (held by one process at a time)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 if __name__ == "__main__":
