@@ -214,10 +214,6 @@ def run_data_set(data_set: DataSet, models: list[Model], seeds: list[int], quick
         train = replace(data_set.train, epochs=4) if quick else data_set.train
         commit = git_commit()  # of the code that runs, even if HEAD moves meanwhile
         for model in models:
-            started = time.perf_counter()
-            featurizer = model.featurizer()
-            featurize_structures(engine, featurizer, executor=executor)
-            featurized = time.perf_counter() - started
             pair = f"{data_set.name}/{model.name}"
             run = {"data_set": data_set.name, "model": model.name, "target": data_set.target,
                    "structures": structures, "import_note": import_note,
@@ -231,8 +227,14 @@ def run_data_set(data_set: DataSet, models: list[Model], seeds: list[int], quick
                         raise SystemExit(f"--resume {pair}: the recorded run has {key} {earlier[key]!r}, "
                                          f"this one {run[key]!r}; run it afresh without --resume")
                 todo = [seed for seed in seeds if seed not in {entry["seed"] for entry in earlier["seeds"]}]
+            if not todo:
+                print(f"{pair}: seeds {seeds} are recorded already", flush=True)
+                continue
+            started = time.perf_counter()
+            featurizer = model.featurizer()
+            featurize_structures(engine, featurizer, executor=executor)
             # This process's featurizing counts once, with its first seed.
-            overhead_minutes = featurized / 60
+            overhead_minutes = (time.perf_counter() - started) / 60
             for position, seed in enumerate(todo):
                 seed_started = time.perf_counter()
                 request = TrainRequest(target=data_set.target, name=f"{data_set.name}-{model.name}-{seed}",
