@@ -307,6 +307,26 @@ def column(run: dict, key: str) -> list[float | None]:
     return [seed["metrics"].get(key) for seed in run["seeds"]]
 
 
+# Metrics that describe the data set or the run, not the model: never compared across models.
+NOT_MODEL_METRICS = ("baseline_", "parameters", "seconds_per_epoch")
+
+
+def degenerate_metrics(entries: list[dict]) -> list[str]:
+    """Metrics whose every seed is the same for every model of a data set: they cannot tell
+    models apart there (e.g. a band-gap error when every model predicts a zero gap)."""
+    if len(entries) < 2:
+        return []
+    shared = set.intersection(*(set(seed["metrics"]) for run in entries for seed in run["seeds"]))
+    degenerate = []
+    for key in sorted(shared):
+        if key.startswith(NOT_MODEL_METRICS):
+            continue
+        values = {tuple(round(value, 6) if value is not None else None for value in column(run, key)) for run in entries}
+        if len(values) == 1:
+            degenerate.append(key)
+    return degenerate
+
+
 def seed_count(run: dict) -> str:
     """A note on a run stopped before all its seeds were trained."""
     return "" if len(run["seeds"]) == len(SEEDS) else f" ({len(run['seeds'])} of {len(SEEDS)} seeds)"
@@ -383,6 +403,11 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             lines += [f"| `{run['model']}` | {summary(column(run, 'autoencoder_mae'))} | "
                       f"{summary(column(run, 'mae'))} |" for run in autoencoded]
             lines.append("")
+        degenerate = degenerate_metrics(entries)
+        if degenerate:
+            lines += [(f"Degenerate here: {', '.join(f'`{key}`' for key in degenerate)} came out the same, seed "
+                       "for seed, for every model, so it measures the data set and not the model; it is flagged "
+                       "in the tables below, not shown."), ""]
         for run in entries:
             # Per-element rows only for elements in every seed's test split.
             metrics = sorted(set.intersection(*(set(seed["metrics"]) for seed in run["seeds"])))
@@ -391,7 +416,8 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
                        f"for {len(run['seeds'])} seed(s) ({run['featurize_minutes']:.1f} min featurizing)"
                        f"{'; quick smoke run' if run['quick'] else ''}."), "",
                       "| metric | value |", "|---|---:|"]
-            lines += [f"| {key} | {summary(column(run, key))} |" for key in metrics]
+            lines += [f"| {key} | {'degenerate (same for every model)' if key in degenerate else summary(column(run, key))} |"
+                      for key in metrics]
             lines.append("")
     return "\n".join(lines)
 
