@@ -108,6 +108,8 @@ def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings
     report = write_report(engine, outcome.campaign_id, tmp_path / "report")
     text = report.read_text()
     assert "**" + str(outcome.hits) + " hits**" in text and "![discovery](discovery.png)" in text
+    # The report says where and when it was made, and how long the campaign took.
+    assert " cores (" in text and "workbench commit " in text and "; wall time " in text
     assert (tmp_path / "report" / f"parity-{target}.png").stat().st_size > 0
     assert len(ledger(engine, outcome.campaign_id)) == 18
     status = run_cli("campaign", "status", "alloys").output

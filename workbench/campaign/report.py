@@ -7,7 +7,9 @@
 - computed against predicted DOS of the newest candidates, when a spectrum target is
   modelled;
 - the ledger: what was chosen, in which round, by which function and score, and what
-  came of it.
+  came of it;
+- where and when it was written: machine, cores, commit, and the campaign's wall time
+  (first round started to last round finished).
 """
 
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine, select
 
 from workbench.campaign.loop import campaign_config, progress, stop_reason
+from workbench.provenance import current
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Acquisition,
@@ -158,8 +161,12 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
             f"| {(r.summary or {}).get('dft_seconds', '')} |"
             for r in rounds
         ]
+        started = min((r.started_at for r in rounds), default=None)
+        finished = max((r.finished_at for r in rounds if r.finished_at), default=None)
+        wall_seconds = (finished - started).total_seconds() if started and finished else None
     lines = [
         f"# Campaign `{config.name}`", "",
+        f"*{current().line(wall_seconds=wall_seconds)}*", "",
         (f"Objective: `{objective}`. Candidates: {config.candidates.model_dump(exclude_none=True)}. "
          f"DFT preset `{config.dft.preset}`; {config.model.architecture} ensembles of {config.model.members}; "
          f"acquisition `{config.acquisition.function}`{' (cost-aware)' if config.acquisition.cost_aware else ''}, "
