@@ -1,7 +1,21 @@
-"""Errors a user can act on: each names the file, the row and the field at fault."""
+"""Errors a user can act on: each names the file, the row and the field at fault.
+
+Every error of the project derives from :class:`WorkbenchError`; the command line prints
+its message (no traceback) and exits with its ``exit_code``.
+"""
 
 
-class InputError(ValueError):
+class WorkbenchError(Exception):
+    """An error whose message tells a user what to change."""
+
+    exit_code = 1
+
+
+class NotFound(WorkbenchError, LookupError):
+    """A named thing (campaign, model version, calculation, store) is not there."""
+
+
+class InputError(WorkbenchError, ValueError):
     """Bad input, located as precisely as the reader knows (file, row, field)."""
 
     def __init__(
@@ -16,7 +30,7 @@ class InputError(ValueError):
 
     def located(self, *, file: str | None = None, row: str | None = None) -> "InputError":
         """The same error with the file and row filled in where they were unknown."""
-        return InputError(
+        return type(self)(
             self.message, file=self.file or file, row=self.row or row, field=self.field
         )
 
@@ -28,14 +42,14 @@ class InputError(ValueError):
 
     def __reduce__(self):
         # Keeps the location when the error crosses a process boundary.
-        return (_rebuild, (self.message, self.file, self.row, self.field))
+        return (_rebuild, (type(self), self.message, self.file, self.row, self.field))
 
 
-def _rebuild(message, file, row, field) -> InputError:
-    return InputError(message, file=file, row=row, field=field)
+def _rebuild(kind, message, file, row, field) -> InputError:
+    return kind(message, file=file, row=row, field=field)
 
 
-class ImportFailed(Exception):
+class ImportFailed(WorkbenchError):
     """A file was not imported; nothing of it was written. ``errors`` lists every reason."""
 
     def __init__(self, errors: list[InputError]) -> None:
@@ -45,5 +59,10 @@ class ImportFailed(Exception):
         super().__init__(f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'}:\n{lines}{more}")
 
 
-class ReadOnlyViolation(Exception):
-    """A statement tried to write through a read-only connection."""
+class ReadOnlyViolation(InputError):
+    """A user's SQL tried to write through a read-only connection, or held more than one
+    statement."""
+
+
+class OutputExists(WorkbenchError, FileExistsError):
+    """A file would be overwritten without the user asking for it."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.errors import WorkbenchError
+
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME = r"[A-Za-z_][\w.\-]*"
 _LESS = r"<=?"
@@ -26,7 +28,7 @@ _PATTERNS = (
 )
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(WorkbenchError, ValueError):
     """A constraint that cannot be read, quoted in the message."""
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from workbench.acquire.batch import SHORTLIST_FACTOR, select_batch
 from workbench.acquire.candidates import blocked_keys
@@ -39,13 +39,14 @@ from workbench.acquire.scores import (
 from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
-from workbench.errors import InputError
+from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.models import needs_triplets
 from workbench.settings import Settings
 from workbench.store.bulk import one_of
 from workbench.store.engine import session_scope
+from workbench.store.queries import structures_where
 from workbench.store.schema import (
     Acquisition,
     AcquisitionStatus,
@@ -138,7 +139,7 @@ def campaign_id_of(engine: Engine, name: str) -> int:
     with session_scope(engine) as session:
         campaign_id = session.scalar(select(Campaign.id).where(Campaign.name == name))
     if campaign_id is None:
-        raise LookupError(f"no campaign named {name!r} in the store")
+        raise NotFound(f"no campaign named {name!r} in the store")
     return campaign_id
 
 
@@ -148,10 +149,13 @@ def candidate_ids(engine: Engine, config: CampaignConfig) -> list[int]:
     if config.candidates.source is not None:
         query = query.where(Structure.id.in_(select(StructureSource.structure_id).where(
             StructureSource.source == config.candidates.source)))
-    if config.candidates.where is not None:
-        query = query.where(text(config.candidates.where))
     with session_scope(engine) as session:
         ids = list(session.scalars(query))
+    if config.candidates.where is not None:
+        # The user's SQL runs read-only, as one statement, like `workbench sql`.
+        matching = set(structures_where(engine, config.candidates.where,
+                                        option=f"campaign {config.name!r}: candidates.where"))
+        ids = [structure_id for structure_id in ids if structure_id in matching]
     if not ids:
         raise InputError(f"campaign {config.name!r}: no stored structure matches its candidates", field="candidates")
     return ids

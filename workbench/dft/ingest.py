@@ -23,6 +23,7 @@ from workbench.dft.outputs import (
     raw_dos,
     standard_dos,
 )
+from workbench.errors import WorkbenchError
 from workbench.store.bulk import insert_ignoring_duplicates, one_writer_at_a_time
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
@@ -63,7 +64,7 @@ QUANTITIES = {
 }
 
 
-class IngestConflict(ValueError):
+class IngestConflict(WorkbenchError, ValueError):
     """A target value the calculation would write exists already from another origin."""
 
 

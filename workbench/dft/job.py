@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from workbench.errors import WorkbenchError
+
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 ARRAYS_FILE = "result.npz"
@@ -36,7 +38,7 @@ PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive (
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-class JobFailed(Exception):
+class JobFailed(WorkbenchError):
     """A failure the job has classified; ``reason`` is scf, crash or parse."""
 
     def __init__(self, reason: str, message: str):

@@ -22,6 +22,8 @@ import yaml
 from ase import Atoms
 from ase.calculators.calculator import kptdensity2monkhorstpack
 
+from workbench.errors import WorkbenchError
+
 # Calculators the job knows by short name; anything else is "module:Class".
 CALCULATOR_PATHS = {
     "gpaw": "gpaw:GPAW",
@@ -33,7 +35,7 @@ CALCULATOR_PATHS = {
 SPIN_MODES = ("auto", "on", "off")
 
 
-class PresetError(ValueError):
+class PresetError(WorkbenchError, ValueError):
     """A preset that cannot be used, named in the message."""
 
 

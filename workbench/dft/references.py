@@ -15,6 +15,7 @@ from ase.build import bulk
 from ase.data import atomic_numbers, reference_states
 from sqlalchemy import Engine, select
 
+from workbench.errors import WorkbenchError
 from workbench.io.entries import Entry
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
@@ -27,7 +28,7 @@ REFERENCE_SOURCE = "elemental-reference"
 DIMER_VACUUM_A = 4.0
 
 
-class ReferenceUnavailable(ValueError):
+class ReferenceUnavailable(WorkbenchError, ValueError):
     """ASE has no buildable reference state for an element."""
 
 

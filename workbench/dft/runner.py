@@ -34,9 +34,10 @@ from workbench.dft import job as job_protocol
 from workbench.dft.ingest import add_formation_energies, ingest_outputs
 from workbench.dft.presets import Preset, calculator_path, initial_moments, resolve_parameters
 from workbench.dft.references import reference_structure_ids
+from workbench.errors import InputError, NotFound
 from workbench.store.bulk import insert_ignoring_duplicates
 from workbench.store.engine import session_scope
-from workbench.store.queries import run_read_only
+from workbench.store.queries import structures_where
 from workbench.store.schema import (
     Calculation,
     CalculationAttempt,
@@ -126,10 +127,10 @@ def select_structures(engine: Engine, preset: str, *, ids: list[int] | None = No
             known = set(session.scalars(select(Structure.id).where(Structure.id.in_(ids))))
         unknown = sorted(set(ids) - known)
         if unknown:
-            raise ValueError(f"no structures with ids {unknown}")
+            raise InputError(f"no structures with ids {unknown}", field="ids")
         return list(dict.fromkeys(ids))
     if where is not None:
-        return [row[0] for row in run_read_only(engine, f"SELECT id FROM structures WHERE {where}").rows]
+        return structures_where(engine, where, option="--where")
     with session_scope(engine) as session:
         done = select(Calculation.structure_id).where(
             Calculation.preset == preset, Calculation.status == CalculationStatus.DONE)
@@ -513,7 +514,7 @@ def attempts_of(engine: Engine, calculation_id: int) -> tuple[Calculation, list[
     with session_scope(engine) as session:
         calculation = session.get(Calculation, calculation_id)
         if calculation is None:
-            raise ValueError(f"no calculation with id {calculation_id}")
+            raise NotFound(f"no calculation with id {calculation_id}")
         attempts = session.scalars(select(CalculationAttempt).where(
             CalculationAttempt.calculation_id == calculation_id).order_by(CalculationAttempt.number)).all()
         return calculation, list(attempts)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import Engine, exists, select
 
+from workbench.errors import NotFound
 from workbench.featurize.featurizer import Featurizer, graph_from_bytes, graph_to_bytes
 from workbench.featurize.graph import CrystalGraph, GraphError
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
@@ -89,7 +90,7 @@ def _featurize(job) -> tuple[int, bytes | None, int, int, str | None]:
     return structure_id, graph_to_bytes(graph), graph.num_nodes, graph.num_edges, None
 
 
-class MissingGraphs(LookupError):
+class MissingGraphs(NotFound):
     """Structures that have no graph under the featurizer asked for."""
 
 

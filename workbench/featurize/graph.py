@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from workbench.errors import WorkbenchError
 from workbench.structures.crystal import Crystal
 
 
@@ -71,7 +72,7 @@ SEARCH_NEIGHBORS_FACTOR = 2.0  # first search radius: where about twice k atoms 
 SEARCH_GROWTH = 1.5
 
 
-class GraphError(ValueError):
+class GraphError(WorkbenchError, ValueError):
     """A structure that cannot be made into a graph under a config."""
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from workbench.errors import OutputExists
 from workbench.io.ase_db import (
     CALCULATOR_TARGETS,
     KEY_PREFIX,
@@ -29,7 +30,7 @@ EXPORT_BATCH = 2000
 def export_ase(engine: Engine, path: Path, *, overwrite: bool = False) -> int:
     """Write every structure with its labels to a new ASE database; returns the row count."""
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (use overwrite to replace it)")
+        raise OutputExists(f"{path} exists (use overwrite to replace it)")
     with Session(engine) as session:
         definitions = {t.id: t for t in session.scalars(select(TargetDefinition))}
         metadata = {t.name: _definition_metadata(t) for t in definitions.values()}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from workbench import __version__
+from workbench.errors import WorkbenchError
 from workbench.models.backbones.alignn import ALIGNN, ALIGNNConfig
 from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
 from workbench.models.backbones.megnet import MEGNet, MEGNetConfig
@@ -72,7 +73,7 @@ def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size:
     return {**backbone, "atom_feature_size": atom_feature_size}
 
 
-class FeaturizerMismatch(ValueError):
+class FeaturizerMismatch(WorkbenchError, ValueError):
     """Graphs made by another featurizer than the one a model was trained on."""
 
 

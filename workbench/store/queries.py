@@ -1,4 +1,6 @@
-"""Read-only questions users ask of the store: counts, and arbitrary SQL."""
+"""Read-only questions users ask of the store: counts, arbitrary SQL, and the SQL
+conditions that choose structures (``predict --where``, ``dft run --where``, a campaign's
+``candidates.where``)."""
 
 from dataclasses import dataclass
 
@@ -6,7 +8,7 @@ import sqlparse
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from workbench.errors import ReadOnlyViolation
+from workbench.errors import InputError, ReadOnlyViolation
 from workbench.store.engine import read_only_connection
 from workbench.store.schema import (
     Calculation,
@@ -29,24 +31,40 @@ class QueryResult:
 
 
 def run_read_only(engine: Engine, sql: str) -> QueryResult:
-    """Run one SQL statement in a read-only transaction; a write raises ReadOnlyViolation."""
+    """Run one SQL statement in a read-only transaction. A write, or more than one
+    statement, raises ReadOnlyViolation; any other error of the database (syntax, unknown
+    column) raises InputError with the database's message."""
     # One statement only: a second one could end the read-only transaction and write.
     statements = [statement for statement in sqlparse.split(sql) if statement.strip(" ;\n\t")]
     if len(statements) != 1:
-        raise ReadOnlyViolation(f"expected exactly one SQL statement, got {len(statements)}")
+        raise ReadOnlyViolation(f"Refused: expected exactly one SQL statement, got {len(statements)}")
     with read_only_connection(engine) as connection:
         try:
             result = connection.execute(text(sql))
         except DBAPIError as error:
-            if any(message in str(error.orig).lower() for message in _READ_ONLY_MESSAGES):
+            reason = str(error.orig).strip().partition("\n")[0]
+            if any(message in reason.lower() for message in _READ_ONLY_MESSAGES):
                 raise ReadOnlyViolation(
-                    "the store is opened read-only here: this statement would write "
-                    f"({str(error.orig).strip().splitlines()[0]})"
+                    f"Refused: the store is opened read-only here: this statement would write ({reason})"
                 ) from None
-            raise
+            raise InputError(f"SQL error: {reason}") from None
         if not result.returns_rows:
             return QueryResult([], [])
         return QueryResult(list(result.keys()), [tuple(row) for row in result])
+
+
+def structures_where(engine: Engine, condition: str, *, option: str) -> list[int]:
+    """Ids, ascending, of the structures matching a user's SQL ``condition`` on the
+    ``structures`` table, run like ``workbench sql``: read-only, one statement. ``option``
+    names where the condition came from (``--where``, ``candidates.where``) in the error
+    that a write, a second statement or invalid SQL raises."""
+    # Nothing follows the condition (sorted here, not by SQL), so a trailing comment in it
+    # is harmless and a second statement after it is seen as one.
+    try:
+        result = run_read_only(engine, f"SELECT id FROM structures WHERE {condition}")
+    except InputError as error:  # ReadOnlyViolation included, and kept as such
+        raise type(error)(f"{option} {condition!r}: {error.message}") from None
+    return sorted(row[0] for row in result.rows)
 
 
 @dataclass(frozen=True)

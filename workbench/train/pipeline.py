@@ -16,8 +16,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 
+from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import featurize_structures, load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
@@ -26,6 +27,7 @@ from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
+from workbench.store.queries import structures_where
 from workbench.store.schema import Featurizer as FeaturizerRow
 from workbench.store.schema import ModelVersion, Prediction, Structure, TargetDefinition, TargetKind
 from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
@@ -99,7 +101,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     labeled = load_labeled_graphs(engine, request.target, featurizer,
                                   triplets=needs_triplets(request.architecture))
     if len(labeled.data) < 10:
-        raise ValueError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
+        raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
     definition = _definition(engine, request.target)
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
@@ -214,7 +216,7 @@ def featurizer_of(engine: Engine, key: str) -> Featurizer:
     with session_scope(engine) as session:
         row = session.get(FeaturizerRow, key)
         if row is None:
-            raise LookupError(f"no featurizer {key} in the store")
+            raise NotFound(f"no featurizer {key} in the store")
         config = row.config
     featurizer = Featurizer(GraphConfig(**config["graph"]), config["atom_features"])
     if featurizer.key != key:
@@ -236,15 +238,15 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
         version = session.scalar(select(ModelVersion).where(
             ModelVersion.name == name, ModelVersion.registry_version == registry_version))
         if version is None:
-            raise LookupError(f"model {name} version {registry_version} is not recorded in this store")
+            raise NotFound(f"model {name} version {registry_version} is not recorded in this store")
         (target,) = version.targets
         target_id = session.scalar(select(TargetDefinition.id).where(TargetDefinition.name == target))
         query = select(Structure.id).order_by(Structure.id).where(~select(Prediction.id).where(
             Prediction.model_version_id == version.id, Prediction.structure_id == Structure.id).exists())
         if structure_ids is not None:
             query = query.where(one_of(session, Structure.id, sorted(set(structure_ids))))
-        if where:
-            query = query.where(text(where))
+        if where:  # the user's SQL runs read-only, as one statement
+            query = query.where(one_of(session, Structure.id, structures_where(engine, where, option="--where")))
         todo = list(session.scalars(query))
         model_version_id, featurizer_key = version.id, version.featurizer_key
     featurizer = featurizer_of(engine, featurizer_key)

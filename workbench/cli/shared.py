@@ -1,0 +1,154 @@
+"""What every command shares: the root command with its one error handler, the settings
+and store of one invocation, the consoles, progress bars, worker pools and option parsers.
+
+Kept light to import: library modules (pymatgen, torch, MLflow, Prefect) are imported
+inside the command bodies, so that ``workbench --help`` or ``workbench sql`` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
+
+from workbench.errors import NotFound, WorkbenchError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from workbench.settings import Settings
+
+# Messages, tables meant for people and progress go to stderr; stdout carries only data
+# (``sql --format csv``, ``replay --json``).
+console = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_JOBS = os.cpu_count() or 1
+
+
+class WorkbenchGroup(TyperGroup):
+    """The root command: a :class:`WorkbenchError` raised by any command is printed as its
+    message, without a traceback, and ends the command with the error's exit code."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except WorkbenchError as error:
+            console.print(f"[red]{escape(str(error))}")
+            raise typer.Exit(error.exit_code) from None
+
+
+app = typer.Typer(cls=WorkbenchGroup, help="Active-learning workbench for crystalline materials.",
+                  no_args_is_help=True)
+
+
+@dataclass
+class Invocation:
+    """The settings of one command and the engines it opened (disposed when it ends)."""
+
+    settings: Settings
+    _engines: dict[str, Engine] = field(default_factory=dict)
+
+    def _open(self, url: str) -> Engine:
+        from workbench.store.engine import make_engine
+
+        if url not in self._engines:
+            self._engines[url] = make_engine(url)
+        return self._engines[url]
+
+    @property
+    def engine(self) -> Engine:
+        """The store; one that was never initialised is an error."""
+        from workbench.store import migrate
+
+        engine = self._open(self.settings.database_url)
+        if migrate.current_revision(engine) is None:
+            raise NotFound(f"No workbench store at {self.shown_url}: run `workbench init` first.")
+        return engine
+
+    def new_engine(self) -> Engine:
+        """The store, which may not exist yet (its home folder is created)."""
+        self.settings.ensure_home()
+        return self._open(self.settings.database_url)
+
+    def read_only_engine(self) -> Engine:
+        """The store as the read-only role, where one is configured (the server then
+        refuses writes too), else the store itself."""
+        url = self.settings.readonly_database_url
+        return self._open(url) if url else self.engine
+
+    @property
+    def shown_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.settings.database_url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
+
+
+@app.callback()
+def _start(ctx: typer.Context) -> None:
+    from workbench.settings import Settings
+
+    ctx.obj = Invocation(Settings())
+    ctx.call_on_close(ctx.obj.close)
+
+
+def invocation(ctx: typer.Context) -> Invocation:
+    """The settings and store of the running command."""
+    return ctx.find_object(Invocation)
+
+
+def workers(jobs: int):
+    """A process pool for ``jobs`` > 1, else nothing (work runs in this process)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
+
+    return ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext()
+
+
+@contextmanager
+def progress_bar(jobs: int = 1) -> Iterator[tuple[Progress, Executor | None]]:
+    """A progress display, with a worker pool of ``jobs`` processes when ``jobs`` > 1."""
+    with workers(jobs) as executor, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        yield progress, executor
+
+
+def pairs(values: list[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict."""
+    parsed = {}
+    for value in values:
+        name, sep, other = value.partition("=")
+        if not sep or not name or not other:
+            raise typer.BadParameter(f"{option} expects NAME=VALUE, got {value!r}")
+        parsed[name] = other
+    return parsed
+
+
+def id_list(text: str, option: str = "--ids") -> list[int] | None:
+    """Comma-separated integers; None for an empty option."""
+    if not text:
+        return None
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} expects comma-separated integers, got {text!r}") from None
+
+
+def print_table(table) -> None:
+    """A table for people, on stdout."""
+    Console().print(table)
