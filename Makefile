@@ -24,7 +24,7 @@ PREFECT_ENV := PREFECT_HOME=$(HOME_DIR)/prefect PREFECT_API_URL=http://127.0.0.1
 demo: $(VENV)/.installed prefect-server
 	$(BIN)/workbench init
 	$(BIN)/workbench import $(EXAMPLES)/perovskites_pool.json.gz --source example-pool
-	$(PREFECT_ENV) OMP_NUM_THREADS=1 $(BIN)/python flows/campaign.py $(EXAMPLES)/demo-campaign.yaml
+	$(PREFECT_ENV) OMP_NUM_THREADS=1 $(BIN)/python -m flows.campaign $(EXAMPLES)/demo-campaign.yaml
 	$(BIN)/workbench campaign report demo
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(HOME_DIR)/mlflow.db"
 

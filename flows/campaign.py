@@ -1,152 +1,121 @@
-"""Prefect flows of the campaign: ``retrain``, ``predict``, ``rank``, ``ingest`` and
-``campaign``, the loop that calls them and ``run-dft`` round after round.
+"""Prefect flows of the campaign: ``campaign`` runs or resumes a campaign to its end;
+``step`` runs the next step of its current round.
 
-Each flow works on the campaign's current round and runs one step of
-:mod:`workbench.campaign.loop` as a task; tasks pass names and ids, never objects. The
-store records every step, so a flow run that dies is simply started again and goes on
-where the last one stopped. A dropped database connection is retried.
+Both walk the steps of :mod:`workbench.campaign.rounds` in their order, each step a task
+named after it; the round's status in the store says which step is next, and tasks pass
+ids, never objects. Two steps are spread over more tasks: ``retrain`` trains the ensemble
+members on the Dask cluster when one is set (:mod:`flows.task_runners`), and ``compute``
+runs the ``run-dft`` flow, one task per calculation. A flow run that dies is simply
+started again and goes on where the last one stopped.
 
-    python flows/campaign.py CONFIG.yaml        # run the loop here, against PREFECT_API_URL
+    python -m flows.campaign CONFIG.yaml        # run the loop here, against PREFECT_API_URL
     prefect deployment run 'campaign/local' -p config=/path/to/CONFIG.yaml
 """
 
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect_dask import get_dask_client
-from sqlalchemy.exc import OperationalError
-
-if __package__ in (None, ""):  # run as a script: make `flows` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.run_dft import run_dft
 from flows.task_runners import task_runner, uses_dask
-from workbench.campaign import loop
+from flows.tasks import store_task
+from workbench.campaign import loop, rounds
 from workbench.campaign.config import load_config
+from workbench.campaign.rounds import RoundRef, RoundStatus
 from workbench.settings import Settings
-from workbench.store.engine import make_engine
-
-
-def _transient(task, task_run, state) -> bool:
-    return isinstance(state.result(raise_on_failure=False), OperationalError)
+from workbench.store.engine import open_engine
 
 
 def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-def _current(engine, campaign: str, *, create: bool = False) -> loop.RoundRef | None:
-    campaign_id = loop.campaign_id_of(engine, campaign)
-    if create:
-        return loop.resume_round(engine, campaign_id)
-    return loop.unfinished_round(engine, campaign_id)
-
-
-def _step(campaign: str, expected: loop.RoundStatus, run, *, create: bool = False):
-    settings = Settings()
-    engine = make_engine(settings.database_url)
-    try:
-        round_ref = _current(engine, campaign, create=create)
-        if round_ref is None:
-            _log(f"campaign {campaign!r} has no round to work on")
-            return None
-        if round_ref.status is not expected:
-            _log(f"round {round_ref.number} is {round_ref.status.value}, not {expected.value}: nothing to do")
-            return None
-        return run(engine, settings, round_ref)
-    finally:
-        engine.dispose()
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@store_task
 def open_campaign_task(config_path: str) -> str:
     config = load_config(Path(config_path))
-    engine = make_engine(Settings().database_url)
-    try:
+    with open_engine(Settings().database_url) as engine:
         loop.open_campaign(engine, config)
-    finally:
-        engine.dispose()
     return config.name
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def next_round_task(campaign: str) -> dict | None:
-    engine = make_engine(Settings().database_url)
-    try:
-        round_ref = loop.resume_round(engine, loop.campaign_id_of(engine, campaign))
-    finally:
-        engine.dispose()
-    return None if round_ref is None else {"round_id": round_ref.round_id, "number": round_ref.number,
-                                           "status": round_ref.status.value, "random": round_ref.random}
+@store_task
+def next_round_task(campaign: str) -> RoundRef | None:
+    """The campaign's unfinished round, or a new one; ``None`` once it is finished."""
+    with open_engine(Settings().database_url) as engine:
+        return loop.resume_round(engine, loop.campaign_id_of(engine, campaign))
 
 
-def _retrain(engine, settings: Settings, round_ref: loop.RoundRef) -> dict[str, int]:
-    if not uses_dask(settings):
-        return loop.retrain(engine, settings, round_ref, on_event=_log)
-    # On the Dask cluster this task runs on: its members train there in parallel.
-    with get_dask_client() as client:
-        return loop.retrain(engine, settings, round_ref, on_event=_log, member_executor=client.get_executor())
+@store_task
+def step_task(round_ref: RoundRef) -> RoundRef:
+    """The step at the round's status (passed without work if it does not run for the
+    round's kind); returns the round after it."""
+    settings = Settings()
+    with open_engine(settings.database_url) as engine:
+        return rounds.run_step(engine, settings, round_ref, on_event=_log)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def retrain_task(campaign: str) -> dict[str, int] | None:
-    return _step(campaign, loop.RoundStatus.STARTED, _retrain, create=True)
+@store_task(name="retrain")
+def retrain_on_cluster_task(round_ref: RoundRef) -> RoundRef:
+    settings = Settings()
+    with open_engine(settings.database_url) as engine, get_dask_client() as client:
+        members_there = partial(loop.retrain, member_executor=client.get_executor())
+        return rounds.run_step(engine, settings, round_ref, on_event=_log, run=members_there)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def predict_task(campaign: str) -> int | None:
-    return _step(campaign, loop.RoundStatus.TRAINED, loop.predict)
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def rank_task(campaign: str) -> list[int] | None:
-    return _step(campaign, loop.RoundStatus.PREDICTED,
-                 lambda engine, settings, ref: loop.rank(engine, settings, ref, on_event=_log))
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def dispatch_task(campaign: str) -> list[int] | None:
-    return _step(campaign, loop.RoundStatus.RANKED, lambda engine, settings, ref: loop.dispatch(engine, ref))
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def computed_task(campaign: str) -> None:
-    _step(campaign, loop.RoundStatus.DISPATCHED, lambda engine, settings, ref: loop.mark_computed(engine, ref))
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def ingest_task(campaign: str) -> dict | None:
-    return _step(campaign, loop.RoundStatus.COMPUTED, lambda engine, settings, ref: loop.ingest(engine, ref))
+@store_task(name="compute")
+def computed_task(round_ref: RoundRef) -> RoundRef:
+    settings = Settings()
+    with open_engine(settings.database_url) as engine:
+        return rounds.run_step(engine, settings, round_ref, on_event=_log, run=loop.mark_computed)
 
 
 @flow(name="retrain")
-def retrain(campaign: str) -> dict[str, int] | None:
-    """Train and register the current round's ensembles (starting a round if none is open).
-    Submitted, so that on a Dask task runner it runs on the cluster and trains the members
-    there."""
-    return retrain_task.submit(campaign).result()
+def retrain_on_cluster(round_ref: RoundRef) -> RoundRef:
+    """The retrain step on a Dask task runner: submitted there, its task trains the
+    ensemble members on the cluster."""
+    return retrain_on_cluster_task.submit(round_ref).result()
 
 
-@flow(name="predict")
-def predict(campaign: str) -> int | None:
-    """Write the current round's predictions for every eligible candidate."""
-    return predict_task(campaign)
+def _retrain(round_ref: RoundRef, settings: Settings) -> RoundRef:
+    if not uses_dask(settings):
+        return step_task.with_options(name="retrain")(round_ref)
+    return retrain_on_cluster.with_options(task_runner=task_runner(settings, 1))(round_ref)
 
 
-@flow(name="rank")
-def rank(campaign: str) -> list[int] | None:
-    """Choose the current round's batch, record it in the ledger and queue its DFT."""
-    chosen = rank_task(campaign)
-    dispatch_task(campaign)
-    return chosen
+def _compute(round_ref: RoundRef, settings: Settings) -> RoundRef:
+    """The round's calculations by the ``run-dft`` flow, then the round marked computed."""
+    with open_engine(settings.database_url) as engine:
+        dft = loop.campaign_config(engine, round_ref.campaign_id).dft
+        structure_ids = loop.round_structures(engine, round_ref.round_id)
+    run_dft.with_options(task_runner=task_runner(settings, dft.jobs))(
+        structure_ids, preset=dft.preset, threads=dft.threads, wall_time_s=dft.wall_time_s,
+        references=dft.references)
+    return computed_task(round_ref)
 
 
-@flow(name="ingest")
-def ingest(campaign: str) -> dict | None:
-    """Record the outcomes of the current round's calculations and close the round."""
-    computed_task(campaign)
-    return ingest_task(campaign)
+# Steps whose work the flows spread over more tasks, by step name; any other step is one task.
+SPREAD_STEPS: dict[str, Callable[[RoundRef, Settings], RoundRef]] = {"retrain": _retrain, "compute": _compute}
+
+
+def _run_step(round_ref: RoundRef, settings: Settings) -> RoundRef:
+    step = rounds.step_at(round_ref.status)
+    spread = SPREAD_STEPS.get(step.name) if step.runs_for(round_ref.kind) else None
+    if spread is None:
+        return step_task.with_options(name=step.name)(round_ref)
+    return spread(round_ref, settings)
+
+
+@flow(name="step")
+def step(campaign: str) -> dict | None:
+    """Run the next step of the campaign's current round (opening a round if none is
+    open); returns that round after it, or ``None`` once the campaign is finished."""
+    round_ref = next_round_task(campaign)
+    return None if round_ref is None else asdict(_run_step(round_ref, Settings()))
 
 
 @flow(name="campaign")
@@ -154,38 +123,16 @@ def campaign(config: str) -> dict:
     """Run or resume the campaign of the YAML file ``config`` to its end."""
     name = open_campaign_task(config)
     settings = Settings()
-    engine = make_engine(settings.database_url)
-    try:
-        dft = loop.campaign_config(engine, loop.campaign_id_of(engine, name)).dft
-    finally:
-        engine.dispose()
-    rounds = 0
-    while (current := next_round_task(name)) is not None:
-        _log(f"round {current['number']}{' (random)' if current['random'] else ''}: {current['status']}")
-        status = loop.RoundStatus(current["status"])
-        order = list(loop.RoundStatus)
-        if order.index(status) <= order.index(loop.RoundStatus.STARTED):
-            retrain.with_options(task_runner=task_runner(settings, 1))(name)
-        if order.index(status) <= order.index(loop.RoundStatus.TRAINED):
-            predict(name)
-        if order.index(status) <= order.index(loop.RoundStatus.RANKED):
-            rank(name)
-        if order.index(status) <= order.index(loop.RoundStatus.DISPATCHED):
-            engine = make_engine(settings.database_url)
-            try:
-                structure_ids = loop.round_structures(engine, current["round_id"])
-            finally:
-                engine.dispose()
-            run_dft.with_options(task_runner=task_runner(settings, dft.jobs))(
-                structure_ids, preset=dft.preset, threads=dft.threads, wall_time_s=dft.wall_time_s,
-                references=dft.references)
-        summary = ingest(name)
-        _log(f"round {current['number']}: {summary}")
-        rounds += 1
-    return {"campaign": name, "rounds": rounds}
+    rounds_run = 0
+    while (round_ref := next_round_task(name)) is not None:
+        _log(f"round {round_ref.number} ({round_ref.kind.value}): {round_ref.status.value}")
+        while round_ref.status is not RoundStatus.DONE:
+            round_ref = _run_step(round_ref, settings)
+        rounds_run += 1
+    return {"campaign": name, "rounds": rounds_run}
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python flows/campaign.py CONFIG.yaml")
+        sys.exit("usage: python -m flows.campaign CONFIG.yaml")
     print(campaign(sys.argv[1]))

@@ -7,28 +7,21 @@ connection is.
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from sqlalchemy.exc import OperationalError
+from prefect import flow, get_run_logger
 
+from flows.tasks import store_task
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions, expand_paths
 from workbench.settings import Settings
-from workbench.store.engine import make_engine
+from workbench.store.engine import open_engine
 
 
-def _transient(task, task_run, state) -> bool:
-    return isinstance(state.result(raise_on_failure=False), OperationalError)
-
-
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@store_task
 def import_one_file(path: str, source: str, targets: dict[str, str], units: dict[str, str],
                     skip_bad: bool, database_url: str) -> dict:
-    engine = make_engine(database_url)
-    try:
+    with open_engine(database_url) as engine:
         report = import_file(engine, Path(path), source=source, skip_bad=skip_bad,
                              options=ReadOptions(targets=targets, units=units))
-    finally:
-        engine.dispose()
     for error in report.skipped:
         get_run_logger().warning("skipped %s", error)
     return {"file": path, "entries": report.entries, "new_structures": report.new_structures,

@@ -7,20 +7,16 @@ connection is retried; a failed calculation is not a failed task: its reason is 
 store, and ``workbench dft retry`` (or this flow again) takes it up.
 """
 
-from prefect import flow, get_run_logger, task
-from sqlalchemy.exc import OperationalError
+from prefect import flow, get_run_logger
 
+from flows.tasks import store_task
 from workbench.dft.ingest import add_formation_energies
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, plan_run, queue_calculations, run_calculation
 from workbench.settings import Settings
-from workbench.store.engine import make_engine
+from workbench.store.engine import open_engine
 
 DFT_TAG = "dft"
-
-
-def _transient(task, task_run, state) -> bool:
-    return isinstance(state.result(raise_on_failure=False), OperationalError)
 
 
 def _options(settings: Settings, threads: int, wall_time_s: float | None) -> RunOptions:
@@ -29,42 +25,33 @@ def _options(settings: Settings, threads: int, wall_time_s: float | None) -> Run
                       espresso_command=settings.espresso_command)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@store_task
 def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: float | None,
          references: bool) -> list[list[int]]:
     settings = Settings()
-    engine = make_engine(settings.database_url)
-    try:
-        preset = load_preset(preset_name)
+    preset = load_preset(preset_name)
+    with open_engine(settings.database_url) as engine:
         calculation_ids = queue_calculations(engine, structure_ids, preset)
         run_plan = plan_run(engine, preset, _options(settings, threads, wall_time_s),
                             calculation_ids=calculation_ids, references=references)
-    finally:
-        engine.dispose()
     for element, why in run_plan.references_missing.items():
         get_run_logger().warning("no elemental reference for %s: %s", element, why)
     return run_plan.stages
 
 
-@task(tags=[DFT_TAG], retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@store_task(tags=[DFT_TAG])
 def run_one(calculation_id: int, preset_name: str, threads: int, wall_time_s: float | None) -> str | None:
     settings = Settings()
-    engine = make_engine(settings.database_url)
-    try:
+    with open_engine(settings.database_url) as engine:
         return run_calculation(engine, calculation_id, load_preset(preset_name),
                                _options(settings, threads, wall_time_s),
                                on_event=lambda i, message: get_run_logger().info("calculation %s: %s", i, message))
-    finally:
-        engine.dispose()
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+@store_task
 def formation_energies(preset_name: str) -> int:
-    engine = make_engine(Settings().database_url)
-    try:
+    with open_engine(Settings().database_url) as engine:
         return add_formation_energies(engine, preset_name)
-    finally:
-        engine.dispose()
 
 
 @flow(name="run-dft")

@@ -7,7 +7,7 @@ alembic command line, or the workbench settings (``WORKBENCH_DATABASE_URL``).
 
 from alembic import context
 
-from workbench.store.engine import make_engine
+from workbench.store.engine import open_engine
 from workbench.store.migrate import VERSION_TABLE
 from workbench.store.schema import Base
 
@@ -50,7 +50,5 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    engine = make_engine(_url())
-    with engine.begin() as new_connection:
+    with open_engine(_url()) as engine, engine.begin() as new_connection:
         _run(new_connection)
-    engine.dispose()

@@ -17,8 +17,15 @@ from sqlalchemy import func, select
 
 from tests.dft_helpers import campaign_document
 from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost_model
+from workbench.campaign import rounds
 from workbench.campaign.config import config_from_document, load_config
-from workbench.campaign.loop import campaign_id_of, ledger_structures, run_campaign
+from workbench.campaign.loop import (
+    campaign_id_of,
+    ledger_structures,
+    open_campaign,
+    resume_round,
+    run_campaign,
+)
 from workbench.campaign.report import ledger, write_report
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
@@ -32,6 +39,7 @@ from workbench.store.schema import (
     CalculationStatus,
     Campaign,
     Round,
+    RoundKind,
 )
 
 
@@ -51,6 +59,93 @@ def test_config_errors_name_the_field(tmp_path):
     broken.write_text("name: [unclosed")
     with pytest.raises(InputError, match=f"{broken}: not valid YAML"):
         load_config(broken)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"dft": {"preset": "gpaw-fsat"}}, r"dft.preset: unknown preset 'gpaw-fsat': use one of \[.*'gpaw-fast'"),
+    ({"dft": {"preset": "missing.yaml"}}, "dft.preset: preset file missing.yaml does not exist"),
+    ({"model": {"architecture": "cgcn"}}, "model.architecture: unknown architecture 'cgcn'; choose one of .*cgcnn"),
+    ({"model": {"backbone": {"hiden": 64}}}, "model.backbone: cgcnn has no option 'hiden'; its options are .*hidden"),
+    ({"model": {"device": "gpu"}}, "model.device: unknown device 'gpu'"),
+])
+def test_config_names_come_from_the_registries(override, message):
+    with pytest.raises(InputError, match=message):
+        config_from_document(campaign_document("x", 10, **override))
+
+
+def test_a_bad_config_writes_nothing(engine, tmp_path, monkeypatch, database_url):
+    """The flow's first task reads the file before it opens the campaign: no row, no DFT."""
+    from flows.campaign import open_campaign_task
+
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign_document("typo", 10, dft={"preset": "gpaw-fsat"})))
+    with pytest.raises(InputError, match=f"{path}: dft.preset: unknown preset"):
+        open_campaign_task.fn(str(path))
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count(Campaign.id))) == 0
+
+
+def test_an_invalid_stored_config_gives_way_to_the_corrected_one(engine, alloys):
+    """A campaign stored before its config was checked (unknown preset: it failed at
+    dispatch) goes on under the same name with the corrected config; a valid stored
+    config still refuses other settings."""
+    stored = campaign_document("alloys", 10, dft={"preset": "gpaw-fsat"})
+    with session_scope(engine) as session:
+        session.add(Campaign(name="alloys", config=stored, status="active"))
+    corrected = config_from_document(campaign_document("alloys", 10))
+    campaign_id = open_campaign(engine, corrected)
+    with session_scope(engine) as session:
+        assert session.get(Campaign, campaign_id).config["dft"]["preset"] == "emt"
+    with pytest.raises(InputError, match="exists with other settings for objective"):
+        open_campaign(engine, config_from_document(campaign_document("alloys", 10, objective=["emt.energy_per_atom<=0"])))
+
+
+def test_the_steps_reach_every_status_in_order():
+    table = rounds.steps()
+    assert [step.name for step in table] == ["retrain", "predict", "rank", "dispatch", "compute", "ingest"]
+    assert [rounds.step_at(status).reaches for status in list(rounds.RoundStatus)[:-1]] == list(rounds.RoundStatus)[1:]
+    assert [step.name for step in table if not step.runs_for(RoundKind.RANDOM)] == ["retrain", "predict"]
+    with pytest.raises(ValueError, match="done has no step"):
+        rounds.step_at(rounds.RoundStatus.DONE)
+
+
+def _round_row(engine, round_id: int) -> Round:
+    with session_scope(engine) as session:
+        return session.get(Round, round_id)
+
+
+def test_a_random_round_passes_the_model_steps_without_work(engine, alloys, settings):
+    campaign_id = open_campaign(engine, config_from_document(campaign_document("alloys", 12)))
+    round_ref = resume_round(engine, campaign_id)
+    assert (round_ref.number, round_ref.kind, round_ref.status) == (0, RoundKind.RANDOM, "started")
+    events = []
+    for status in ("trained", "predicted", "ranked", "dispatched"):
+        round_ref = rounds.run_step(engine, settings, round_ref, on_event=events.append)
+        assert round_ref.status == status and _round_row(engine, round_ref.round_id).status == status
+    row = _round_row(engine, round_ref.round_id)
+    assert row.kind is RoundKind.RANDOM and row.models is None and row.model_version_id is None
+    acquisitions = _acquisitions(engine, campaign_id)
+    assert len(acquisitions) == 10 and {a.acquisition_function for a in acquisitions} == {"random"}
+    assert all(a.status is AcquisitionStatus.DISPATCHED and a.calculation_id for a in acquisitions)
+    assert events == ["round 0: 10 of 42 candidates chosen by random",
+                      "round 0: 10 calculations queued (emt)"]
+
+
+def test_a_round_moved_meanwhile_is_refused_and_the_step_rolled_back(engine, alloys, settings):
+    campaign_id = open_campaign(engine, config_from_document(campaign_document("alloys", 12)))
+    stale = resume_round(engine, campaign_id)
+    moved = rounds.run_step(engine, settings, stale)  # another process passes the retrain step
+    assert moved.status == "trained"
+    with (pytest.raises(rounds.RoundMoved, match="round 0 is 'trained', not 'started'"),
+          session_scope(engine) as session):
+        session.get(Round, stale.round_id).models = {"written": 1}
+        rounds.advance(session, stale)
+    row = _round_row(engine, stale.round_id)
+    assert row.status == "trained" and row.models is None
+    with pytest.raises(rounds.RoundMoved):
+        rounds.run_step(engine, settings, stale)
+    assert _round_row(engine, stale.round_id).status == "trained"
 
 
 def test_cost_model_learns_from_past_calculations(engine, alloys):

@@ -1,10 +1,13 @@
 """The schema: migrations up, down and up again, no drift, the views exist."""
 
-from sqlalchemy import inspect, text
+import pytest
+from sqlalchemy import column, inspect, select, table, text
+from sqlalchemy.exc import IntegrityError
 
 from workbench.store import migrate
 from workbench.store.engine import make_engine
 from workbench.store.schema import Base
+from workbench.store.types import JsonDocument
 
 USER_TABLES = {
     "structures", "structure_sources", "target_definitions", "target_values", "calculations",
@@ -78,5 +81,33 @@ def test_upgrade_keeps_rows_of_rebuilt_tables(empty_database_url):
         with engine.connect() as connection:
             reasons = connection.execute(text("SELECT reason FROM calculation_attempts")).scalars().all()
         assert reasons == ["crash"]
+    finally:
+        engine.dispose()
+
+
+def test_round_kind_is_backfilled_from_the_summary_and_back(empty_database_url):
+    """0004 moves a round's ``{"random": true}`` out of its summary into ``rounds.kind``
+    (random or model, CHECKed), and puts it back on the way down."""
+    engine = make_engine(empty_database_url)
+    rounds = table("rounds", column("number"), column("kind"), column("summary", JsonDocument))
+    try:
+        migrate.upgrade(engine, "0003")
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO campaigns (id, name, config, status) VALUES (1, 'c', '{}', 'active')"))
+            connection.execute(text(
+                "INSERT INTO rounds (campaign_id, number, status, summary) VALUES"
+                " (1, 0, 'done', :random), (1, 1, 'done', :guided), (1, 2, 'started', NULL)"),
+                {"random": '{"random": true, "hits": 2}', "guided": '{"hits": 1}'})
+        migrate.upgrade(engine)
+        migrate.check(engine)
+        with engine.connect() as connection:
+            assert [tuple(row) for row in connection.execute(select(rounds).order_by("number"))] == [
+                (0, "random", {"hits": 2}), (1, "model", {"hits": 1}), (2, "model", None)]
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text("UPDATE rounds SET kind = 'guess' WHERE number = 2"))
+        migrate.downgrade(engine, "0003")
+        with engine.connect() as connection:
+            summaries = connection.execute(select(rounds.c.summary).order_by("number")).scalars().all()
+        assert summaries == [{"hits": 2, "random": True}, {"hits": 1}, None]
     finally:
         engine.dispose()

@@ -29,6 +29,7 @@ from workbench.store.schema import (
     ModelVersion,
     Prediction,
     Round,
+    RoundKind,
     Structure,
     TargetDefinition,
     TargetKind,
@@ -155,7 +156,7 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
         status = campaign.status
         rounds = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
         round_lines = [
-            f"| {r.number} | {r.status} | {'random' if (r.summary or {}).get('random') else config.acquisition.function} "
+            f"| {r.number} | {r.status} | {'random' if r.kind is RoundKind.RANDOM else config.acquisition.function} "
             f"| {', '.join(f'{t}: {v}' for t, v in (r.models or {}).items())} | {(r.summary or {}).get('acquired', '')} "
             f"| {(r.summary or {}).get('hits', '')} | {(r.summary or {}).get('failed', '')} "
             f"| {(r.summary or {}).get('dft_seconds', '')} |"

@@ -37,6 +37,17 @@ def make_engine(database_url: str) -> Engine:
 
 
 @contextmanager
+def open_engine(database_url: str) -> Iterator[Engine]:
+    """An engine for the length of a ``with`` block, its connections closed after it (what a
+    task or a command that runs once needs; a long-lived process keeps one engine)."""
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit on success, roll back everything on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():

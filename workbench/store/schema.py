@@ -61,6 +61,13 @@ class AcquisitionStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class RoundKind(enum.StrEnum):
+    """How a round chooses its batch: at random (initial labels) or with its models."""
+
+    RANDOM = "random"
+    MODEL = "model"
+
+
 def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
     # Stored as strings with a CHECK constraint: readable in SQL, portable to SQLite.
     return Enum(
@@ -330,7 +337,8 @@ class Campaign(Base):
 
 
 class Round(Base):
-    """One iteration of a campaign: retrain, rank, dispatch, ingest."""
+    """One iteration of a campaign, its ``status`` moved on step by step by
+    :mod:`workbench.campaign.rounds` (a plain string: a new step needs no migration)."""
 
     __tablename__ = "rounds"
     __table_args__ = (UniqueConstraint("campaign_id", "number"),)
@@ -338,6 +346,7 @@ class Round(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[RoundKind] = mapped_column(_enum(RoundKind, "round_kind"))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     status: Mapped[str] = mapped_column(String(32), default="started")
     # Target name -> model_versions.id of every ensemble this round trained.
