@@ -15,7 +15,7 @@ from workbench.cli.shared import (
     print_table,
     progress_bar,
 )
-from workbench.featurize.graph import GraphConfig
+from workbench.featurize.config import GraphConfig
 from workbench.train.config import TrainConfig
 
 AtomFeaturesOption = Annotated[str, typer.Option(

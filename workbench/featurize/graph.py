@@ -12,28 +12,8 @@ import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from workbench.errors import WorkbenchError
+from workbench.featurize.config import GraphConfig
 from workbench.structures.crystal import Crystal
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    """How a crystal becomes a graph.
-
-    Attributes:
-        cutoff: neighbour search radius in Å.
-        max_neighbors: keep the k nearest neighbours of each atom.
-        keep_ties: also keep neighbours as far as the k-th one (within ``tie_tolerance``),
-            so that a shell is never cut in half.
-        max_cutoff: a site with fewer than k neighbours within ``cutoff`` gets the radius
-            raised once to this value; if that is not enough, the structure is refused.
-        tie_tolerance: distance in Å under which two neighbours count as one shell.
-    """
-
-    cutoff: float = 8.0
-    max_neighbors: int = 12
-    keep_ties: bool = False
-    max_cutoff: float = 16.0
-    tie_tolerance: float = 1e-3
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,15 +10,6 @@ from sqlalchemy.exc import DBAPIError
 
 from workbench.errors import InputError, ReadOnlyViolation
 from workbench.store.engine import read_only_connection
-from workbench.store.schema import (
-    Calculation,
-    ModelVersion,
-    Prediction,
-    Structure,
-    StructureSource,
-    TargetDefinition,
-    TargetValue,
-)
 
 # How SQLite and PostgreSQL word a refused write in a read-only transaction.
 _READ_ONLY_MESSAGES = ("readonly database", "read-only transaction", "too many attached")
@@ -78,6 +69,17 @@ class StoreStatus:
 
 
 def store_status(engine: Engine) -> StoreStatus:
+    # The ORM tables here only: `workbench sql` and the --where conditions start without them.
+    from workbench.store.schema import (
+        Calculation,
+        ModelVersion,
+        Prediction,
+        Structure,
+        StructureSource,
+        TargetDefinition,
+        TargetValue,
+    )
+
     with read_only_connection(engine) as connection:
         def count(table) -> int:
             return connection.execute(select(func.count()).select_from(table)).scalar_one()
