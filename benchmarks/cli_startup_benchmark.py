@@ -1,0 +1,143 @@
+"""Start-up time of the commands a person types many times an hour, beside ASE's ``ase db``.
+
+Each command runs as its own process, as from a shell, against a store (and an ASE
+database) of the same ten crystals: a few warm-up runs, then ``--runs`` timed runs of
+every command taken in turn (so that load from other processes falls on all of them
+alike). Reported: the median and fastest wall time, and the median CPU time (user + sys)
+of the process, which other processes' load changes far less than wall time.
+
+    .venv/bin/python benchmarks/cli_startup_benchmark.py --out benchmarks/cli_startup.md
+"""
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def cpu_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``argv``; a failed run stops the benchmark."""
+    cpu, start = children_cpu(), time.perf_counter()
+    done = subprocess.run(argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr}")
+    return wall, children_cpu() - cpu
+
+
+def prepare(folder: Path) -> tuple[dict[str, str], Path]:
+    """A workbench store and an ASE database holding the same ten crystals."""
+    import ase.db
+    import ase.io
+    from ase.build import bulk
+
+    crystals = [bulk(symbol) for symbol in ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al", "Fe", "W", "Mo")]
+    ase.io.write(folder / "crystals.extxyz", crystals)
+    with ase.db.connect(folder / "crystals.db") as database:
+        for atoms in crystals:
+            database.write(atoms)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("WORKBENCH_", "MLFLOW_"))}
+    env["WORKBENCH_HOME"] = str(folder / "home")
+    for argv in (["init"], ["import", str(folder / "crystals.extxyz"), "--jobs", "1"]):
+        subprocess.run([str(BIN / "workbench"), *argv], env=env, check=True, capture_output=True)
+    return env, folder / "crystals.db"
+
+
+def environment(load_before: float, other_cores: float, seconds: float) -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    git = ["git", "-C", str(REPO), "--no-optional-locks"]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "workbench"], check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    return [
+        (f"- Machine: {os.cpu_count()} cores, CPU {cpu}; load average {load_before:.2f} at the start; "
+         f"other processes kept {other_cores:.1f} cores busy on average during the runs"),
+        f"- Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"- Code: commit {commit}" + (f" with uncommitted changes in {len(dirty)} files under workbench/"
+                                      if dirty else ""),
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs of each command")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each command first")
+    parser.add_argument("--out", type=Path, help="write the markdown here (default: print it)")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        env, ase_file = prepare(Path(scratch))
+        workbench, ase = str(BIN / "workbench"), str(BIN / "ase")
+        commands = {
+            "workbench --help": [workbench, "--help"],
+            'workbench sql "SELECT 1"': [workbench, "sql", "SELECT 1"],
+            "workbench status": [workbench, "status"],
+            "ase db --help": [ase, "db", "--help"],
+            "ase db crystals.db": [ase, "db", str(ase_file)],
+        }
+        for _ in range(args.warmup):
+            for argv in commands.values():
+                timed(argv, env)
+        load_before = os.getloadavg()[0]
+        walls = {name: [] for name in commands}
+        cpus = {name: [] for name in commands}
+        busy, ours, clock = cpu_busy_seconds(), children_cpu(), time.perf_counter()
+        for _ in range(args.runs):
+            for name, argv in commands.items():
+                wall, cpu = timed(argv, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        other_cores = max(0.0, (cpu_busy_seconds() - busy) - (children_cpu() - ours)) / (time.perf_counter() - clock)
+
+    lines = [
+        "# Command-line start-up",
+        "",
+        ("Written by `benchmarks/cli_startup_benchmark.py`: each command as its own process, against a store "
+         f"and an ASE database of the same ten crystals; {args.warmup} warm-up runs, then {args.runs} timed runs "
+         "of every command in turn. Aim: `workbench --help`, `sql` and `status` answer in under a second on an "
+         "idle machine. CPU time is the process's own (user + sys): other processes' load changes it far less "
+         "than wall time."),
+        "",
+        *environment(load_before, other_cores, time.perf_counter() - started),
+        "",
+        "| Command | Median wall s | Fastest wall s | Median CPU s |",
+        "|---|---:|---:|---:|",
+        *(f"| `{name}` | {statistics.median(walls[name]):.2f} | {min(walls[name]):.2f} | "
+          f"{statistics.median(cpus[name]):.2f} |" for name in commands),
+        "",
+    ]
+    text = "\n".join(lines)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
