@@ -364,7 +364,7 @@ def _best_labeled(engine: Engine, target: str, maximize: bool) -> float:
         best = session.scalar(select(func.max(TargetValue.value) if maximize else func.min(TargetValue.value))
                               .join(TargetDefinition).where(TargetDefinition.name == target))
     if best is None:
-        raise LookupError(f"no label of {target!r} to improve on")
+        raise NotFound(f"no label of {target!r} to improve on")
     return float(best)
 
 

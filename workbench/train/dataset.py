@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
+from workbench.errors import NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
@@ -39,7 +40,7 @@ def load_labeled_graphs(engine: Engine, target: str, featurizer: Featurizer, *,
     with session_scope(engine) as session:
         definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
         if definition is None:
-            raise LookupError(f"no target named {target!r} in the store")
+            raise NotFound(f"no target named {target!r} in the store")
         rows = session.execute(
             select(TargetValue.structure_id, TargetValue.value, TargetValue.value_array, Structure.dedup_key)
             .join(Structure, Structure.id == TargetValue.structure_id)
