@@ -112,6 +112,21 @@ def _prefect(environment: dict, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
+def test_every_deployment_entrypoint_is_an_installed_flow():
+    """Entrypoints are module paths of the installed package `flows`, not files."""
+    from prefect.flows import Flow, load_flow_from_entrypoint
+
+    deployments = yaml.safe_load((REPO / "flows" / "prefect.yaml").read_text())["deployments"]
+    names = set()
+    for deployment in deployments:
+        module, _ = deployment["entrypoint"].split(":")
+        assert module.startswith("flows.") and not module.endswith(".py")
+        loaded = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+        assert isinstance(loaded, Flow)
+        names.add(loaded.name)
+    assert names == {"campaign", "step", "run-dft", "import"}
+
+
 @pytest.mark.slow
 def test_campaign_deployment_runs_through_server_and_worker(services, engine, alloys, database_url, tmp_path):
     environment = dict(services, WORKBENCH_DATABASE_URL=database_url, WORKBENCH_HOME=str(tmp_path / "home"),

@@ -1,11 +1,19 @@
 """Prefect flows run the package functions, against a real (test-harness) Prefect API."""
 
+import os
+import subprocess
+import sys
+
 import pytest
+from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from flows.import_structures import import_structures
-from tests.conftest import perovskite_rows, write_csv
+from flows.tasks import store_task
+from tests.conftest import JARVIS_DOS, REPO, perovskite_rows, write_csv
+from tests.dft_helpers import campaign_document
 from workbench.store.engine import session_scope
 from workbench.store.schema import Structure, TargetValue
 
@@ -17,14 +25,69 @@ def prefect_api():
 
 
 @pytest.mark.slow
-def test_import_flow(prefect_api, engine, database_url, shared_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
-    write_csv(tmp_path / "batch.csv", perovskite_rows(shared_data, 30), ["material_id", "cif", "dir_gap"])
-    summaries = import_structures([str(tmp_path / "batch.csv"), str(shared_data / "jarvis_dos50")],
-                                  source="flow", targets={"dir_gap": "dir_gap"})
-    assert summaries[0]["new_structures"] == 30 and len(summaries) == 1 + 50 + 1  # csv, POSCARs, id_prop
+def test_flows_run_as_modules_from_anywhere(tmp_path):
+    """`flows` is a package of the install: no sys.path edit, whatever the directory."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-m", "flows.campaign"], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "usage: python -m flows.campaign CONFIG.yaml" in result.stderr
+    for source in (REPO / "flows").glob("*.py"):
+        assert "sys.path" not in source.read_text(), source
+
+
+@pytest.mark.slow
+def test_store_task_retries_a_dropped_connection_and_nothing_else(prefect_api):
+    calls = []
+
+    @store_task
+    def flaky(error: type[Exception]) -> int:
+        calls.append(error)
+        if len(calls) == 1:
+            raise error("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return len(calls)
+
+    @flow
+    def run(error: type[Exception]) -> int:
+        return flaky.with_options(retry_delay_seconds=0)(error)
+
+    assert run(OperationalError) == 2
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        run(IntegrityError)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_step_flow_walks_a_random_round(prefect_api, engine, alloys, database_url, mlflow_uri, tmp_path,
+                                        monkeypatch):
+    """The flow `step` runs the table's next step; a random round passes retrain and
+    predict without a model."""
+    from flows.campaign import step
+    from workbench.campaign.config import config_from_document
+    from workbench.campaign.loop import open_campaign
+    from workbench.store.schema import Acquisition, Round, RoundKind
+
+    for name, value in {"WORKBENCH_DATABASE_URL": database_url, "MLFLOW_TRACKING_URI": mlflow_uri,
+                        "WORKBENCH_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(name, value)
+    open_campaign(engine, config_from_document(campaign_document("stepped", 12)))
+    walked = [step("stepped") for _ in range(4)]
+    assert [(r["number"], r["kind"], r["status"]) for r in walked] == [
+        (0, RoundKind.RANDOM, status) for status in ("trained", "predicted", "ranked", "dispatched")]
     with session_scope(engine) as session:
-        assert session.scalar(select(func.count()).select_from(Structure)) == 80
+        assert session.scalar(select(Round.models)) is None
+        assert session.scalar(select(func.count(Acquisition.calculation_id))) == 10
+
+
+@pytest.mark.slow
+def test_import_flow(prefect_api, engine, database_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    write_csv(tmp_path / "batch.csv", perovskite_rows(30), ["material_id", "cif", "dir_gap"])
+    summaries = import_structures([str(tmp_path / "batch.csv"), str(JARVIS_DOS)],
+                                  source="flow", targets={"dir_gap": "dir_gap"})
+    assert summaries[0]["new_structures"] == 30 and len(summaries) == 1 + 20 + 1  # csv, POSCARs, id_prop
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Structure)) == 50
         assert session.scalar(select(func.count()).select_from(TargetValue)) == 30
 
 
@@ -52,13 +115,10 @@ def test_run_dft_flow(prefect_api, engine, database_url, tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_campaign_on_a_two_worker_local_dask_cluster(prefect_api, engine, alloys, database_url, mlflow_uri,
                                                      tmp_path, monkeypatch):
-    import os
-
     import yaml
 
     from flows.campaign import campaign
-    from tests.dft_helpers import campaign_document
-    from workbench.store.schema import Acquisition, AcquisitionStatus, Calculation
+    from workbench.store.schema import Acquisition, AcquisitionStatus, Calculation, Round, RoundKind
 
     for name, value in {"WORKBENCH_DATABASE_URL": database_url, "MLFLOW_TRACKING_URI": mlflow_uri,
                         "WORKBENCH_HOME": str(tmp_path / "home"), "WORKBENCH_DASK_WORKERS": "2"}.items():
@@ -68,6 +128,7 @@ def test_campaign_on_a_two_worker_local_dask_cluster(prefect_api, engine, alloys
     assert campaign(str(config)) == {"campaign": "dask", "rounds": 2}
     with session_scope(engine) as session:
         assert set(session.scalars(select(Acquisition.status))) == {AcquisitionStatus.LABELED}
+        assert list(session.scalars(select(Round.kind).order_by(Round.number))) == [RoundKind.RANDOM, RoundKind.MODEL]
         workers = set(session.scalars(select(Calculation.pid)))
     # The calculations ran in the Dask worker processes (a local cluster of two per
     # run-dft flow run), none in this one.

@@ -1,2 +1,6 @@
-"""The active-learning campaign. So far: :mod:`workbench.campaign.replay`, a campaign
-against a labeled pool, measured beside random selection."""
+"""The active-learning campaign: its config (:mod:`~workbench.campaign.config`), the
+round's steps in order (:mod:`~workbench.campaign.rounds`), the steps and the loop over
+rounds (:mod:`~workbench.campaign.loop`), where a campaign stands
+(:mod:`~workbench.campaign.status`), the report (:mod:`~workbench.campaign.report`), and a
+replay against a labeled pool beside random selection
+(:mod:`~workbench.campaign.replay`)."""

@@ -12,7 +12,9 @@ Everything else has a default; unknown keys are refused, so a misspelt option is
 error that names it rather than a setting silently ignored.
 """
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import (
@@ -26,10 +28,11 @@ from pydantic import (
 )
 
 from workbench.acquire.objective import Objective, parse_objective
-from workbench.acquire.plan import AcquisitionSettings
-from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
 from workbench.train.config import TrainConfig
+
+ACQUISITION_FUNCTIONS = ("probability", "ucb", "ei", "greedy", "uncertainty", "random")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,36 +64,60 @@ class ModelSettings(_Strict):
     backbone: dict = Field(default_factory=dict)
     device: str = "auto"
 
+    # The registries below import torch: only when a config is read, not with this module.
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        from workbench.models.model import BACKBONES
+
+        if name not in BACKBONES:
+            raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(BACKBONES)}")
+        return name
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone_options(cls, options: dict, info: ValidationInfo) -> dict:
+        from workbench.models.model import BACKBONES
+
+        architecture = info.data.get("architecture")
+        if architecture is None:  # refused above
+            return options
+        known = {option.name for option in fields(BACKBONES[architecture][1])}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"{architecture} has no option {', '.join(map(repr, unknown))}; "
+                             f"its options are {', '.join(sorted(known))}")
+        return options
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        import torch
+
+        if device != "auto":
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or another "
+                                 "torch device") from None
+        return device
+
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(members=self.members, epochs=self.epochs, patience=self.patience,
                            batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed)
 
 
-_ACQUISITION = AcquisitionSettings()
-
-
 class Acquisition(_Strict):
-    """How a batch is chosen (:class:`~workbench.acquire.plan.AcquisitionSettings`, whose
-    defaults these are). ``function``: a name of ``workbench.acquire.scores.SCORE_FUNCTIONS``:
-    ``probability`` (of meeting the objective), ``ucb``, ``ei``, ``greedy`` (these three on
-    the first objective target, towards its bound), ``uncertainty`` or ``random``.
-    ``cost_aware`` weighs scores by the expected DFT cost of each candidate."""
+    """How a batch is chosen. ``function``: ``probability`` (of meeting the objective),
+    ``ucb``, ``ei``, ``greedy`` and ``uncertainty`` (these four on the first objective
+    target, towards the objective's bound), or ``random``. ``cost_aware`` divides scores by
+    the expected DFT cost of each candidate."""
 
-    function: str = _ACQUISITION.function
-    batch: int = Field(_ACQUISITION.batch, ge=1)
-    diversity: float = Field(_ACQUISITION.diversity, ge=0)
-    kappa: float = Field(_ACQUISITION.kappa, ge=0)
-    cost_aware: bool = _ACQUISITION.cost_aware
-
-    @field_validator("function")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in SCORE_FUNCTIONS:
-            raise ValueError(f"unknown acquisition function {name!r}; choose one of {', '.join(SCORE_FUNCTIONS)}")
-        return name
-
-    def settings(self) -> AcquisitionSettings:
-        return AcquisitionSettings(**self.model_dump())
+    function: Literal[ACQUISITION_FUNCTIONS] = "probability"
+    batch: int = Field(6, ge=1)
+    diversity: float = Field(1.0, ge=0)
+    kappa: float = Field(2.0, ge=0)
+    cost_aware: bool = False
 
 
 class Dft(_Strict):
@@ -101,6 +128,17 @@ class Dft(_Strict):
     jobs: int = Field(1, ge=1)
     wall_time_s: float | None = Field(None, gt=0)
     references: bool = False
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        from workbench.dft.presets import PresetError, load_preset
+
+        try:
+            load_preset(name)
+        except PresetError as error:
+            raise ValueError(str(error)) from None
+        return name
 
 
 class Stop(_Strict):
@@ -133,12 +171,6 @@ class CampaignConfig(_Strict):
     def _objective_reads(cls, constraints: list[str]) -> list[str]:
         parse_objective(constraints)
         return constraints
-
-    @field_validator("acquisition")
-    @classmethod
-    def _acquisition_fits_objective(cls, acquisition: Acquisition, info: ValidationInfo) -> Acquisition:
-        if "objective" not in info.data:  # already refused
-            return acquisition
 
     @property
     def parsed_objective(self) -> Objective:

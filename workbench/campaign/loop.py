@@ -1,21 +1,17 @@
 """The campaign loop: retrain, predict, rank, dispatch, compute, ingest, repeat.
 
-Every step is a function that reads what it needs from the store and records what it did
-there, in one transaction, and advances the round's status:
-
-    started -> trained -> predicted -> ranked -> dispatched -> computed -> done
-
-so a campaign killed at any point resumes at the step it stopped in (:func:`run_campaign`
-or the Prefect flow ``campaign`` call :func:`resume_round` and then the steps left). DFT
+Every step is a function that reads what it needs from the store, records what it did
+there and, in the transaction of its last writes, advances the round's status
+(:mod:`workbench.campaign.rounds` holds the order of the steps and the statuses), so a
+campaign killed at any point resumes at the step it stopped in (:func:`run_campaign` or
+the Prefect flow ``campaign`` call :func:`resume_round` and then the steps left). DFT
 that finished is never re-run: calculations are unique per structure and preset, and the
-runner re-queues only those whose worker is gone. A round numbered 0 buys the initial
-labels at random; so does any round while an objective target has fewer than
-:data:`MIN_LABELS` labels (failed calculations can leave it short).
+runner re-queues only those whose worker is gone. A round numbered 0 is a ``random``
+round, which buys the initial labels at random; so is any round while an objective
+target has fewer than :data:`MIN_LABELS` labels (failed calculations can leave it short).
 """
 
-import enum
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +33,7 @@ from workbench.acquire.scores import (
     upper_confidence_bound,
 )
 from workbench.campaign.config import CampaignConfig, config_from_document
+from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.errors import InputError, NotFound
@@ -56,6 +53,7 @@ from workbench.store.schema import (
     ModelVersion,
     Prediction,
     Round,
+    RoundKind,
     Structure,
     StructureSource,
     TargetDefinition,
@@ -78,30 +76,6 @@ RANDOM = "random"
 ADJUSTABLE = ("budget", "stop")
 
 
-class RoundStatus(enum.StrEnum):
-    STARTED = "started"
-    TRAINED = "trained"
-    PREDICTED = "predicted"
-    RANKED = "ranked"
-    DISPATCHED = "dispatched"
-    COMPUTED = "computed"
-    DONE = "done"
-
-
-Events = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RoundRef:
-    """The round a step works on (ids only: what Prefect tasks pass around)."""
-
-    campaign_id: int
-    round_id: int
-    number: int
-    status: RoundStatus
-    random: bool
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -109,7 +83,10 @@ def _now() -> datetime:
 # -- campaign and round bookkeeping -----------------------------------------------------
 
 def open_campaign(engine: Engine, config: CampaignConfig) -> int:
-    """The campaign named in ``config``: created, or found and checked against it."""
+    """The campaign named in ``config``: created, or found and checked against it.
+
+    A stored config that no longer validates (written before a check existed, e.g. naming
+    an unknown DFT preset) could never run its next step: ``config`` replaces it."""
     document = config.to_document()
     with session_scope(engine) as session:
         campaign = session.scalar(select(Campaign).where(Campaign.name == config.name))
@@ -120,13 +97,21 @@ def open_campaign(engine: Engine, config: CampaignConfig) -> int:
             return campaign.id
         changed = sorted(key for key in set(document) | set(campaign.config)
                          if document.get(key) != campaign.config.get(key) and key not in ADJUSTABLE)
-        if changed:
+        if changed and _valid(campaign):
             raise InputError(f"campaign {config.name!r} exists with other settings for {', '.join(changed)}; "
                              "resume it with its stored config or give the new one another name", field=changed[0])
         campaign.config = document
         if campaign.status == "finished":
             campaign.status, campaign.finished_at = "active", None
         return campaign.id
+
+
+def _valid(campaign: Campaign) -> bool:
+    try:
+        config_from_document(campaign.config)
+    except InputError:
+        return False
+    return True
 
 
 def campaign_config(engine: Engine, campaign_id: int) -> CampaignConfig:
@@ -235,16 +220,11 @@ def _needs_random_round(engine: Engine, config: CampaignConfig) -> bool:
     return min(counts.values()) < max(config.initial, MIN_LABELS) and config.acquisition.function != RANDOM
 
 
-def _reference(round_row: Round) -> RoundRef:
-    return RoundRef(round_row.campaign_id, round_row.id, round_row.number, RoundStatus(round_row.status),
-                    random=bool(round_row.summary and round_row.summary.get("random")))
-
-
 def unfinished_round(engine: Engine, campaign_id: int) -> RoundRef | None:
     with session_scope(engine) as session:
         unfinished = session.scalar(select(Round).where(
             Round.campaign_id == campaign_id, Round.status != RoundStatus.DONE).order_by(Round.number))
-        return None if unfinished is None else _reference(unfinished)
+        return None if unfinished is None else RoundRef.of(unfinished)
 
 
 def resume_round(engine: Engine, campaign_id: int) -> RoundRef | None:
@@ -263,26 +243,11 @@ def resume_round(engine: Engine, campaign_id: int) -> RoundRef | None:
         last = session.scalar(select(func.max(Round.number)).where(Round.campaign_id == campaign_id))
         number = 0 if last is None else last + 1
         random = number == 0 or _needs_random_round(engine, config)
-        # A random round has nothing to train or predict: it starts at the ranking.
-        round_row = Round(campaign_id=campaign_id, number=number,
-                          status=RoundStatus.PREDICTED if random else RoundStatus.STARTED,
-                          summary={"random": random} if random else None)
+        round_row = Round(campaign_id=campaign_id, number=number, status=RoundStatus.STARTED,
+                          kind=RoundKind.RANDOM if random else RoundKind.MODEL)
         session.add(round_row)
         session.flush()
-        return _reference(round_row)
-
-
-def _set_status(engine: Engine, round_id: int, status: RoundStatus, **values) -> None:
-    with session_scope(engine) as session:
-        round_row = session.get(Round, round_id)
-        round_row.status = status
-        for key, value in values.items():
-            setattr(round_row, key, value)
-
-
-def current_round(engine: Engine, round_id: int) -> RoundRef:
-    with session_scope(engine) as session:
-        return _reference(session.get(Round, round_id))
+        return RoundRef.of(round_row)
 
 
 # -- the steps --------------------------------------------------------------------------
@@ -315,12 +280,14 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
                      f"(test MAE {result.metrics.get('mae', float('nan')):.3g})")
         with session_scope(engine) as session:  # each target kept as soon as it is trained
             session.get(Round, round_ref.round_id).models = dict(models)
-    first = config.parsed_objective.targets[0]
-    _set_status(engine, round_ref.round_id, RoundStatus.TRAINED, models=models, model_version_id=models.get(first))
+    with session_scope(engine) as session:
+        round_row = session.get(Round, round_ref.round_id)
+        round_row.models, round_row.model_version_id = models, models.get(config.parsed_objective.targets[0])
+        advance(session, round_ref)
     return models
 
 
-def predict(engine: Engine, settings: Settings, round_ref: RoundRef) -> int:
+def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> int:
     """Predictions of the round's models for every eligible candidate (skipping those a
     model has predicted already); returns how many were written."""
     config = campaign_config(engine, round_ref.campaign_id)
@@ -330,7 +297,10 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef) -> int:
         uris = {target: f"{version.name}/{version.registry_version}" for target, version in versions.items()}
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
     written = sum(predict_into_store(engine, settings, uri, structure_ids=eligible) for uri in uris.values())
-    _set_status(engine, round_ref.round_id, RoundStatus.PREDICTED)
+    with session_scope(engine) as session:
+        advance(session, round_ref)
+    if on_event:
+        on_event(f"round {round_ref.number}: {written} predictions of {len(eligible)} candidates written")
     return written
 
 
@@ -364,7 +334,7 @@ def _best_labeled(engine: Engine, target: str, maximize: bool) -> float:
         best = session.scalar(select(func.max(TargetValue.value) if maximize else func.min(TargetValue.value))
                               .join(TargetDefinition).where(TargetDefinition.name == target))
     if best is None:
-        raise NotFound(f"no label of {target!r} to improve on")
+        raise LookupError(f"no label of {target!r} to improve on")
     return float(best)
 
 
@@ -415,7 +385,8 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     config = campaign_config(engine, round_ref.campaign_id)
     existing = round_structures(engine, round_ref.round_id)
     if existing:
-        _set_status(engine, round_ref.round_id, RoundStatus.RANKED)
+        with session_scope(engine) as session:
+            advance(session, round_ref)
         return existing
     state = progress(engine, round_ref.campaign_id)
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
@@ -423,7 +394,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         round_row = session.get(Round, round_ref.round_id)
         models, model_version_id = dict(round_row.models or {}), round_row.model_version_id
     rng = np.random.default_rng([config.seed, round_ref.number])
-    if round_ref.random:
+    if round_ref.kind is RoundKind.RANDOM:
         labeled = min(labeled_counts(engine, config.parsed_objective.targets).values())
         size = min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible))
         size = max(size, 1)
@@ -459,7 +430,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         ))
     with session_scope(engine) as session:
         session.add_all(rows)
-        session.get(Round, round_ref.round_id).status = RoundStatus.RANKED
+        advance(session, round_ref)
     chosen_ids = [eligible[position] for position in chosen]
     if on_event:
         on_event(f"round {round_ref.number}: {len(chosen_ids)} of {len(eligible)} candidates chosen by {function}")
@@ -472,7 +443,8 @@ def round_structures(engine: Engine, round_id: int) -> list[int]:
             Acquisition.round_id == round_id).order_by(Acquisition.batch)))
 
 
-def dispatch(engine: Engine, round_ref: RoundRef) -> list[int]:
+def dispatch(engine: Engine, settings: Settings, round_ref: RoundRef, *,
+             on_event: Events | None = None) -> list[int]:
     """Queue a calculation for every proposed acquisition of the round and link it in
     the ledger; returns the calculation ids (repeatable: calculations are unique per
     structure and preset, so a second call finds the same ones)."""
@@ -485,7 +457,9 @@ def dispatch(engine: Engine, round_ref: RoundRef) -> list[int]:
             acquisition.calculation_id = by_structure[acquisition.structure_id]
             if acquisition.status is AcquisitionStatus.PROPOSED:
                 acquisition.status = AcquisitionStatus.DISPATCHED
-        session.get(Round, round_ref.round_id).status = RoundStatus.DISPATCHED
+        advance(session, round_ref)
+    if on_event:
+        on_event(f"round {round_ref.number}: {len(calculation_ids)} calculations queued ({config.dft.preset})")
     return calculation_ids
 
 
@@ -495,29 +469,30 @@ def round_calculations(engine: Engine, round_id: int) -> list[int]:
             Acquisition.round_id == round_id, Acquisition.calculation_id.is_not(None)).order_by(Acquisition.batch)))
 
 
-def compute(engine: Engine, settings: Settings, round_ref: RoundRef, *,
-            on_event: Callable[[int, str], None] | None = None) -> None:
+def compute(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> None:
     """Run the round's queued calculations here (the Prefect flow runs them as tasks
     instead); those done already are not touched, lost ones are re-queued first."""
     config = campaign_config(engine, round_ref.campaign_id)
+    say = on_event or (lambda message: None)
     options = RunOptions(workdir=settings.dft_dir, threads=config.dft.threads, jobs=config.dft.jobs,
                          wall_time_s=config.dft.wall_time_s, espresso_pseudo_dir=settings.espresso_pseudo_dir,
                          espresso_command=settings.espresso_command)
     run_queued(engine, load_preset(config.dft.preset), options,
-               calculation_ids=round_calculations(engine, round_ref.round_id),
-               references=config.dft.references, on_event=on_event)
-    mark_computed(engine, round_ref)
+               calculation_ids=round_calculations(engine, round_ref.round_id), references=config.dft.references,
+               on_event=lambda calculation_id, message: say(f"calculation {calculation_id}: {message}"))
+    mark_computed(engine, settings, round_ref)
 
 
-def mark_computed(engine: Engine, round_ref: RoundRef) -> None:
-    """Advance the round once none of its calculations is queued or running."""
+def mark_computed(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> None:
+    """Advance the round once none of its calculations is queued or running (the Prefect
+    flow's compute step, after its ``run-dft`` flow)."""
     with session_scope(engine) as session:
         pending = session.scalar(select(func.count(Calculation.id)).where(
             Calculation.id.in_(select(Acquisition.calculation_id).where(Acquisition.round_id == round_ref.round_id)),
             Calculation.status.in_((CalculationStatus.QUEUED, CalculationStatus.RUNNING))))
-    if pending:
-        raise RuntimeError(f"round {round_ref.number} still has {pending} calculations queued or running")
-    _set_status(engine, round_ref.round_id, RoundStatus.COMPUTED)
+        if pending:
+            raise RuntimeError(f"round {round_ref.number} still has {pending} calculations queued or running")
+        advance(session, round_ref)
 
 
 def _labels(session, structure_ids: list[int], targets: list[str]) -> dict[tuple[int, str], float]:
@@ -529,7 +504,7 @@ def _labels(session, structure_ids: list[int], targets: list[str]) -> dict[tuple
     return {(structure_id, name): value for structure_id, name, value in rows}
 
 
-def ingest(engine: Engine, round_ref: RoundRef) -> dict:
+def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict:
     """Record each acquisition's outcome (computed values, hit or not, or why it failed)
     and close the round with its summary, in one transaction."""
     config = campaign_config(engine, round_ref.campaign_id)
@@ -561,7 +536,10 @@ def ingest(engine: Engine, round_ref: RoundRef) -> dict:
         round_row = session.get(Round, round_ref.round_id)
         summary = {**(round_row.summary or {}), "acquired": len(acquisitions), "hits": hits, "failed": failed,
                    "dft_seconds": round(cost, 1)}
-        round_row.summary, round_row.status, round_row.finished_at = summary, RoundStatus.DONE, _now()
+        round_row.summary, round_row.finished_at = summary, _now()
+        advance(session, round_ref)
+    if on_event:
+        on_event(f"round {round_ref.number}: {hits} hits, {failed} failed of {len(acquisitions)}")
     return summary
 
 
@@ -583,7 +561,7 @@ def run_campaign(engine: Engine, settings: Settings, config: CampaignConfig, *,
     campaign_id = open_campaign(engine, config)
     rounds = 0
     while (round_ref := resume_round(engine, campaign_id)) is not None:
-        say(f"round {round_ref.number}{' (random)' if round_ref.random else ''}: {round_ref.status.value}")
+        say(f"round {round_ref.number} ({round_ref.kind.value}): {round_ref.status.value}")
         run_round(engine, settings, round_ref, on_event=say)
         rounds += 1
     state = progress(engine, campaign_id)
@@ -591,25 +569,9 @@ def run_campaign(engine: Engine, settings: Settings, config: CampaignConfig, *,
     return CampaignOutcome(campaign_id, rounds, state.spent, state.hits, reason)
 
 
-def run_round(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict:
-    """The steps of one round from wherever it stopped."""
-    say = on_event or (lambda message: None)
-    if round_ref.status is RoundStatus.STARTED:
-        retrain(engine, settings, round_ref, on_event=say)
-        round_ref = current_round(engine, round_ref.round_id)
-    if round_ref.status is RoundStatus.TRAINED:
-        predict(engine, settings, round_ref)
-        round_ref = current_round(engine, round_ref.round_id)
-    if round_ref.status is RoundStatus.PREDICTED:
-        rank(engine, settings, round_ref, on_event=say)
-        round_ref = current_round(engine, round_ref.round_id)
-    if round_ref.status is RoundStatus.RANKED:
-        dispatch(engine, round_ref)
-        round_ref = current_round(engine, round_ref.round_id)
-    if round_ref.status is RoundStatus.DISPATCHED:
-        compute(engine, settings, round_ref, on_event=lambda calculation_id, message: say(
-            f"calculation {calculation_id}: {message}"))
-        round_ref = current_round(engine, round_ref.round_id)
-    summary = ingest(engine, round_ref)
-    say(f"round {round_ref.number}: {summary['hits']} hits, {summary['failed']} failed of {summary['acquired']}")
-    return summary
+def run_round(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> RoundRef:
+    """The steps of one round from wherever it stopped, in the order of
+    :func:`workbench.campaign.rounds.steps`; returns the round, done."""
+    while round_ref.status is not RoundStatus.DONE:
+        round_ref = run_step(engine, settings, round_ref, on_event=on_event)
+    return round_ref
