@@ -41,6 +41,21 @@ class Constraint:
     def holds(self, values: np.ndarray) -> np.ndarray:
         return (values >= self.low) & (values <= self.high)
 
+    @property
+    def is_window(self) -> bool:
+        """Bounded on both sides: there is no single direction to push the target in."""
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    @property
+    def maximizes(self) -> bool:
+        """Only a lower bound: larger values are better (only an upper bound: smaller)."""
+        return math.isfinite(self.low) and not math.isfinite(self.high)
+
+    def distance(self, values: np.ndarray) -> np.ndarray:
+        """How far ``values`` lie outside the bounds (0 inside)."""
+        values = np.asarray(values, dtype=float)
+        return np.maximum(self.low - values, 0.0) + np.maximum(values - self.high, 0.0)
+
     def __str__(self) -> str:
         if math.isinf(self.low):
             return f"{self.target}<={self.high:g}"

@@ -14,7 +14,6 @@ error that names it rather than a setting silently ignored.
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import (
@@ -28,10 +27,10 @@ from pydantic import (
 )
 
 from workbench.acquire.objective import Objective, parse_objective
+from workbench.acquire.plan import AcquisitionSettings
+from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
 from workbench.train.config import TrainConfig
-
-ACQUISITION_FUNCTIONS = ("probability", "ucb", "ei", "greedy", "uncertainty", "random")
 
 
 class _Strict(BaseModel):
@@ -107,17 +106,31 @@ class ModelSettings(_Strict):
                            batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed)
 
 
-class Acquisition(_Strict):
-    """How a batch is chosen. ``function``: ``probability`` (of meeting the objective),
-    ``ucb``, ``ei``, ``greedy`` and ``uncertainty`` (these four on the first objective
-    target, towards the objective's bound), or ``random``. ``cost_aware`` divides scores by
-    the expected DFT cost of each candidate."""
+_ACQUISITION = AcquisitionSettings()
 
-    function: Literal[ACQUISITION_FUNCTIONS] = "probability"
-    batch: int = Field(6, ge=1)
-    diversity: float = Field(1.0, ge=0)
-    kappa: float = Field(2.0, ge=0)
-    cost_aware: bool = False
+
+class Acquisition(_Strict):
+    """How a batch is chosen (:class:`~workbench.acquire.plan.AcquisitionSettings`, whose
+    defaults these are). ``function``: a name of ``workbench.acquire.scores.SCORE_FUNCTIONS``:
+    ``probability`` (of meeting the objective), ``ucb``, ``ei``, ``greedy`` (these three on
+    the first objective target, towards its bound), ``uncertainty`` or ``random``.
+    ``cost_aware`` weighs scores by the expected DFT cost of each candidate."""
+
+    function: str = _ACQUISITION.function
+    batch: int = Field(_ACQUISITION.batch, ge=1)
+    diversity: float = Field(_ACQUISITION.diversity, ge=0)
+    kappa: float = Field(_ACQUISITION.kappa, ge=0)
+    cost_aware: bool = _ACQUISITION.cost_aware
+
+    @field_validator("function")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in SCORE_FUNCTIONS:
+            raise ValueError(f"unknown acquisition function {name!r}; choose one of {', '.join(SCORE_FUNCTIONS)}")
+        return name
+
+    def settings(self) -> AcquisitionSettings:
+        return AcquisitionSettings(**self.model_dump())
 
 
 class Dft(_Strict):
@@ -171,6 +184,12 @@ class CampaignConfig(_Strict):
     def _objective_reads(cls, constraints: list[str]) -> list[str]:
         parse_objective(constraints)
         return constraints
+
+    @field_validator("acquisition")
+    @classmethod
+    def _acquisition_fits_objective(cls, acquisition: Acquisition, info: ValidationInfo) -> Acquisition:
+        if "objective" not in info.data:  # already refused
+            return acquisition
 
     @property
     def parsed_objective(self) -> Objective:

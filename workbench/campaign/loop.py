@@ -21,17 +21,11 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, func, select
 
-from workbench.acquire.batch import SHORTLIST_FACTOR, select_batch
 from workbench.acquire.candidates import blocked_keys
 from workbench.acquire.cost import expected_costs
 from workbench.acquire.objective import Constraint
-from workbench.acquire.scores import (
-    expected_improvement,
-    greedy,
-    probability_of_objective,
-    uncertainty,
-    upper_confidence_bound,
-)
+from workbench.acquire.plan import AcquisitionSettings, plan_batch
+from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
 from workbench.dft.presets import load_preset
@@ -321,39 +315,14 @@ def _scalar_predictions(engine: Engine, models: dict[str, int], structure_ids: l
     return predictions
 
 
-def _one_sided(constraint: Constraint, function: str) -> bool:
-    """Whether the objective's first constraint is maximised (a lower bound)."""
-    if np.isfinite(constraint.low) and np.isfinite(constraint.high):
-        raise InputError(f"acquisition {function!r} needs a one-sided first constraint (e.g. 'heat_ref<1.0'), "
-                         f"not the window {constraint}; use 'probability'", field="acquisition.function")
-    return bool(np.isfinite(constraint.low))
-
-
-def _best_labeled(engine: Engine, target: str, maximize: bool) -> float:
+def _best_labeled(engine: Engine, constraint: Constraint) -> float:
+    """The best stored label of the constraint's target, towards its bound."""
+    best_value = func.max(TargetValue.value) if constraint.maximizes else func.min(TargetValue.value)
     with session_scope(engine) as session:
-        best = session.scalar(select(func.max(TargetValue.value) if maximize else func.min(TargetValue.value))
-                              .join(TargetDefinition).where(TargetDefinition.name == target))
+        best = session.scalar(select(best_value).join(TargetDefinition).where(TargetDefinition.name == constraint.target))
     if best is None:
-        raise LookupError(f"no label of {target!r} to improve on")
+        raise NotFound(f"no label of {constraint.target!r} to improve on")
     return float(best)
-
-
-def acquisition_scores(engine: Engine, config: CampaignConfig,
-                       predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Scores of the configured function (higher is better) over ``predictions``."""
-    objective, function = config.parsed_objective, config.acquisition.function
-    if function == "probability":
-        return probability_of_objective(objective, predictions)
-    first = objective.constraints[0]
-    mean, std = predictions[first.target]
-    maximize = _one_sided(first, function)
-    if function == "ucb":
-        return upper_confidence_bound(mean, std, kappa=config.acquisition.kappa, maximize=maximize)
-    if function == "ei":
-        return expected_improvement(mean, std, _best_labeled(engine, first.target, maximize), maximize=maximize)
-    if function == "greedy":
-        return greedy(mean, maximize=maximize)
-    return uncertainty(std)
 
 
 def _embeddings(engine: Engine, settings: Settings, model_version_id: int, structure_ids: list[int]) -> np.ndarray:
@@ -380,8 +349,10 @@ def _embeddings(engine: Engine, settings: Settings, model_version_id: int, struc
 
 
 def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> list[int]:
-    """Choose the round's batch and write it to the ledger as ``proposed``; returns the
-    chosen structure ids. A round already ranked returns its batch unchanged."""
+    """Choose the round's batch with :func:`~workbench.acquire.plan.plan_batch` over the
+    stored predictions, and write it to the ledger as ``proposed`` (the plan's reasons and
+    any note on tied scores go in the round's summary); returns the chosen structure ids.
+    A round already ranked returns its batch unchanged."""
     config = campaign_config(engine, round_ref.campaign_id)
     existing = round_structures(engine, round_ref.round_id)
     if existing:
@@ -390,50 +361,45 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         return existing
     state = progress(engine, round_ref.campaign_id)
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
+    objective = config.parsed_objective
     with session_scope(engine) as session:
         round_row = session.get(Round, round_ref.round_id)
         models, model_version_id = dict(round_row.models or {}), round_row.model_version_id
-    rng = np.random.default_rng([config.seed, round_ref.number])
     if round_ref.kind is RoundKind.RANDOM:
-        labeled = min(labeled_counts(engine, config.parsed_objective.targets).values())
-        size = min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible))
-        size = max(size, 1)
-        predictions, function = {}, RANDOM
-        scores = rng.random(len(eligible))
+        labeled = min(labeled_counts(engine, objective.targets).values())
+        size = max(1, min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible)))
+        policy, predictions = AcquisitionSettings(function=RANDOM, cost_aware=config.acquisition.cost_aware), {}
     else:
-        size = min(config.acquisition.batch, config.budget - state.spent, len(eligible))
+        policy = config.acquisition.settings()
+        size = min(policy.batch, config.budget - state.spent, len(eligible))
         predictions = _scalar_predictions(engine, models, eligible)
-        function = config.acquisition.function
-        scores = rng.random(len(eligible)) if function == RANDOM else acquisition_scores(engine, config, predictions)
-    costs = None
-    if config.acquisition.cost_aware:
-        costs = expected_costs(engine, load_preset(config.dft.preset), eligible)
-        if function != RANDOM:
-            scores = scores / costs
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(len(order), int)
-    ranks[order] = np.arange(1, len(order) + 1)
-    if function == RANDOM or config.acquisition.diversity == 0 or model_version_id is None:
-        chosen = order[:size]
-    else:
-        shortlist = order[: SHORTLIST_FACTOR * size]
-        embeddings = _embeddings(engine, settings, model_version_id, [eligible[i] for i in shortlist])
-        chosen = shortlist[select_batch(scores[shortlist], size, embeddings, diversity=config.acquisition.diversity)]
+    costs = expected_costs(engine, load_preset(config.dft.preset), eligible) if policy.cost_aware else None
+    plan = plan_batch(
+        predictions, objective, policy, size=size, count=len(eligible), costs=costs,
+        embeddings=None if model_version_id is None else lambda positions: _embeddings(
+            engine, settings, model_version_id, [eligible[i] for i in positions]),
+        best_labeled=(_best_labeled(engine, objective.constraints[0])
+                      if SCORE_FUNCTIONS[policy.function].needs_best_label else None),
+        rng=np.random.default_rng([config.seed, round_ref.number]))
     rows = []
-    for pick, position in enumerate(chosen, start=1):
+    for pick, position in enumerate(plan.chosen, start=1):
         predicted = {target: {"mean": float(mean[position]), "std": float(std[position])}
                      for target, (mean, std) in predictions.items()}
         rows.append(Acquisition(
             round_id=round_ref.round_id, structure_id=eligible[position], model_version_id=model_version_id,
-            acquisition_function=function, score=float(scores[position]), rank=int(ranks[position]), batch=pick,
-            predicted=predicted or None, expected_cost_s=None if costs is None else float(costs[position]),
+            acquisition_function=plan.function, score=float(plan.scores[position]), rank=int(plan.ranks[position]),
+            batch=pick, predicted=predicted or None,
+            expected_cost_s=None if costs is None else float(costs[position]),
         ))
     with session_scope(engine) as session:
         session.add_all(rows)
+        round_row = session.get(Round, round_ref.round_id)
+        round_row.summary = {**(round_row.summary or {}), "acquisition": plan.summary()}
         advance(session, round_ref)
-    chosen_ids = [eligible[position] for position in chosen]
+    chosen_ids = [eligible[position] for position in plan.chosen]
     if on_event:
-        on_event(f"round {round_ref.number}: {len(chosen_ids)} of {len(eligible)} candidates chosen by {function}")
+        on_event(f"round {round_ref.number}: {len(chosen_ids)} of {len(eligible)} candidates chosen by "
+                 f"{plan.function}{'; ' + plan.note if plan.note else ''}")
     return chosen_ids
 
 
