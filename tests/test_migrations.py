@@ -12,7 +12,7 @@ from workbench.store.types import JsonDocument
 USER_TABLES = {
     "structures", "structure_sources", "target_definitions", "target_values", "calculations",
     "calculation_attempts", "featurizers", "graphs", "model_versions", "predictions",
-    "campaigns", "rounds", "acquisitions",
+    "campaigns", "rounds", "acquisitions", "structure_lineage",
 }
 
 

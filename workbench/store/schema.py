@@ -61,6 +61,13 @@ class AcquisitionStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class LineageKind(enum.StrEnum):
+    """How a structure was made from its parent."""
+
+    SUBSTITUTION = "substitution"
+    RELAXATION = "relaxation"
+
+
 class RoundKind(enum.StrEnum):
     """How a round chooses its batch: at random (initial labels) or with its models."""
 
@@ -184,6 +191,29 @@ class TargetValue(Base):
     calculation_id: Mapped[int | None] = mapped_column(
         ForeignKey("calculations.id", ondelete="SET NULL"), index=True
     )
+    # What a derived value was computed from, e.g. the decomposition of an energy above hull.
+    detail: Mapped[dict | None] = mapped_column(JsonDocument)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class StructureLineage(Base):
+    """A structure made from another one: a substitution into a prototype, a relaxation.
+
+    ``detail`` says how (the substitution mapping, the relaxation's preset and
+    calculation). A structure equal to a stored crystal is linked to that crystal, so one
+    structure may have several parents.
+    """
+
+    __tablename__ = "structure_lineage"
+    __table_args__ = (UniqueConstraint("structure_id", "parent_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structures.id", ondelete="CASCADE"))
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("structures.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[LineageKind] = mapped_column(_enum(LineageKind, "lineage_kind"))
+    detail: Mapped[dict] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = _created_at()
 
 
