@@ -50,3 +50,9 @@ def test_help_shows_the_library_defaults(run_cli):
     for command in ("init", "import", "export-ase", "sql", "status", "featurize", "train", "predict",
                     "replay", "dft", "campaign"):
         assert f" {command} " in commands
+
+
+def test_a_bad_setting_is_a_message(run_cli, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DASK_WORKERS", "many")
+    refused = run_cli("status", expect=1).output
+    assert refused.startswith("WORKBENCH_DASK_WORKERS: ") and "Traceback" not in refused

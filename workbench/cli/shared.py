@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import typer
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from workbench.errors import NotFound, WorkbenchError
+from workbench.errors import InputError, NotFound, WorkbenchError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -64,9 +65,9 @@ class Invocation:
             self._engines[url] = make_engine(url)
         return self._engines[url]
 
-    @property
+    @cached_property
     def engine(self) -> Engine:
-        """The store; one that was never initialised is an error."""
+        """The store; one that was never initialised is an error (checked once)."""
         from workbench.store import migrate
 
         engine = self._open(self.settings.database_url)
@@ -99,9 +100,16 @@ class Invocation:
 
 @app.callback()
 def _start(ctx: typer.Context) -> None:
+    from pydantic import ValidationError
+
     from workbench.settings import Settings
 
-    ctx.obj = Invocation(Settings())
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise InputError("; ".join(f"WORKBENCH_{'.'.join(map(str, item['loc'])).upper()}: {item['msg']}"
+                                   for item in error.errors())) from None
+    ctx.obj = Invocation(settings)
     ctx.call_on_close(ctx.obj.close)
 
 
