@@ -55,6 +55,7 @@ system-packages:
 	dpkg -s libxc-dev >/dev/null 2>&1 || missing="$$missing libxc-dev"; \
 	dpkg -s libopenblas-dev >/dev/null 2>&1 || missing="$$missing libopenblas-dev"; \
 	command -v pw.x >/dev/null || missing="$$missing quantum-espresso"; \
+	command -v chromium >/dev/null || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi

@@ -1,0 +1,282 @@
+"""The dashboard's queries and pages on SQLite and PostgreSQL: a store holding a small
+campaign's ledger, two model versions' predictions, a DFT calculation whose first attempt
+failed, spectra and per-site labels; read through an engine the database refuses writes
+through. HTTP through Starlette's TestClient; the browser tests are in
+test_dashboard_browser.py."""
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from starlette.testclient import TestClient
+
+from tests.dft_helpers import campaign_document, cu3au
+from workbench.campaign.config import config_from_document
+from workbench.campaign.loop import open_campaign
+from workbench.dashboard import queries
+from workbench.dashboard.app import Dashboard, create_app
+from workbench.errors import InputError, NotFound
+from workbench.io.entries import Entry
+from workbench.io.importer import import_entries
+from workbench.io.readers import ReadOptions
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    Acquisition,
+    AcquisitionStatus,
+    Calculation,
+    CalculationAttempt,
+    CalculationStatus,
+    ModelVersion,
+    Prediction,
+    Round,
+    RoundKind,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+from workbench.structures.crystal import Crystal
+
+TARGET = "emt.energy_per_atom"
+THRESHOLD = 0.1
+HOSTILE = '<script>alert("x")</script><b>bold</b>'
+
+
+def _seed(engine, alloys: dict[str, int], workdir) -> dict:
+    """A finished two-round campaign on the alloys, with what the pages show."""
+    campaign_id = open_campaign(engine, config_from_document(campaign_document(
+        "alloys", 7, objective=[f"{TARGET}<={THRESHOLD}"])))
+    ids = sorted(alloys.values())
+    random_ids, guided_ids = ids[:4], ids[4:7]
+    computed = {structure_id: 0.05 * n for n, structure_id in enumerate(random_ids + guided_ids)}
+    (workdir / "stderr.log").write_text("SCF did not converge <b>here</b>\n")
+    now = datetime.now(UTC)
+    with session_scope(engine) as session:
+        scalar = TargetDefinition(name=TARGET, kind=TargetKind.SCALAR, units="eV/atom")
+        dos = TargetDefinition(name="dos", kind=TargetKind.SPECTRUM, units="states/eV", length=5,
+                               grid=np.linspace(-2, 2, 5), grid_units="eV")
+        charges = TargetDefinition(name="charges", kind=TargetKind.PER_SITE, units="e", site_shape=[])
+        session.add_all([scalar, dos, charges])
+        session.flush()
+        old = ModelVersion(name=f"alloys-{TARGET}", registry_version=1, mlflow_run_id="run1", targets=[TARGET],
+                           architecture="cgcnn", metrics={"mae": 0.2})
+        new = ModelVersion(name=f"alloys-{TARGET}", registry_version=2, mlflow_run_id="run2", targets=[TARGET],
+                           architecture="cgcnn", metrics={"mae": 0.1, "rmse": 0.15})
+        session.add_all([old, new])
+        session.flush()
+        for n, structure_id in enumerate(ids):
+            session.add(Prediction(model_version_id=old.id, structure_id=structure_id, target_id=scalar.id,
+                                   mean=0.3, std=0.01 * n))
+        for n, structure_id in enumerate(ids[:30]):
+            session.add(Prediction(model_version_id=new.id, structure_id=structure_id, target_id=scalar.id,
+                                   mean=0.01 * n, std=0.5 - 0.01 * n))
+        first = ids[0]
+        calculation = Calculation(structure_id=first, preset="emt", parameters={}, status=CalculationStatus.DONE,
+                                  wall_time_s=1.5, results={"energy": -1.0}, finished_at=now)
+        session.add(calculation)
+        session.flush()
+        session.add_all([
+            CalculationAttempt(calculation_id=calculation.id, number=1, parameters={}, reason="scf",
+                               status=CalculationStatus.FAILED, message="SCF <i>failed</i>", workdir=str(workdir),
+                               finished_at=now),
+            CalculationAttempt(calculation_id=calculation.id, number=2, parameters={},
+                               status=CalculationStatus.DONE, finished_at=now),
+        ])
+        for structure_id, value in computed.items():
+            session.add(TargetValue(structure_id=structure_id, target_id=scalar.id, value=value,
+                                    calculation_id=calculation.id if structure_id == first else None))
+        session.add(TargetValue(structure_id=first, target_id=dos.id, value_array=np.arange(5.0)))
+        session.add(TargetValue(structure_id=first, target_id=charges.id, value_array=np.array([1.0, -1, 0.5, -0.5])))
+        session.add(Prediction(model_version_id=new.id, structure_id=first, target_id=dos.id,
+                               mean_array=np.arange(5.0) + 0.5, std_array=np.full(5, 0.2)))
+        random_round = Round(campaign_id=campaign_id, number=0, kind=RoundKind.RANDOM, status="done",
+                             summary={"acquired": 4, "hits": 3, "failed": 0}, finished_at=now)
+        guided = Round(campaign_id=campaign_id, number=1, kind=RoundKind.MODEL, status="done",
+                       model_version_id=old.id, models={TARGET: old.id}, summary={"acquired": 3}, finished_at=now)
+        session.add_all([random_round, guided])
+        session.flush()
+        for batch, structure_id in enumerate(random_ids, start=1):
+            session.add(Acquisition(
+                round_id=random_round.id, structure_id=structure_id, acquisition_function="random", score=0.0,
+                rank=batch, batch=batch, status=AcquisitionStatus.LABELED,
+                outcome={"computed": {TARGET: computed[structure_id]}, "hit": computed[structure_id] <= THRESHOLD}))
+        for batch, structure_id in enumerate(guided_ids, start=1):
+            labeled = batch < 3  # the last one is still being computed
+            session.add(Acquisition(
+                round_id=guided.id, structure_id=structure_id, model_version_id=old.id,
+                acquisition_function="probability", score=1.0 - 0.2 * batch, rank=batch, batch=batch,
+                status=AcquisitionStatus.LABELED if labeled else AcquisitionStatus.DISPATCHED,
+                predicted={TARGET: {"mean": 0.3, "std": 0.01 * batch}},
+                outcome={"computed": {TARGET: computed[structure_id]}, "hit": computed[structure_id] <= THRESHOLD}
+                if labeled else None))
+    return {"campaign_id": campaign_id, "first": first, "ids": ids, "old": old.id, "new": new.id,
+            "labeled": set(computed)}
+
+
+@pytest.fixture
+def store(engine, alloys, tmp_path, database_url):
+    seeded = _seed(engine, alloys, tmp_path)
+    reader = queries.read_only_engine(database_url)
+    yield {**seeded, "engine": reader, "alloys": alloys}
+    reader.dispose()
+
+
+def test_the_read_only_engine_refuses_writes(store):
+    with pytest.raises(DBAPIError, match="(?i)read-?only"), store["engine"].begin() as connection:
+        connection.execute(text("DELETE FROM structures"))
+
+
+def test_overview_counts_campaigns_queue_and_failures(store):
+    overview = queries.overview(store["engine"])
+    assert (overview.structures, overview.labels, overview.model_versions) == (42, 9, 2)
+    assert overview.predictions == 42 + 30 + 1
+    [line] = overview.campaigns
+    assert (line.name, line.spent, line.budget, line.hits, line.rounds) == ("alloys", 7, 7, 3, 2)
+    assert overview.dft_queue["done"] == 1 and overview.dft_queue["queued"] == 0
+    assert overview.failures_by_reason == {"scf": 1}
+    assert [f.reason for f in overview.recent_failures] == ["scf"]
+
+
+def test_campaign_view_names_rounds_and_their_models(store):
+    view = queries.campaign_view(store["engine"], "alloys")
+    assert (view.spent, view.budget, view.hits, view.targets) == (7, 7, 3, [TARGET])
+    assert [(r.number, r.kind) for r in view.rounds] == [(0, "random"), (1, "model")]
+    assert view.rounds[1].models[TARGET].label == f"alloys-{TARGET}/1"
+    with pytest.raises(NotFound):
+        queries.campaign_view(store["engine"], "nonesuch")
+
+
+def test_ledger_sorts_filters_and_pages(store):
+    from workbench.campaign.report import ledger
+
+    rows = ledger(store["engine"], store["campaign_id"])
+    page = queries.ledger_page(rows, queries.LedgerQuery(sort="score", descending=True), [TARGET])
+    assert [row.score for row in page.rows] == pytest.approx([0.8, 0.6, 0.4, 0, 0, 0, 0])
+    by_std = queries.ledger_page(rows, queries.LedgerQuery(sort="std", descending=True), [TARGET]).rows
+    assert [row.predicted[TARGET]["std"] for row in by_std[:3]] == pytest.approx([0.03, 0.02, 0.01])
+    assert all(not row.predicted for row in by_std[3:])  # rows without a prediction come last
+    hits = queries.ledger_page(rows, queries.LedgerQuery(outcome="hit"), [TARGET])
+    assert hits.total == 3 and all(row.outcome["hit"] for row in hits.rows)
+    pending = queries.ledger_page(rows, queries.LedgerQuery(outcome="pending"), [TARGET])
+    assert [row.status for row in pending.rows] == ["dispatched"]
+    assert queries.ledger_page(rows, queries.LedgerQuery(round=1), [TARGET]).total == 3
+    formula = rows[0].formula
+    assert all(formula.lower() in row.formula.lower() for row in queries.ledger_page(
+        rows, queries.LedgerQuery(formula=formula.lower()), [TARGET]).rows)
+    second = queries.ledger_page(rows, queries.LedgerQuery(page=2, per_page=3), [TARGET])
+    assert (second.pages, [row.round for row in second.rows]) == (3, [0, 1, 1])
+    with pytest.raises(InputError, match="sort the ledger by 'bogus'"):
+        queries.LedgerQuery(sort="bogus")
+
+
+def test_structure_view_has_labels_predictions_spectra_and_attempts(store):
+    view = queries.structure_view(store["engine"], store["first"])
+    assert {label.target for label in view.labels} == {TARGET, "dos", "charges"}
+    assert [(p.model.label, p.target) for p in view.predictions if p.target == TARGET] == [
+        (f"alloys-{TARGET}/2", TARGET), (f"alloys-{TARGET}/1", TARGET)]
+    assert view.grids["dos"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert len(view.cartesian) == view.nsites == 4
+    [calculation] = view.calculations
+    assert [a.reason for a in calculation.attempts] == ["scf", None]
+    assert "SCF did not converge" in calculation.attempts[0].logs["stderr.log"]
+    with pytest.raises(NotFound):
+        queries.structure_view(store["engine"], 10**9)
+
+
+def test_search_by_formula_elements_and_source(store):
+    engine = store["engine"]
+    found = queries.search_structures(engine, elements="Cu Au")
+    assert sorted(line.reduced_formula for line in found.rows) == ["Cu3Au", "CuAu3"]
+    assert {line.reduced_formula for line in queries.search_structures(engine, formula="Cu3").rows} >= {"Cu3Au"}
+    assert queries.search_structures(engine, source="nonesuch").rows == []
+    first = queries.search_structures(engine, source="test", per_page=40)
+    assert len(first.rows) == 40 and first.has_next
+    rest = queries.search_structures(engine, source="test", page=2, per_page=40)
+    assert len(rest.rows) == 2 and not rest.has_next
+
+
+def test_candidates_rank_the_newest_unlabeled_predictions(store):
+    ranked = queries.candidates(store["engine"], TARGET, order="std", descending=True, per_page=100)
+    ids = [line.structure_id for line in ranked.rows]
+    assert not set(ids) & store["labeled"] and len(ids) == 42 - 7
+    newest = {line.structure_id: line.model.id for line in ranked.rows}
+    assert all(newest[i] == store["new"] for i in store["ids"][7:30])
+    assert all(newest[i] == store["old"] for i in store["ids"][30:])
+    stds = [line.std for line in ranked.rows]
+    assert stds == sorted(stds, reverse=True)
+    assert queries.scalar_targets(store["engine"]) == [TARGET]
+    with pytest.raises(InputError):
+        queries.candidates(store["engine"], TARGET, order="score")
+
+
+def test_models_and_their_parity(store):
+    lines = queries.model_lines(store["engine"])
+    assert [(line.version, line.predictions) for line in lines] == [(2, 31), (1, 42)]
+    named = queries.with_aliases(lines, {f"alloys-{TARGET}": {"champion": 2, "challenger": 2}})
+    assert named[0].aliases == ["challenger", "champion"] and named[1].aliases == []
+    [points] = queries.model_parity(store["engine"], store["old"])
+    assert points.target == TARGET and len(points.computed) == 7
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+@pytest.fixture
+def client(store):
+    return TestClient(create_app(Dashboard(store["engine"])))
+
+
+def test_every_page_answers(client, store):
+    pages = {"/": "alloys", "/campaigns/alloys": "Ledger", f"/structures/{store['first']}": "Calculation",
+             "/models": f"alloys-{TARGET}/2", f"/models/{store['old']}": "Parity",
+             "/search?elements=Cu+Au": "Cu3Au", f"/search?target={TARGET}&order=mean&desc=0": "Candidates"}
+    for path, expected in pages.items():
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert expected in response.text, path
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert client.get("/static/plotly.min.js").status_code == 200
+    assert client.get("/static/dashboard.js").status_code == 200
+
+
+def test_ledger_is_sorted_and_filtered_by_the_server(client):
+    page = client.get("/campaigns/alloys", params={"sort": "score", "desc": "1", "per_page": "2"}).text
+    assert page.count('class="n score"') == 2 and "0.8" in page and "page 1 of 4" in page
+    hits = client.get("/campaigns/alloys", params={"outcome": "hit"}).text
+    assert "3 rows" in hits and "miss" not in hits.split('id="ledger"')[1]
+    assert client.get("/campaigns/alloys", params={"sort": "bogus"}).status_code == 400
+    assert client.get("/campaigns/alloys", params={"page": "x"}).status_code == 400
+
+
+def test_unknown_ids_give_a_404_page(client):
+    for path in ("/structures/999999999", "/campaigns/nonesuch", "/models/99999", "/no/such/page"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "Not found" in response.text
+
+
+def test_strings_from_imported_files_are_escaped(engine, store, client):
+    entry = Entry(row="1", external_id=HOSTILE, crystal=Crystal.from_ase(cu3au()))
+    import_entries(engine, [entry], source=HOSTILE, file=HOSTILE, options=ReadOptions())
+    [found] = queries.search_structures(store["engine"], source=HOSTILE).rows
+    for path in (f"/structures/{found.id}", f"/search?source={HOSTILE}"):
+        page = client.get(path).text
+        assert HOSTILE not in page and "<script>alert" not in page, path
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page, path
+
+
+def test_a_token_guards_every_request(store):
+    guarded = TestClient(create_app(Dashboard(store["engine"]), token="s3cret"))
+    assert guarded.get("/").status_code == 401
+    assert guarded.get("/static/dashboard.js").status_code == 401
+    assert guarded.get("/", headers={"X-Workbench-Token": "wrong"}).status_code == 401
+    assert guarded.get("/", headers={"X-Workbench-Token": "s3cret"}).status_code == 200
+    assert guarded.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert guarded.get("/?token=s3cret").status_code == 200
+    assert guarded.get("/models").status_code == 200  # the cookie set by ?token=
+
+
+def test_serve_refuses_a_public_address_without_a_token(run_cli, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DASHBOARD_TOKEN", raising=False)
+    result = run_cli("serve", "--host", "0.0.0.0", expect=1)
+    assert "WORKBENCH_DASHBOARD_TOKEN" in result.output

@@ -1,0 +1,619 @@
+"""What the dashboard shows, read from the store and returned as plain data.
+
+Every function takes an engine and only reads; :func:`read_only_engine` opens one the
+database itself refuses to write through. Campaign figures reuse the library's own
+answers (:func:`workbench.campaign.report.ledger`, :func:`workbench.campaign.status.campaign_status`,
+:func:`workbench.campaign.loop.progress`). Lists that grow with the store (ledger,
+candidates, search) come a page at a time.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine, create_engine, func, literal, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import aliased
+
+from workbench.campaign.loop import campaign_config, campaign_id_of, progress
+from workbench.campaign.report import LedgerRow
+from workbench.campaign.status import campaign_status
+from workbench.errors import InputError, NotFound
+from workbench.store.engine import session_scope
+from workbench.store.schema import (
+    AcquisitionStatus,
+    Calculation,
+    CalculationAttempt,
+    CalculationStatus,
+    Campaign,
+    ModelVersion,
+    Prediction,
+    Round,
+    Structure,
+    StructureSource,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
+
+PER_PAGE = 50
+# Failed attempts listed on the overview, newest first.
+RECENT_FAILURES = 10
+# The end of each log file shown for an attempt (the whole file can be megabytes).
+LOG_TAIL_BYTES = 4000
+# Files a calculation's job writes in its folder (workbench.dft.runner and .job).
+LOG_FILES = ("stderr.log", "stdout.log", "calculator.txt")
+
+
+def read_only_engine(database_url: str) -> Engine:
+    """An engine on the store through which the database refuses writes: a SQLite file
+    opened ``mode=ro``, or PostgreSQL sessions whose transactions are read-only."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        import sqlite3
+
+        if not url.database or url.database == ":memory:":
+            raise InputError("the dashboard reads a SQLite file, not an in-memory database", field="database_url")
+        path = Path(url.database).resolve()
+        if not path.exists():
+            raise NotFound(f"No workbench store at {path}: run `workbench init` first.")
+        # The URL keeps the path, so library code that opens its own read-only connection
+        # (user SQL conditions) finds the file.
+        return create_engine(url, creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                                  check_same_thread=False))
+    connect_args = {"options": "-c default_transaction_read_only=on"}
+    if url.get_driver_name() == "psycopg":
+        connect_args["prepare_threshold"] = None
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+# -- overview ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CampaignLine:
+    name: str
+    status: str
+    spent: int
+    budget: int
+    hits: int
+    rounds: int
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    calculation_id: int
+    structure_id: int
+    preset: str
+    number: int
+    reason: str
+    message: str
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    structures: int
+    labels: int
+    predictions: int
+    model_versions: int
+    campaigns: list[CampaignLine]
+    dft_queue: dict[str, int]  # calculation status -> count, every status listed
+    failures_by_reason: dict[str, int]  # failed attempts, most frequent reason first
+    recent_failures: list[FailedAttempt]
+
+
+def overview(engine: Engine) -> Overview:
+    with session_scope(engine) as session:
+        def count(column) -> int:
+            return session.scalar(select(func.count(column)))
+
+        queue = dict(session.execute(select(Calculation.status, func.count()).group_by(Calculation.status)).all())
+        reasons = session.execute(
+            select(func.coalesce(CalculationAttempt.reason, "unknown"), func.count())
+            .where(CalculationAttempt.status == CalculationStatus.FAILED)
+            .group_by(func.coalesce(CalculationAttempt.reason, "unknown")).order_by(func.count().desc())
+        ).all()
+        recent = session.execute(
+            select(CalculationAttempt, Calculation.structure_id, Calculation.preset)
+            .join(Calculation, Calculation.id == CalculationAttempt.calculation_id)
+            .where(CalculationAttempt.status == CalculationStatus.FAILED)
+            .order_by(CalculationAttempt.finished_at.desc(), CalculationAttempt.id.desc()).limit(RECENT_FAILURES)
+        ).all()
+        campaigns = session.execute(
+            select(Campaign.id, Campaign.name, Campaign.status, Campaign.config,
+                   select(func.count(Round.id)).where(Round.campaign_id == Campaign.id).scalar_subquery())
+            .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        ).all()
+        counts = (count(Structure.id), count(TargetValue.id), count(Prediction.id), count(ModelVersion.id))
+    lines = []
+    for campaign_id, name, status, config, rounds in campaigns:
+        state = progress(engine, campaign_id)
+        lines.append(CampaignLine(name, status, state.spent, int(config.get("budget", 0)), state.hits, rounds))
+    return Overview(
+        *counts, campaigns=lines,
+        dft_queue={status.value: queue.get(status, 0) for status in CalculationStatus},
+        failures_by_reason=dict(reasons),
+        recent_failures=[FailedAttempt(a.calculation_id, structure_id, preset, a.number, a.reason or "unknown",
+                                       a.message or "", a.finished_at) for a, structure_id, preset in recent],
+    )
+
+
+# -- campaign ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    id: int
+    label: str  # name/registry version
+
+
+@dataclass(frozen=True)
+class RoundView:
+    number: int
+    kind: str
+    status: str
+    models: dict[str, ModelRef]  # target -> the ensemble this round trained for it
+    summary: dict
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    id: int
+    name: str
+    status: str  # active or finished
+    objective: list[str]
+    targets: list[str]  # the objective's targets, the ledger's columns
+    function: str
+    preset: str
+    budget: int
+    spent: int
+    hits: int
+    stopped_because: str | None
+    rounds: list[RoundView]
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+def campaign_view(engine: Engine, name: str) -> CampaignView:
+    """The campaign called ``name`` (NotFound if there is none)."""
+    status = campaign_status(engine, name)
+    campaign_id = campaign_id_of(engine, name)
+    config = campaign_config(engine, campaign_id)
+    with session_scope(engine) as session:
+        state = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+        rows = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
+        model_ids = {model_id for row in rows for model_id in (row.models or {}).values()}
+        labels = {model_id: f"{name}/{version}" for model_id, name, version in session.execute(
+            select(ModelVersion.id, ModelVersion.name, ModelVersion.registry_version)
+            .where(ModelVersion.id.in_(model_ids)))} if model_ids else {}
+        rounds = [RoundView(row.number, row.kind.value, row.status,
+                            {target: ModelRef(model_id, labels.get(model_id, str(model_id)))
+                             for target, model_id in (row.models or {}).items()},
+                            dict(row.summary or {}), row.started_at, row.finished_at) for row in rows]
+    return CampaignView(campaign_id, name, state, list(config.objective), list(config.parsed_objective.targets),
+                        config.acquisition.function, config.dft.preset, status.budget, status.spent, status.hits,
+                        status.stopped_because, rounds)
+
+
+def _predicted(part: str) -> Callable[[LedgerRow, str], float | None]:
+    def key(row: LedgerRow, target: str) -> float | None:
+        guess = row.predicted.get(target)
+        return None if guess is None else guess.get(part)
+    return key
+
+
+def _outcome(row: LedgerRow, _target: str) -> int | None:
+    return None if "hit" not in row.outcome else int(bool(row.outcome["hit"]))
+
+
+# Ledger columns one may sort on: name -> the row's value (None sorts last either way).
+LEDGER_SORTS: dict[str, Callable[[LedgerRow, str], object]] = {
+    "round": lambda row, _: (row.round, row.batch),
+    "structure": lambda row, _: row.structure_id,
+    "formula": lambda row, _: row.formula,
+    "function": lambda row, _: row.function,
+    "score": lambda row, _: row.score,
+    "rank": lambda row, _: row.rank,
+    "predicted": _predicted("mean"),
+    "std": _predicted("std"),
+    "computed": lambda row, target: row.outcome.get("computed", {}).get(target),
+    "outcome": _outcome,
+    "status": lambda row, _: row.status,
+}
+
+# Outcome filters: name -> whether a row passes.
+OUTCOME_FILTERS: dict[str, Callable[[LedgerRow], bool]] = {
+    "hit": lambda row: bool(row.outcome.get("hit")),
+    "miss": lambda row: "hit" in row.outcome and not row.outcome["hit"],
+    "pending": lambda row: "hit" not in row.outcome,
+}
+
+
+@dataclass(frozen=True)
+class LedgerQuery:
+    """Which page of the ledger, in which order, with which rows."""
+
+    sort: str = "round"
+    descending: bool = False
+    target: str = ""  # the target the predicted/std/computed columns sort on (default: the first)
+    status: str = ""  # an acquisition status
+    outcome: str = ""  # a key of OUTCOME_FILTERS
+    round: int | None = None
+    formula: str = ""  # part of the formula, any case
+    page: int = 1
+    per_page: int = PER_PAGE
+
+    def __post_init__(self) -> None:
+        if self.sort not in LEDGER_SORTS:
+            raise InputError(f"cannot sort the ledger by {self.sort!r}; one of {', '.join(LEDGER_SORTS)}",
+                             field="sort")
+        if self.outcome and self.outcome not in OUTCOME_FILTERS:
+            raise InputError(f"unknown outcome {self.outcome!r}; one of {', '.join(OUTCOME_FILTERS)}",
+                             field="outcome")
+        if self.status and self.status not in {status.value for status in AcquisitionStatus}:
+            raise InputError(f"unknown status {self.status!r}", field="status")
+        if self.page < 1 or not 1 <= self.per_page <= 1000:
+            raise InputError("page must be >= 1 and per_page within 1..1000", field="page")
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    rows: list[LedgerRow]
+    total: int  # rows that pass the filters
+    query: LedgerQuery
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.query.per_page))
+
+
+def ledger_page(rows: list[LedgerRow], query: LedgerQuery, targets: list[str]) -> LedgerPage:
+    """One page of ``rows`` (a campaign's :func:`ledger`), filtered and sorted."""
+    target = query.target or (targets[0] if targets else "")
+    wanted = [row for row in rows
+              if (not query.status or row.status == query.status)
+              and (not query.outcome or OUTCOME_FILTERS[query.outcome](row))
+              and (query.round is None or row.round == query.round)
+              and query.formula.lower() in row.formula.lower()]
+    key = LEDGER_SORTS[query.sort]
+    known = [row for row in wanted if key(row, target) is not None]
+    unknown = [row for row in wanted if key(row, target) is None]
+    ordered = sorted(known, key=lambda row: key(row, target), reverse=query.descending) + unknown
+    start = (query.page - 1) * query.per_page
+    return LedgerPage(ordered[start:start + query.per_page], len(wanted), query)
+
+
+# -- structure --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    source: str
+    external_id: str
+    file: str | None
+
+
+@dataclass(frozen=True)
+class Label:
+    target: str
+    kind: str
+    units: str
+    value: float | None
+    array: list | None
+    calculation_id: int | None
+    source_file: str | None
+
+
+@dataclass(frozen=True)
+class PredictionView:
+    model: ModelRef
+    target: str
+    kind: str
+    units: str
+    mean: float | None
+    std: float | None
+    mean_array: list | None
+    std_array: list | None
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    status: str
+    reason: str | None
+    message: str | None
+    wall_time_s: float | None
+    logs: dict[str, str]  # file name -> its last LOG_TAIL_BYTES
+
+
+@dataclass(frozen=True)
+class CalculationView:
+    id: int
+    preset: str
+    status: str
+    reason: str | None
+    wall_time_s: float | None
+    results: dict
+    attempts: list[AttemptView]
+
+
+@dataclass(frozen=True)
+class StructureView:
+    id: int
+    formula: str
+    reduced_formula: str
+    spacegroup: str
+    nsites: int
+    volume: float
+    density: float
+    lattice: list[list[float]]
+    species: list[str]
+    cartesian: list[list[float]]
+    sources: list[Source]
+    labels: list[Label]
+    predictions: list[PredictionView]
+    calculations: list[CalculationView]
+    grids: dict[str, list[float]] = field(default_factory=dict)  # spectrum target -> its axis
+
+
+def _tail(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+        return handle.read().decode("utf-8", errors="replace")
+
+
+def _logs(workdir: str | None) -> dict[str, str]:
+    if not workdir:
+        return {}
+    tails = {name: _tail(Path(workdir) / name) for name in LOG_FILES}
+    return {name: text for name, text in tails.items() if text}
+
+
+def _listed(array: np.ndarray | None) -> list | None:
+    return None if array is None else np.asarray(array, dtype=float).tolist()
+
+
+def structure_view(engine: Engine, structure_id: int) -> StructureView:
+    """Everything the store knows of one structure (NotFound if there is none)."""
+    with session_scope(engine) as session:
+        structure = session.get(Structure, structure_id)
+        if structure is None:
+            raise NotFound(f"no structure {structure_id} in the store")
+        lattice = np.asarray(structure.lattice, dtype=float)
+        sources = [Source(s.source, s.external_id, s.file) for s in session.scalars(
+            select(StructureSource).where(StructureSource.structure_id == structure_id).order_by(StructureSource.id))]
+        labels = [Label(d.name, d.kind.value, d.units, v.value, _listed(v.value_array), v.calculation_id, v.source_file)
+                  for v, d in session.execute(
+                      select(TargetValue, TargetDefinition).join(TargetDefinition)
+                      .where(TargetValue.structure_id == structure_id).order_by(TargetDefinition.name))]
+        predictions = [
+            PredictionView(ModelRef(m.id, f"{m.name}/{m.registry_version}"), d.name, d.kind.value, d.units,
+                           p.mean, p.std, _listed(p.mean_array), _listed(p.std_array))
+            for p, m, d in session.execute(
+                select(Prediction, ModelVersion, TargetDefinition)
+                .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+                .join(TargetDefinition, TargetDefinition.id == Prediction.target_id)
+                .where(Prediction.structure_id == structure_id)
+                .order_by(TargetDefinition.name, ModelVersion.id.desc()))]
+        spectra = {row.target for row in labels + predictions if row.kind == TargetKind.SPECTRUM.value}
+        grids = {d.name: _listed(d.grid) for d in session.scalars(
+            select(TargetDefinition).where(TargetDefinition.name.in_(spectra))) if d.grid is not None}
+        calculations = [
+            CalculationView(c.id, c.preset, c.status.value, c.reason, c.wall_time_s, dict(c.results or {}),
+                            [AttemptView(a.number, a.status.value, a.reason, a.message, a.wall_time_s, _logs(a.workdir))
+                             for a in c.attempts])
+            for c in session.scalars(select(Calculation).where(Calculation.structure_id == structure_id)
+                                     .order_by(Calculation.id))]
+        return StructureView(
+            structure.id, structure.formula, structure.reduced_formula,
+            f"{structure.spacegroup_symbol} ({structure.spacegroup_number})", structure.nsites,
+            structure.volume, structure.density, lattice.tolist(), list(structure.species),
+            (np.asarray(structure.frac_coords, dtype=float) @ lattice).tolist(),
+            sources, labels, predictions, calculations, grids)
+
+
+# -- models -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelLine:
+    id: int
+    name: str
+    version: int
+    architecture: str
+    targets: list[str]
+    metrics: dict[str, float | None]
+    mlflow_run_id: str | None
+    created_at: datetime | None
+    predictions: int
+    aliases: list[str] = field(default_factory=list)  # from the MLflow registry, where it answers
+
+
+def model_lines(engine: Engine) -> list[ModelLine]:
+    """Every model version, newest first, with how many predictions it wrote."""
+    with session_scope(engine) as session:
+        counts = select(Prediction.model_version_id, func.count().label("n")).group_by(
+            Prediction.model_version_id).subquery()
+        rows = session.execute(
+            select(ModelVersion, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.model_version_id == ModelVersion.id)
+            .order_by(ModelVersion.name, ModelVersion.registry_version.desc())
+        ).all()
+        return [ModelLine(m.id, m.name, m.registry_version, m.architecture, list(m.targets), dict(m.metrics or {}),
+                          m.mlflow_run_id, m.created_at, n) for m, n in rows]
+
+
+def registry_aliases(tracking_uri: str, names: list[str]) -> dict[str, dict[str, int]]:
+    """The MLflow registry's aliases of the models called ``names``: name -> alias -> version.
+    A SQLite registry that does not exist is not created (MLflow would make one)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    url = make_url(tracking_uri) if "://" in tracking_uri else None
+    if url is not None and url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        raise NotFound(f"no MLflow store at {tracking_uri}")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    aliases = {}
+    for name in names:
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException:  # a version the store knows, registered elsewhere
+            continue
+        aliases[name] = {alias: int(version) for alias, version in model.aliases.items()}
+    return aliases
+
+
+def with_aliases(lines: list[ModelLine], aliases: dict[str, dict[str, int]]) -> list[ModelLine]:
+    """``lines`` with the registry's aliases (model name -> alias -> version) filled in."""
+    return [replace(line, aliases=sorted(alias for alias, version in aliases.get(line.name, {}).items()
+                                         if version == line.version)) for line in lines]
+
+
+@dataclass(frozen=True)
+class ParityPoints:
+    target: str
+    structure_ids: list[int]
+    computed: list[float]
+    mean: list[float]
+    std: list[float]
+
+
+def model_parity(engine: Engine, model_version_id: int) -> list[ParityPoints]:
+    """The model's scalar predictions of structures that have a label for the same target."""
+    with session_scope(engine) as session:
+        if session.get(ModelVersion, model_version_id) is None:
+            raise NotFound(f"no model version {model_version_id} in the store")
+        rows = session.execute(
+            select(TargetDefinition.name, Prediction.structure_id, TargetValue.value, Prediction.mean, Prediction.std)
+            .join(TargetDefinition, TargetDefinition.id == Prediction.target_id)
+            .join(TargetValue, (TargetValue.structure_id == Prediction.structure_id)
+                  & (TargetValue.target_id == Prediction.target_id))
+            .where(Prediction.model_version_id == model_version_id, Prediction.mean.is_not(None),
+                   TargetValue.value.is_not(None))
+            .order_by(TargetDefinition.name, Prediction.structure_id)
+        ).all()
+    points: dict[str, ParityPoints] = {}
+    for target, structure_id, value, mean, std in rows:
+        entry = points.setdefault(target, ParityPoints(target, [], [], [], []))
+        entry.structure_ids.append(structure_id)
+        entry.computed.append(value)
+        entry.mean.append(mean)
+        entry.std.append(std or 0.0)
+    return list(points.values())
+
+
+# -- search -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StructureLine:
+    id: int
+    formula: str
+    reduced_formula: str
+    spacegroup: str
+    nsites: int
+    sources: list[str]
+
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class Page(Generic[Row]):
+    rows: list[Row]
+    page: int
+    has_next: bool  # no total: counting a million rows costs more than the page
+
+
+def _elements(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").replace("-", " ").split() if part]
+
+
+def search_structures(engine: Engine, *, formula: str = "", elements: str = "", source: str = "",
+                      page: int = 1, per_page: int = PER_PAGE) -> Page[StructureLine]:
+    """Structures whose reduced formula is ``formula`` (or contains it), that hold every
+    one of ``elements`` and come from ``source``, by id."""
+    query = select(Structure.id, Structure.formula, Structure.reduced_formula, Structure.spacegroup_symbol,
+                   Structure.spacegroup_number, Structure.nsites)
+    if formula:
+        query = query.where(Structure.reduced_formula.contains(formula.strip(), autoescape=True))
+    for element in _elements(elements):
+        # chemical_system is "A-B-C": bounded by dashes, "N" does not match "Na".
+        query = query.where((literal("-") + Structure.chemical_system + literal("-")).contains(
+            f"-{element}-", autoescape=True))
+    if source:
+        query = query.where(Structure.id.in_(select(StructureSource.structure_id)
+                                             .where(StructureSource.source == source)))
+    query = query.order_by(Structure.id).offset((page - 1) * per_page).limit(per_page + 1)
+    with session_scope(engine) as session:
+        rows = session.execute(query).all()[:per_page + 1]
+        ids = [row.id for row in rows[:per_page]]
+        sources: dict[int, list[str]] = {}
+        for structure_id, name in session.execute(select(StructureSource.structure_id, StructureSource.source)
+                                                  .where(StructureSource.structure_id.in_(ids))
+                                                  .order_by(StructureSource.id)):
+            sources.setdefault(structure_id, []).append(name)
+    lines = [StructureLine(row.id, row.formula, row.reduced_formula,
+                           f"{row.spacegroup_symbol} ({row.spacegroup_number})", row.nsites,
+                           list(dict.fromkeys(sources.get(row.id, [])))) for row in rows[:per_page]]
+    return Page(lines, page, len(rows) > per_page)
+
+
+@dataclass(frozen=True)
+class CandidateLine:
+    structure_id: int
+    reduced_formula: str
+    nsites: int
+    mean: float
+    std: float
+    model: ModelRef
+
+
+# Orders of the candidates view: name -> column of the predictions table.
+CANDIDATE_ORDERS = {"mean": Prediction.mean, "std": Prediction.std}
+
+
+def scalar_targets(engine: Engine) -> list[str]:
+    """Scalar targets that have predictions, by name."""
+    with session_scope(engine) as session:
+        return list(session.scalars(
+            select(TargetDefinition.name).where(TargetDefinition.kind == TargetKind.SCALAR,
+                                                select(Prediction.id).where(Prediction.target_id == TargetDefinition.id)
+                                                .exists())
+            .order_by(TargetDefinition.name)))
+
+
+def candidates(engine: Engine, target: str, *, order: str = "std", descending: bool = True,
+               page: int = 1, per_page: int = PER_PAGE) -> Page[CandidateLine]:
+    """Unlabeled structures ranked by the newest prediction of ``target`` (the SQL view
+    ``candidates``: a structure's newest model's prediction, only where it has no label)."""
+    if order not in CANDIDATE_ORDERS:
+        raise InputError(f"cannot rank candidates by {order!r}; one of {', '.join(CANDIDATE_ORDERS)}", field="order")
+    with session_scope(engine) as session:
+        definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
+        if definition is None:
+            raise NotFound(f"no target {target!r} in the store")
+        later = aliased(Prediction)
+        column = CANDIDATE_ORDERS[order]
+        rows = session.execute(
+            select(Prediction.structure_id, Structure.reduced_formula, Structure.nsites, Prediction.mean,
+                   Prediction.std, ModelVersion.id, ModelVersion.name, ModelVersion.registry_version)
+            .join(Structure, Structure.id == Prediction.structure_id)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.target_id == definition.id, column.is_not(None),
+                   ~select(later.id).where(later.structure_id == Prediction.structure_id,
+                                           later.target_id == Prediction.target_id,
+                                           later.model_version_id > Prediction.model_version_id).exists(),
+                   ~select(TargetValue.id).where(TargetValue.structure_id == Prediction.structure_id,
+                                                 TargetValue.target_id == Prediction.target_id).exists())
+            .order_by(column.desc() if descending else column.asc(), Prediction.structure_id)
+            .offset((page - 1) * per_page).limit(per_page + 1)
+        ).all()
+    lines = [CandidateLine(sid, formula, nsites, mean, std, ModelRef(mid, f"{name}/{version}"))
+             for sid, formula, nsites, mean, std, mid, name, version in rows[:per_page]]
+    return Page(lines, page, len(rows) > per_page)
