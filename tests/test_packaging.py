@@ -29,3 +29,4 @@ def test_wheel_carries_migrations(tmp_path):
     assert "workbench/_migrations/env.py" in names
     assert any(name.startswith("workbench/_migrations/versions/0001") for name in names)
     assert "workbench/examples/perovskites_labeled.csv.gz" in names
+    assert {"flows/campaign.py", "flows/tasks.py", "flows/prefect.yaml"} <= set(names)  # python -m flows.campaign
