@@ -21,14 +21,14 @@ def _preset(name: str):
 
 
 def _run_options(run: Invocation, threads: int, jobs: int, wall_time: float | None,
-                 max_attempts: int | None):
+                 max_attempts: int | None, batch_size: int | None):
     from workbench.dft.runner import RunOptions
 
     settings = run.settings
     return RunOptions(
         workdir=settings.dft_dir, threads=threads, jobs=jobs, wall_time_s=wall_time,
         max_attempts=max_attempts, espresso_pseudo_dir=settings.espresso_pseudo_dir,
-        espresso_command=settings.espresso_command,
+        espresso_command=settings.espresso_command, batch_size=batch_size,
     )
 
 
@@ -55,6 +55,9 @@ ThreadsOption = Annotated[int, typer.Option(help="Threads per calculation.")]
 JobsOption = Annotated[int, typer.Option(help="Calculations run at once.")]
 WallTimeOption = Annotated[float | None, typer.Option(help="Wall-time limit per attempt, s (default: the preset's).")]
 AttemptsOption = Annotated[int | None, typer.Option(help="Attempts per calculation (default: the preset's).")]
+BatchSizeOption = Annotated[int | None, typer.Option(
+    min=1, help="Structures per worker process, which builds the calculator once (default: the preset's, "
+                "see `workbench dft presets`). --wall-time then limits a batch.")]
 
 
 @dft_app.command("run")
@@ -69,6 +72,7 @@ def run(
     jobs: JobsOption = 1,
     wall_time: WallTimeOption = None,
     max_attempts: AttemptsOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Queue and run calculations of the chosen structures with a preset.
 
@@ -87,7 +91,7 @@ def run(
     calculation_ids = queue_calculations(engine, structure_ids, calculation_preset)
     console.print(f"{len(calculation_ids)} structures chosen for preset {calculation_preset.name}")
     _run_and_report(engine, calculation_preset,
-                    _run_options(run, threads, jobs, wall_time, max_attempts), calculation_ids)
+                    _run_options(run, threads, jobs, wall_time, max_attempts, batch_size), calculation_ids)
 
 
 @dft_app.command("retry")
@@ -100,6 +104,7 @@ def retry(
     jobs: JobsOption = 1,
     wall_time: WallTimeOption = None,
     max_attempts: AttemptsOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Put failed calculations back in the queue and run them."""
     from workbench.dft.runner import retry_failed
@@ -110,7 +115,7 @@ def retry(
     queued = retry_failed(engine, calculation_preset.name, ids=id_list(ids), reasons=reason or None)
     console.print(f"Re-queued {len(queued)} failed calculations of {calculation_preset.name}")
     _run_and_report(engine, calculation_preset,
-                    _run_options(run, threads, jobs, wall_time, max_attempts), queued)
+                    _run_options(run, threads, jobs, wall_time, max_attempts, batch_size), queued)
 
 
 @dft_app.command("status")
@@ -154,7 +159,7 @@ def presets() -> None:
     """The built-in calculator presets."""
     from workbench.dft.presets import BUILTIN_PRESETS
 
-    table = Table("name", "calculator", "description", title="presets")
+    table = Table("name", "calculator", "batch", "description", title="presets")
     for preset in BUILTIN_PRESETS.values():
-        table.add_row(preset.name, preset.calculator, preset.description)
+        table.add_row(preset.name, preset.calculator, str(preset.batch_size), preset.description)
     print_table(table)

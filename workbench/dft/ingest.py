@@ -45,6 +45,12 @@ class Quantity:
     units: str
     description: str
     site_shape: tuple[int, ...] = ()
+    grid: np.ndarray | None = None  # the axis of a spectrum
+    grid_units: str = ""
+
+
+# The stress tensor as a 6-point "spectrum" over its Voigt components.
+VOIGT_COMPONENTS = "xx, yy, zz, yz, xz, xy"
 
 
 QUANTITIES = {
@@ -60,7 +66,10 @@ QUANTITIES = {
     "magmoms": Quantity(TargetKind.PER_SITE, "muB", "magnetic moment of each atom"),
     "charges": Quantity(TargetKind.PER_SITE, "e", "Bader partial charge of each atom"),
     "dos": Quantity(TargetKind.SPECTRUM, "states/eV/electron",
-                    "electronic DOS, -5..10 eV from the Fermi level, 300 bins, per valence electron"),
+                    "electronic DOS, -5..10 eV from the Fermi level, 300 bins, per valence electron",
+                    grid=DOS_GRID, grid_units=DOS_GRID_UNITS),
+    "stress": Quantity(TargetKind.SPECTRUM, "eV/Å³", f"stress tensor, Voigt order {VOIGT_COMPONENTS}, "
+                       "positive tensile (ASE)", grid=np.arange(6.0), grid_units=f"Voigt index ({VOIGT_COMPONENTS})"),
 }
 
 
@@ -93,10 +102,10 @@ def _definition(session: Session, name: str, quantity: Quantity) -> TargetDefini
     # Concurrent ingests define the same targets: insert-or-ignore, then read it back.
     insert_ignoring_duplicates(session, TargetDefinition.__table__, [{
         "name": name, "kind": quantity.kind, "units": quantity.units, "description": quantity.description,
-        "length": len(DOS_GRID) if spectrum else None,
+        "length": len(quantity.grid) if spectrum else None,
         "site_shape": list(quantity.site_shape) if quantity.kind is TargetKind.PER_SITE else None,
-        "grid": DOS_GRID if spectrum else None,
-        "grid_units": DOS_GRID_UNITS if spectrum else "",
+        "grid": quantity.grid,
+        "grid_units": quantity.grid_units,
     }])
     definition = session.scalars(select(TargetDefinition).where(TargetDefinition.name == name)).one()
     if definition.kind is not quantity.kind:
@@ -132,8 +141,13 @@ def write_targets(session: Session, calculation: Calculation, values: dict) -> i
     return new
 
 
-SCALAR_OUTPUTS = ("energy", "energy_per_atom", "magmom_total", "fermi_level", "band_gap", "direct_band_gap")
-SITE_OUTPUTS = ("forces", "magmoms", "charges")
+def target_values(results: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """``{quantity: value}`` of every quantity of :data:`QUANTITIES` the output holds."""
+    return {
+        name: (results if quantity.kind is TargetKind.SCALAR else arrays)[name]
+        for name, quantity in QUANTITIES.items()
+        if name in (results if quantity.kind is TargetKind.SCALAR else arrays)
+    }
 
 
 def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: dict[str, np.ndarray],
@@ -149,9 +163,7 @@ def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: d
         calculation = session.get(Calculation, calculation_id, with_for_update=True)
         if calculation.status is CalculationStatus.DONE:
             return False
-        values = {name: results[name] for name in SCALAR_OUTPUTS if name in results}
-        values |= {name: arrays[name] for name in (*SITE_OUTPUTS, "dos") if name in arrays}
-        write_targets(session, calculation, values)
+        write_targets(session, calculation, target_values(results, arrays))
         calculation.results = results
         calculation.arrays = arrays_to_bytes(arrays)
         calculation.status = CalculationStatus.DONE

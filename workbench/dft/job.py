@@ -5,6 +5,11 @@ the calculator's own output into ``DIR``, then either ``result.json`` + ``result
 (plain numbers and arrays) or ``error.json`` with the reason of the failure. The runner
 (:mod:`workbench.dft.runner`) reads them; this module never touches the store.
 
+A batch (``DIR/batch.json``) is many attempts of one calculator in one process: the
+calculator is built once, then the items are computed in their order, each writing its
+own result or error into its own attempt folder, so that one failed structure fails
+alone. An error building the calculator goes to ``DIR/error.json`` and fails them all.
+
 Exit codes: 0 done, :data:`EXIT_SCF` SCF not converged, :data:`EXIT_CRASH` any other
 error. A process killed by a signal is a crash too (the runner sees a negative code).
 """
@@ -28,6 +33,7 @@ from ase import Atoms
 from workbench.errors import WorkbenchError
 
 JOB_FILE = "job.json"
+BATCH_FILE = "batch.json"
 RESULT_FILE = "result.json"
 ARRAYS_FILE = "result.npz"
 ERROR_FILE = "error.json"
@@ -133,20 +139,60 @@ def _optional(getter, *args):
         return None
 
 
-def extract(atoms: Atoms, calculator, want_eigenvalues: bool) -> tuple[dict, dict[str, np.ndarray]]:
-    """Everything the runner needs, as plain numbers and arrays."""
-    energy = float(atoms.get_potential_energy())
-    results: dict = {"energy": energy, "natoms": len(atoms)}
-    arrays: dict[str, np.ndarray] = {"forces": np.asarray(atoms.get_forces(), dtype=float)}
+Extracted = tuple[dict, dict[str, np.ndarray]]
+
+
+def _energy(atoms: Atoms, calculator) -> Extracted:
+    return {"energy": float(atoms.get_potential_energy()), "natoms": len(atoms)}, {}
+
+
+def _forces(atoms: Atoms, calculator) -> Extracted:
+    return {}, {"forces": np.asarray(atoms.get_forces(), dtype=float)}
+
+
+def _stress(atoms: Atoms, calculator) -> Extracted:
+    # Voigt order xx, yy, zz, yz, xz, xy; eV/Å³, ASE's sign (positive is tensile).
+    return {}, {"stress": np.asarray(atoms.get_stress(voigt=True), dtype=float)}
+
+
+def _spin(atoms: Atoms, calculator) -> Extracted:
+    """Moments of a spin-polarised DFT run, started from the preset's initial moments."""
     if atoms.get_initial_magnetic_moments().any():
         magmoms = _optional(atoms.get_magnetic_moments)
-        if magmoms is not None:
-            arrays["magmoms"] = np.asarray(magmoms, dtype=float)
-            results["magmom_total"] = float(atoms.get_magnetic_moment())
-    elif "magmom" in getattr(calculator, "implemented_properties", ()):
+        if magmoms is None:
+            return {}, {}
+        return {"magmom_total": float(atoms.get_magnetic_moment())}, {"magmoms": np.asarray(magmoms, dtype=float)}
+    if "magmom" in getattr(calculator, "implemented_properties", ()):
         # Spin-restricted by the preset (no magnetic element): no moment, by construction.
         # Recorded, so that a model of the moment learns the zeros too.
-        results["magmom_total"] = 0.0
+        return {"magmom_total": 0.0}, {}
+    return {}, {}
+
+
+def _magmoms(atoms: Atoms, calculator) -> Extracted:
+    """Per-site moments a model predicts for any structure; the total is their sum."""
+    magmoms = np.asarray(atoms.get_magnetic_moments(), dtype=float)
+    return {"magmom_total": float(magmoms.sum())}, {"magmoms": magmoms}
+
+
+# What a preset may ask of its calculator (Preset.properties), each a function of the
+# computed atoms returning (scalars, arrays).
+PROPERTY_EXTRACTORS = {
+    "energy": _energy, "forces": _forces, "stress": _stress, "spin": _spin, "magmoms": _magmoms,
+}
+# What a DFT preset asks for; also read for a job.json written before presets declared it.
+DFT_PROPERTIES = ("energy", "forces", "spin")
+
+
+def extract(atoms: Atoms, calculator, want_eigenvalues: bool,
+            properties: tuple[str, ...] = DFT_PROPERTIES) -> Extracted:
+    """Everything the runner needs, as plain numbers and arrays."""
+    results: dict = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name in properties:
+        scalars, values = PROPERTY_EXTRACTORS[name](atoms, calculator)
+        results |= scalars
+        arrays |= values
     if want_eigenvalues:
         fermi = _optional(calculator.get_fermi_level)
         spins = _optional(calculator.get_number_of_spins)
@@ -207,31 +253,61 @@ def _write_json(path: Path, record: dict) -> None:
     partial.replace(path)
 
 
+def _write_error(directory: Path, error: Exception) -> str:
+    """Record why an attempt failed; returns the reason."""
+    reason = error.reason if isinstance(error, JobFailed) else _classify(error, directory)
+    _write_json(directory / ERROR_FILE, {
+        "reason": reason, "message": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
+    })
+    return reason
+
+
+def _compute(job: dict, structure: dict, calculator, directory: Path, started: float) -> None:
+    """One structure with a built calculator: ``result.json`` + ``result.npz`` in ``directory``."""
+    atoms = atoms_from_record(structure)
+    atoms.calc = calculator
+    results, arrays = extract(atoms, calculator, job["dos"], tuple(job.get("properties", DFT_PROPERTIES)))
+    charges = bader_charges(atoms, calculator, directory)
+    if charges is not None:
+        arrays["charges"] = charges
+    results["compute_s"] = time.perf_counter() - started
+    np.savez(directory / "result.partial.npz", **arrays)
+    (directory / "result.partial.npz").replace(directory / ARRAYS_FILE)
+    _write_json(directory / RESULT_FILE, results)
+
+
 def run(directory: Path) -> int:
     job = json.loads((directory / JOB_FILE).read_text())
     _die_with_parent(job["runner_pid"])
     started = time.perf_counter()
     try:
-        atoms = atoms_from_record(job["structure"])
-        calculator = build_calculator(job, directory)
-        atoms.calc = calculator
-        results, arrays = extract(atoms, calculator, job["dos"])
-        charges = bader_charges(atoms, calculator, directory)
-        if charges is not None:
-            arrays["charges"] = charges
+        _compute(job, job["structure"], build_calculator(job, directory), directory, started)
     except Exception as error:  # noqa: BLE001 - every failure must reach the runner as a reason
-        reason = error.reason if isinstance(error, JobFailed) else _classify(error, directory)
-        _write_json(directory / ERROR_FILE, {
-            "reason": reason, "message": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-        })
-        return EXIT_SCF if reason == "scf" else EXIT_CRASH
-    results["compute_s"] = time.perf_counter() - started
-    np.savez(directory / "result.partial.npz", **arrays)
-    (directory / "result.partial.npz").replace(directory / ARRAYS_FILE)
-    _write_json(directory / RESULT_FILE, results)
+        return EXIT_SCF if _write_error(directory, error) == "scf" else EXIT_CRASH
+    return 0
+
+
+def run_batch(directory: Path) -> int:
+    """The items of ``batch.json`` in order, each into its own folder; 0 unless the
+    calculator could not be built."""
+    batch = json.loads((directory / BATCH_FILE).read_text())
+    _die_with_parent(batch["runner_pid"])
+    try:
+        calculator = build_calculator(batch, directory)
+    except Exception as error:  # noqa: BLE001 - the runner fails every item with this reason
+        _write_error(directory, error)
+        return EXIT_CRASH
+    for item in batch["items"]:
+        started = time.perf_counter()
+        item_directory = Path(item["directory"])
+        item_directory.mkdir(parents=True, exist_ok=True)
+        try:
+            _compute(batch, item["structure"], calculator, item_directory, started)
+        except Exception as error:  # noqa: BLE001 - one structure fails alone
+            _write_error(item_directory, error)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1])))
+    folder = Path(sys.argv[1])
+    sys.exit(run_batch(folder) if (folder / BATCH_FILE).is_file() else run(folder))

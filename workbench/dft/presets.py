@@ -11,6 +11,11 @@ YAML or JSON preset file naming its import path::
 :func:`resolve_parameters` turns a preset and a structure into the full keyword
 arguments of one attempt (k-point mesh from the k-point density, spin polarisation and
 initial moments), which the runner records before it starts the calculation.
+
+Universal interatomic potentials (SevenNet, CHGNet) are calculators like any other; their
+presets name a model whose weights ship inside the installed package, and compute many
+structures per worker process (``batch_size``). A model that would be downloaded at run
+time is refused with a :class:`PresetError`, never fetched.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -22,6 +27,7 @@ import yaml
 from ase import Atoms
 from ase.calculators.calculator import kptdensity2monkhorstpack
 
+from workbench.dft.job import DFT_PROPERTIES, PROPERTY_EXTRACTORS
 from workbench.errors import WorkbenchError
 
 # Calculators the job knows by short name; anything else is "module:Class".
@@ -30,6 +36,19 @@ CALCULATOR_PATHS = {
     "emt": "ase.calculators.emt:EMT",
     "espresso": "ase.calculators.espresso:Espresso",
     "vasp": "ase.calculators.vasp:Vasp",
+    "sevennet": "workbench.dft.universal:sevennet",
+    "chgnet": "workbench.dft.universal:chgnet",
+}
+# Models whose weights ship inside the calculator's package, so they load with no network:
+# the value of the preset parameter ``model``. Any other model name is refused.
+OFFLINE_MODELS = {
+    "sevennet": ("7net-0", "7net-0_22may2024", "7net-l3i5"),
+    "chgnet": ("0.3.0", "0.2.0", "r2scan"),
+}
+# Universal potentials that download their weights at run time: name -> package (module).
+DOWNLOADING_MODELS = {
+    "mace": "mace", "mattersim": "mattersim", "orb": "orb_models", "fairchem": "fairchem",
+    "matgl": "matgl",
 }
 # Spin handling: "auto" polarises when a magnetic element is present.
 SPIN_MODES = ("auto", "on", "off")
@@ -58,6 +77,14 @@ class Preset:
         retry_timeouts: whether a timed-out attempt is tried again.
         wall_time_s: default wall-time limit of one attempt.
         dos: whether the job extracts eigenvalues for the DOS and the band gap.
+        properties: what the job asks of the calculator, keys of
+            :data:`workbench.dft.job.PROPERTY_EXTRACTORS`: ``energy``, ``forces``,
+            ``stress``, ``spin`` (a DFT code's spin-polarised moments, started from
+            ``spin``'s initial moments) or ``magmoms`` (moments a model predicts for
+            every structure).
+        batch_size: structures computed by one worker process, which builds the
+            calculator once (a model's weights load once); 1 runs each attempt as its own
+            process. ``wall_time_s`` then limits the whole batch.
         description: one line for ``workbench dft presets``.
     """
 
@@ -72,6 +99,8 @@ class Preset:
     retry_timeouts: bool = False
     wall_time_s: float = 3600.0
     dos: bool = True
+    properties: tuple[str, ...] = DFT_PROPERTIES
+    batch_size: int = 1
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -79,11 +108,23 @@ class Preset:
             raise PresetError(f"preset {self.name!r}: spin must be one of {SPIN_MODES}, not {self.spin!r}")
         if self.max_attempts < 1:
             raise PresetError(f"preset {self.name!r}: max_attempts must be at least 1")
+        unknown = sorted(set(self.properties) - set(PROPERTY_EXTRACTORS))
+        if unknown or "energy" not in self.properties:
+            raise PresetError(f"preset {self.name!r}: properties must include 'energy' and come from "
+                              f"{sorted(PROPERTY_EXTRACTORS)}; unknown: {unknown}")
+        if self.batch_size < 1:
+            raise PresetError(f"preset {self.name!r}: batch_size must be at least 1")
+        if self.batch_size > 1 and (self.kpoint_density is not None or self.scf_ladder):
+            # A batch shares one calculator: its settings cannot depend on the structure.
+            raise PresetError(f"preset {self.name!r}: batch_size > 1 needs the same calculator settings "
+                              "for every structure (no kpoint_density, no scf_ladder)")
         calculator_path(self)
+        check_offline(self)
 
     def to_dict(self) -> dict:
         record = asdict(self)
         record["scf_ladder"] = list(self.scf_ladder)
+        record["properties"] = list(self.properties)
         return record
 
     @classmethod
@@ -96,6 +137,8 @@ class Preset:
             raise PresetError(f"{origin}: a preset needs 'name' and 'calculator'")
         record = dict(record)
         record["scf_ladder"] = tuple(record.get("scf_ladder") or ())
+        if "properties" in record:
+            record["properties"] = tuple(record["properties"])
         if isinstance(record.get("spin"), bool):  # YAML reads a bare on/off as a boolean
             record["spin"] = "on" if record["spin"] else "off"
         return cls(**record)
@@ -111,6 +154,45 @@ def calculator_path(preset: Preset) -> tuple[str, str]:
             f"{sorted(CALCULATOR_PATHS)} nor an import path 'module:Class'"
         )
     return module, class_name
+
+
+def check_offline(preset: Preset) -> None:
+    """Refuse a universal model whose weights would be downloaded at run time."""
+    module, _ = calculator_path(preset)
+    if preset.calculator in DOWNLOADING_MODELS or module.partition(".")[0] in DOWNLOADING_MODELS.values():
+        raise PresetError(f"preset {preset.name!r}: {_downloads(preset.calculator)}")
+    offline = OFFLINE_MODELS.get(preset.calculator)
+    if offline is not None and preset.parameters.get("model") not in offline:
+        raise PresetError(
+            f"preset {preset.name!r}: {preset.calculator} model {preset.parameters.get('model')!r} is not "
+            f"inside the installed package and would need a download; offline models: {_offline_listing()}"
+        )
+
+
+def _downloads(model: str) -> str:
+    return (f"{model} downloads its weights at run time, which the workbench never does; "
+            f"offline models: {_offline_listing()}")
+
+
+def _offline_listing() -> str:
+    return "; ".join(f"{calculator} {', '.join(models)}" for calculator, models in OFFLINE_MODELS.items())
+
+
+# A batch amortises the model's loading (10-40 s with torch's import) over about 100 s of
+# single points of small cells on one CPU core (benchmarks/universal.md).
+UNIVERSAL_BATCH_SIZE = 1000
+UNIVERSAL_BATCH_WALL_TIME_S = 3600.0
+
+
+def universal_preset(name: str, calculator: str, model: str, description: str, *,
+                     properties: tuple[str, ...] = ("energy", "forces", "stress")) -> Preset:
+    """A preset of a universal potential: one model, single points, batches of structures."""
+    return Preset(
+        name=name, calculator=calculator, parameters={"model": model, "device": "auto"},
+        spin="off", dos=False, properties=properties, batch_size=UNIVERSAL_BATCH_SIZE,
+        # A model's failure on a structure is deterministic: trying it again changes nothing.
+        max_attempts=1, crash_retries=0, wall_time_s=UNIVERSAL_BATCH_WALL_TIME_S, description=description,
+    )
 
 
 # Smearing and SCF ladders shared by the GPAW presets. GPAW takes dicts for mode and
@@ -197,6 +279,13 @@ BUILTIN_PRESETS: dict[str, Preset] = {
             wall_time_s=6 * 3600.0,
             description="VASP through ASE (needs VASP_PP_PATH and ASE_VASP_COMMAND); not run here",
         ),
+        universal_preset("sevennet", "sevennet", "7net-0",
+                         "SevenNet-0 universal potential (MPtrj, raw PBE/PBE+U energies), batches"),
+        universal_preset("sevennet-l3i5", "sevennet", "7net-l3i5",
+                         "SevenNet-l3i5 universal potential (MPtrj, raw PBE/PBE+U energies), batches"),
+        universal_preset("chgnet", "chgnet", "0.3.0",
+                         "CHGNet 0.3.0 universal potential (MP2020-corrected energies, site moments), batches",
+                         properties=("energy", "forces", "stress", "magmoms")),
     )
 }
 
@@ -205,6 +294,8 @@ def load_preset(name_or_file: str) -> Preset:
     """A built-in preset by name, or the preset in a YAML/JSON file."""
     if name_or_file in BUILTIN_PRESETS:
         return BUILTIN_PRESETS[name_or_file]
+    if name_or_file.lower() in DOWNLOADING_MODELS:
+        raise PresetError(f"no preset {name_or_file!r}: {_downloads(name_or_file)}")
     path = Path(name_or_file)
     if path.suffix.lower() in {".yaml", ".yml", ".json"}:
         if not path.is_file():

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from workbench.dft import job as job_protocol
 from workbench.dft.ingest import add_formation_energies, ingest_outputs
@@ -66,6 +66,7 @@ class RunOptions:
         stale_after_s: a heartbeat this old marks a calculation of another host as lost.
         espresso_pseudo_dir: pseudopotentials for the ``espresso`` calculator.
         espresso_command: the ``pw.x`` command line.
+        batch_size: structures per worker process; ``None`` takes the preset's.
     """
 
     workdir: Path
@@ -77,6 +78,7 @@ class RunOptions:
     stale_after_s: float = 300.0
     espresso_pseudo_dir: str = ""
     espresso_command: str = "pw.x"
+    batch_size: int | None = None
 
 
 @dataclass
@@ -265,11 +267,10 @@ def _read_error(directory: Path, exit_code: int) -> AttemptOutcome:
         return AttemptOutcome("crash", message, exit_code)
 
 
-def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
-                heartbeat_s: float, heartbeat: Callable[[], None]) -> AttemptOutcome:
-    """Run one attempt in ``directory`` as a child process group, killed at the limit."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / job_protocol.JOB_FILE).write_text(json.dumps(job, indent=1))
+def _run_job_process(directory: Path, *, threads: int, wall_time_s: float, tick_s: float,
+                     tick: Callable[[], None]) -> tuple[int | None, float]:
+    """``python -m workbench.dft.job directory`` as a child process group, ``tick`` called
+    every ``tick_s`` while it runs; returns (exit code, or None if killed at the limit; seconds)."""
     environment = os.environ | UNBUFFERED_FORTRAN | {name: str(threads) for name in THREAD_VARIABLES}
     started = time.monotonic()
     deadline = started + wall_time_s
@@ -281,43 +282,63 @@ def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
         while True:
             remaining = deadline - time.monotonic()
             try:
-                exit_code = process.wait(timeout=max(0.0, min(heartbeat_s, remaining)))
-                break
+                exit_code = process.wait(timeout=max(0.0, min(tick_s, remaining)))
+                return exit_code, time.monotonic() - started
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     # The job's own children (MPI ranks, pw.x) share its process group.
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-                    return AttemptOutcome("timeout", f"killed after the wall-time limit of {wall_time_s:g} s",
-                                          -signal.SIGKILL, wall_time_s=time.monotonic() - started)
-                heartbeat()
-    elapsed = time.monotonic() - started
+                    return None, time.monotonic() - started
+                tick()
+
+
+def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
+                heartbeat_s: float, heartbeat: Callable[[], None]) -> AttemptOutcome:
+    """Run one attempt in ``directory`` as a child process group, killed at the limit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / job_protocol.JOB_FILE).write_text(json.dumps(job, indent=1))
+    exit_code, elapsed = _run_job_process(directory, threads=threads, wall_time_s=wall_time_s,
+                                          tick_s=heartbeat_s, tick=heartbeat)
+    if exit_code is None:
+        return AttemptOutcome("timeout", f"killed after the wall-time limit of {wall_time_s:g} s",
+                              -signal.SIGKILL, wall_time_s=elapsed)
     outcome = _read_result(directory) if exit_code == 0 else _read_error(directory, exit_code)
     outcome.exit_code = exit_code
     outcome.wall_time_s = elapsed
     return outcome
 
 
-def job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
-    """What :mod:`workbench.dft.job` reads from ``job.json`` for one attempt."""
-    atoms = crystal.to_ase()
-    moments = initial_moments(atoms, preset.spin)
+def structure_record(crystal: Crystal, preset: Preset) -> dict:
+    """A structure as the job reads it, with the preset's initial moments."""
+    moments = initial_moments(crystal.to_ase(), preset.spin)
+    return {
+        "symbols": list(crystal.species),
+        "cell": np.asarray(crystal.lattice).tolist(),
+        "frac_coords": np.asarray(crystal.frac_coords).tolist(),
+        "initial_magmoms": None if moments is None else moments.tolist(),
+    }
+
+
+def calculator_record(preset: Preset, atoms, rung: int, options: RunOptions) -> dict:
+    """The calculator part of a job (or batch) record: which calculator, set up how."""
     module, class_name = calculator_path(preset)
     return {
         "calculator": preset.calculator,
         "calculator_path": f"{module}:{class_name}",
         "parameters": resolve_parameters(preset, atoms, rung),
-        "structure": {
-            "symbols": list(crystal.species),
-            "cell": np.asarray(crystal.lattice).tolist(),
-            "frac_coords": np.asarray(crystal.frac_coords).tolist(),
-            "initial_magmoms": None if moments is None else moments.tolist(),
-        },
+        "properties": list(preset.properties),
         "dos": preset.dos,
         "runner_pid": os.getpid(),
         "espresso_pseudo_dir": options.espresso_pseudo_dir,
         "espresso_command": options.espresso_command,
     }
+
+
+def job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
+    """What :mod:`workbench.dft.job` reads from ``job.json`` for one attempt."""
+    return calculator_record(preset, crystal.to_ase(), rung, options) | {
+        "structure": structure_record(crystal, preset)}
 
 
 def _retry_rung(preset: Preset, reasons: list[str]) -> int | None:
@@ -425,6 +446,229 @@ def _close_attempt(engine: Engine, calculation_id: int, number: int, outcome: At
         )
 
 
+# -- batches: many structures in one worker process ------------------------------------
+
+# How often a batch's runner looks for finished structures to ingest.
+BATCH_POLL_S = 1.0
+
+
+@dataclass
+class BatchItem:
+    """One calculation of a batch: its attempts so far and its outcome in this run."""
+
+    calculation_id: int
+    structure_id: int
+    structure: dict  # as the job reads it
+    root: Path
+    number: int  # attempts recorded so far
+    last_workdir: Path | None
+    reasons: list[str] = field(default_factory=list)  # failures in this run
+    status: str | None = None  # done or failed once settled
+
+    @property
+    def directory(self) -> Path:
+        return self.root / f"attempt-{self.number}"
+
+
+def batch_chunks(calculation_ids: list[int], batch_size: int, jobs: int) -> list[list[int]]:
+    """``calculation_ids`` in order, cut into batches of at most ``batch_size`` and
+    small enough that ``jobs`` workers all get one."""
+    size = max(1, min(batch_size, -(-len(calculation_ids) // max(jobs, 1))))
+    return [calculation_ids[start:start + size] for start in range(0, len(calculation_ids), size)]
+
+
+def _claim_batch(engine: Engine, calculation_ids: list[int], threads: int) -> list[int]:
+    now = _now()
+    with session_scope(engine) as session:
+        return list(session.scalars(
+            update(Calculation)
+            .where(Calculation.id.in_(calculation_ids), Calculation.status == CalculationStatus.QUEUED)
+            .values(status=CalculationStatus.RUNNING, host=socket.gethostname(), pid=os.getpid(),
+                    threads=threads, heartbeat_at=now, started_at=func.coalesce(Calculation.started_at, now))
+            .returning(Calculation.id)
+            .execution_options(synchronize_session=False)
+        ))
+
+
+def _batch_items(engine: Engine, calculation_ids: list[int], preset: Preset, options: RunOptions) -> list[BatchItem]:
+    with session_scope(engine) as session:
+        calculations = session.scalars(
+            select(Calculation).where(Calculation.id.in_(calculation_ids)).order_by(Calculation.id)).all()
+        structures = {structure.id: structure for structure in session.scalars(
+            select(Structure).where(Structure.id.in_([c.structure_id for c in calculations])))}
+        attempts: dict[int, list[CalculationAttempt]] = {}
+        for attempt in session.scalars(select(CalculationAttempt).where(
+                CalculationAttempt.calculation_id.in_(calculation_ids)).order_by(CalculationAttempt.number)):
+            attempts.setdefault(attempt.calculation_id, []).append(attempt)
+        items = []
+        for calculation in calculations:
+            structure = structures[calculation.structure_id]
+            crystal = Crystal(np.asarray(structure.lattice), tuple(structure.species), structure.frac_coords)
+            previous = attempts.get(calculation.id, [])
+            root = options.workdir / preset.name / str(calculation.structure_id)
+            calculation.workdir = str(root)
+            items.append(BatchItem(
+                calculation.id, calculation.structure_id, structure_record(crystal, preset), root, len(previous),
+                Path(previous[-1].workdir) if previous and previous[-1].workdir else None))
+    return items
+
+
+def run_batch(engine: Engine, calculation_ids: list[int], preset: Preset, options: RunOptions,
+              on_event: Events | None = None) -> dict[int, str | None]:
+    """Claim the queued ``calculation_ids`` and compute them in worker processes that each
+    build the calculator once (:func:`workbench.dft.job.run_batch`).
+
+    Each structure is ingested as soon as its result is written, with the same attempt
+    records and one-transaction ingest as :func:`run_calculation`. A structure that fails
+    is recorded alone; a batch killed at ``wall_time_s`` (or by a crash) fails the
+    structure it was computing, and the structures it never started go to the next
+    batch without an attempt. Returns ``{calculation id: done | failed | None}`` (None:
+    another worker had it).
+    """
+    notify = on_event or (lambda _id, _message: None)
+    statuses: dict[int, str | None] = dict.fromkeys(calculation_ids)
+    claimed = _claim_batch(engine, calculation_ids, options.threads)
+    if not claimed:
+        return statuses
+    items = _batch_items(engine, claimed, preset, options)
+    for item in items:
+        finished = _finished_result(item.last_workdir)
+        if finished is not None:
+            ingest_outputs(engine, item.calculation_id, finished.results, finished.arrays,
+                           wall_time_s=finished.results.get("compute_s", 0.0),
+                           attempt=_attempt_values(item.number, finished))
+            item.status = "done"
+            notify(item.calculation_id, "done (result recovered from a finished job)")
+    max_attempts = options.max_attempts or preset.max_attempts
+    pending = [item for item in items if item.status is None]
+    while pending:
+        _run_one_batch(engine, pending, preset, options, notify, max_attempts)
+        pending = [item for item in pending if item.status is None]
+    statuses.update({item.calculation_id: item.status for item in items})
+    return statuses
+
+
+def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, options: RunOptions,
+                   notify: Events, max_attempts: int) -> None:
+    """One worker process over ``items``; settles each item it computed or was computing."""
+    for item in items:
+        item.number += 1
+    first = items[0].structure
+    atoms = job_protocol.atoms_from_record(first)
+    record = calculator_record(preset, atoms, 0, options)
+    stamp = _now().strftime("%Y%m%dT%H%M%S%f")
+    folder = options.workdir / preset.name / "batches" / f"{stamp}-{os.getpid()}-{items[0].calculation_id}"
+    folder.mkdir(parents=True)
+    (folder / job_protocol.BATCH_FILE).write_text(json.dumps(record | {"items": [
+        {"calculation_id": item.calculation_id, "directory": str(item.directory), "structure": item.structure}
+        for item in items]}))
+    now = _now()
+    with session_scope(engine) as session:
+        session.add_all(CalculationAttempt(
+            calculation_id=item.calculation_id, number=item.number, status=CalculationStatus.RUNNING,
+            parameters={"calculator": record["calculator_path"], "parameters": record["parameters"],
+                        "initial_magmoms": item.structure["initial_magmoms"], "rung": 0, "batch": str(folder)},
+            workdir=str(item.directory), started_at=now) for item in items)
+    wall_time = options.wall_time_s or preset.wall_time_s
+    notify(items[0].calculation_id, f"batch of {len(items)} running in {folder}")
+    unsettled = list(items)  # in the order the job computes them
+    last_heartbeat = time.monotonic()
+
+    def settle_finished() -> None:
+        while unsettled:
+            outcome = _item_outcome(unsettled[0].directory)
+            if outcome is None:
+                return
+            _settle(engine, unsettled.pop(0), outcome, preset, notify, max_attempts)
+
+    def tick() -> None:
+        nonlocal last_heartbeat
+        settle_finished()
+        if unsettled and time.monotonic() - last_heartbeat >= options.heartbeat_s:
+            _heartbeat_many(engine, [item.calculation_id for item in unsettled])
+            last_heartbeat = time.monotonic()
+
+    exit_code, elapsed = _run_job_process(folder, threads=options.threads, wall_time_s=wall_time,
+                                          tick_s=min(BATCH_POLL_S, options.heartbeat_s), tick=tick)
+    settle_finished()
+    if unsettled:
+        blamed, never_started = _blame(folder, unsettled, exit_code, wall_time)
+        for item, outcome in blamed:
+            _settle(engine, item, outcome, preset, notify, max_attempts)
+        _forget_attempts(engine, never_started)
+    notify(items[0].calculation_id, f"batch of {len(items)} ended after {elapsed:.1f} s: "
+                                    f"{sum(item.status == 'done' for item in items)} done, "
+                                    f"{sum(item.status == 'failed' for item in items)} failed")
+
+
+def _item_outcome(directory: Path) -> AttemptOutcome | None:
+    """What a batch wrote for one structure, or None while it has written nothing."""
+    if (directory / job_protocol.RESULT_FILE).is_file():
+        outcome = _read_result(directory)
+        outcome.wall_time_s = outcome.results.get("compute_s", 0.0)
+        return outcome
+    if (directory / job_protocol.ERROR_FILE).is_file():
+        outcome = _read_error(directory, job_protocol.EXIT_CRASH)
+        outcome.exit_code = None  # the batch process goes on: the structure has no exit code
+        return outcome
+    return None
+
+
+def _blame(folder: Path, unsettled: list["BatchItem"], exit_code: int | None,
+           wall_time_s: float) -> tuple[list[tuple["BatchItem", AttemptOutcome]], list["BatchItem"]]:
+    """Which structures a batch that ended early failed, and which it never started."""
+    if exit_code is not None and (folder / job_protocol.ERROR_FILE).is_file():
+        # The calculator could not be built: no structure can be computed.
+        outcome = _read_error(folder, exit_code)
+        return [(item, outcome) for item in unsettled], []
+    if exit_code is None:
+        outcome = AttemptOutcome("timeout", f"the batch was killed at its wall-time limit of {wall_time_s:g} s "
+                                            "while computing this structure", -signal.SIGKILL)
+    elif exit_code == 0:
+        outcome = AttemptOutcome("parse", f"the batch in {folder} ended without a result for this structure", 0)
+    else:
+        outcome = _read_error(folder, exit_code)
+        outcome.message = f"the batch process died while computing this structure: {outcome.message}"
+    return [(unsettled[0], outcome)], unsettled[1:]
+
+
+def _settle(engine: Engine, item: BatchItem, outcome: AttemptOutcome, preset: Preset, notify: Events,
+            max_attempts: int) -> None:
+    """Ingest a computed structure, or record its failed attempt and whether it is tried again."""
+    if outcome.reason is None:
+        ingest_outputs(engine, item.calculation_id, outcome.results, outcome.arrays,
+                       wall_time_s=outcome.wall_time_s, attempt=_attempt_values(item.number, outcome))
+        item.status = "done"
+        return
+    _close_attempt(engine, item.calculation_id, item.number, outcome)
+    notify(item.calculation_id, f"attempt {item.number} failed: {outcome.reason}: {outcome.message}")
+    item.reasons.append(outcome.reason)
+    if len(item.reasons) < max_attempts and _retry_rung(preset, item.reasons) is not None:
+        return  # in the next batch
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == item.calculation_id).values(
+            status=CalculationStatus.FAILED, reason=outcome.reason, finished_at=_now()))
+    item.status = "failed"
+    notify(item.calculation_id, f"failed: {outcome.reason}")
+
+
+def _heartbeat_many(engine: Engine, calculation_ids: list[int]) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id.in_(calculation_ids)).values(heartbeat_at=_now()))
+
+
+def _forget_attempts(engine: Engine, items: list[BatchItem]) -> None:
+    """Remove the attempts of structures a batch never started: they go to the next batch."""
+    if not items:
+        return
+    with session_scope(engine) as session:
+        for item in items:
+            session.execute(delete(CalculationAttempt).where(
+                CalculationAttempt.calculation_id == item.calculation_id,
+                CalculationAttempt.number == item.number))
+            item.number -= 1
+
+
 def _queued(engine: Engine, preset: str, calculation_ids: list[int] | None) -> list[int]:
     condition = (Calculation.preset == preset) & (Calculation.status == CalculationStatus.QUEUED)
     if calculation_ids is not None:
@@ -472,23 +716,35 @@ def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
                calculation_ids: list[int] | None = None, references: bool = True,
                on_event: Events | None = None) -> RunReport:
     """Run the queued calculations of ``preset`` (or only ``calculation_ids``), stage by
-    stage of :func:`plan_run`, ``options.jobs`` at once; with ``references``, formation
-    energies are added at the end."""
+    stage of :func:`plan_run`, ``options.jobs`` at once (processes of one calculation, or
+    of a batch when the preset's or the options' ``batch_size`` is above 1); with
+    ``references``, formation energies are added at the end."""
     plan = plan_run(engine, preset, options, calculation_ids=calculation_ids, references=references)
     report = RunReport(requeued=plan.requeued, references_missing=plan.references_missing)
 
-    def one(calculation_id: int) -> tuple[int, str | None]:
-        return calculation_id, run_calculation(engine, calculation_id, preset, options, on_event)
+    def record(calculation_id: int, status: str | None) -> None:
+        if status == "done":
+            report.done.append(calculation_id)
+        elif status == "failed":
+            report.failed[calculation_id] = _reason(engine, calculation_id)
+        else:
+            report.skipped.append(calculation_id)
 
+    batch_size = options.batch_size or preset.batch_size
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        for stage in plan.stages:
-            for calculation_id, status in pool.map(one, stage):
-                if status == "done":
-                    report.done.append(calculation_id)
-                elif status == "failed":
-                    report.failed[calculation_id] = _reason(engine, calculation_id)
-                else:
-                    report.skipped.append(calculation_id)
+        if batch_size > 1:
+            # References lead the first batch; formation energies are added at the end anyway.
+            work = [calculation_id for stage in plan.stages for calculation_id in stage]
+            for statuses in pool.map(lambda chunk: run_batch(engine, chunk, preset, options, on_event),
+                                     batch_chunks(work, batch_size, options.jobs)):
+                for calculation_id, status in statuses.items():
+                    record(calculation_id, status)
+        else:
+            for stage in plan.stages:
+                statuses = pool.map(
+                    lambda calculation_id: run_calculation(engine, calculation_id, preset, options, on_event), stage)
+                for calculation_id, status in zip(stage, statuses, strict=True):
+                    record(calculation_id, status)
     if references:
         report.formation_energies = add_formation_energies(engine, preset.name)
     return report
