@@ -5,7 +5,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/architectures_benchmark.py [--out benchmarks/architectures.md]
 
 Each architecture trains in its own subprocess (so the peak resident memory is its own):
-the first ``--structures`` rows of shared/data/perov5/labeled_val.csv, target
+the first ``--structures`` rows of perov5/labeled_val.csv in ``WORKBENCH_DATA_DIR``, target
 ``heat_ref``, scalar head with sum pooling, batch 64, AdamW, MSE; one warm-up epoch, then
 ``--epochs`` timed epochs (forward, backward, step). Graphs (and, for ALIGNN, triplets;
 for OCrystalNet and OGCNN, the OFM descriptors) are built before timing, and that build
@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from workbench.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
-PEROV_CSV = REPO.parent / "shared" / "data" / "perov5" / "labeled_val.csv"
+PEROV_CSV = Settings().data_dir / "perov5" / "labeled_val.csv"
 BATCH_SIZE = 64
 # (label, --arch, atom features)
 CASES = (

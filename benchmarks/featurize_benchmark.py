@@ -7,10 +7,10 @@ Run from the repository root:
 
 Data sets, parsed with pymatgen (``Structure.from_str(text, fmt="cif")``) before any timing:
 
-(a) perovskites: the first 2,000 rows of ``/work/shared/data/perov5/labeled_val.csv``
+(a) perovskites: the first 2,000 rows of ``perov5/labeled_val.csv`` in ``WORKBENCH_DATA_DIR``
     (column ``cif``; 5 atoms each);
 (b) MOFs: the first 200 CIFs, in archive order, of
-    ``/work/shared/data/mof_ddec/ddec_mofs_1000.tar.gz`` (the provenance line before the
+    ``mof_ddec/ddec_mofs_1000.tar.gz`` there (the provenance line before the
     first ``data_`` line is stripped; files that fail to parse are skipped and counted).
 
 Paths timed on the same parsed structures, one process (one thread) unless stated:
@@ -73,13 +73,14 @@ from workbench.featurize.atom_features import cgcnn_feature_table
 from workbench.featurize.data import graph_to_data
 from workbench.io.importer import ImportFailed, import_file
 from workbench.io.readers import ReadOptions
+from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine
 from workbench.structures.crystal import Crystal
 
 REPO = Path(__file__).resolve().parent.parent
-PEROV_CSV = Path("/work/shared/data/perov5/labeled_val.csv")
-MOF_TAR = Path("/work/shared/data/mof_ddec/ddec_mofs_1000.tar.gz")
+PEROV_CSV = Settings().data_dir / "perov5" / "labeled_val.csv"
+MOF_TAR = Settings().data_dir / "mof_ddec" / "ddec_mofs_1000.tar.gz"
 PEROV_COUNT = 2_000
 MOF_COUNT = 200
 CUTOFF = 8.0

@@ -20,10 +20,12 @@ run in separate sittings. A run replaces an earlier record of the same pair; wit
 ``--resume`` and different ``--seeds`` fill one pair side by side (the record is locked
 while it is merged).
 
-- perovskites, ``heat_ref`` (eV per cell, sum pooling): ../shared/data/perov5/labeled_val.csv
-- phonon DOS (66 bins): ../shared/data/jarvis_phdos, the 663 entries that have one
-- electronic DOS (300 bins): ../shared/data/jarvis_dos50, a smoke test of the representation
-- MOF DDEC charges (per site, neutral cells): ../shared/data/mof_ddec, the smallest MOFs
+Data sets, in ``WORKBENCH_DATA_DIR`` (default ``../shared/data``):
+
+- perovskites, ``heat_ref`` (eV per cell, sum pooling): perov5/labeled_val.csv
+- phonon DOS (66 bins): jarvis_phdos, the 663 entries that have one
+- electronic DOS (300 bins): jarvis_dos50, a smoke test of the representation
+- MOF DDEC charges (per site, neutral cells): mof_ddec, the smallest MOFs
 """
 
 import argparse
@@ -63,7 +65,7 @@ from workbench.train.config import TrainConfig
 from workbench.train.pipeline import TrainRequest, train_and_register
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Settings().data_dir
 SEEDS = (0, 1, 2)
 PROGRESS_METRICS = ("mae", "coverage_2std", "autoencoder_mae", "seconds_per_epoch")
 

@@ -7,7 +7,7 @@ Run from the repository root:
 Measures, in one run:
 
 1. ``import_file`` (2 worker processes, as ``workbench import`` runs it) of the 15,143
-   perovskites of ``/work/shared/data/perov5`` (``labeled_val.csv`` with its four scalar
+   perovskites of ``perov5`` in ``WORKBENCH_DATA_DIR`` (``labeled_val.csv`` with its four scalar
    targets, ``unlabeled_pool.json.gz``) into a fresh SQLite and a fresh PostgreSQL store,
    then the same import again (idempotent: must add nothing).
 2. The peer: ASE's database (``ase.db.connect(file)``, SQLite, all writes in one
@@ -59,12 +59,13 @@ from sqlalchemy.engine import make_url
 
 from workbench.io.importer import check_entry, import_file
 from workbench.io.readers import ReadOptions, read_entries
+from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine
 from workbench.store.types import array_to_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/perov5")
+DATA = Settings().data_dir / "perov5"
 FILES = (DATA / "labeled_val.csv", DATA / "unlabeled_pool.json.gz")
 EXPECTED_STRUCTURES = 15_143
 SOURCE = "perov5"

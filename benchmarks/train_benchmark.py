@@ -10,9 +10,9 @@ subprocess so that the peak resident memory (``resource.getrusage``) belongs to 
 
 Data sets (built before any timing, for ours):
 
-- perovskites: the first 1,000 rows of ``/work/shared/data/perov5/labeled_val.csv``, target
+- perovskites: the first 1,000 rows of ``perov5/labeled_val.csv`` in ``WORKBENCH_DATA_DIR``, target
   ``heat_ref``, batch size 64, scalar head with sum pooling;
-- MOFs: the 150 smallest CIF members of ``/work/shared/data/mof_ddec/ddec_mofs_1000.tar.gz``,
+- MOFs: the 150 smallest CIF members of ``mof_ddec/ddec_mofs_1000.tar.gz`` there,
   per-site DDEC charges, batch size 8 (ours only: the original CGCNN has no per-site head).
 
 Ours: ``parse_structure_text`` -> ``Featurizer().graph_of`` -> ``graph_to_data`` with
@@ -45,9 +45,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from workbench.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
-PEROV_CSV = Path("/work/shared/data/perov5/labeled_val.csv")
-MOF_TAR = Path("/work/shared/data/mof_ddec/ddec_mofs_1000.tar.gz")
+PEROV_CSV = Settings().data_dir / "perov5" / "labeled_val.csv"
+MOF_TAR = Settings().data_dir / "mof_ddec" / "ddec_mofs_1000.tar.gz"
 N_PEROV = 1000
 N_MOF = 150
 THREADS = 2

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import sys
 
 import ase.db
@@ -10,7 +11,7 @@ import pytest
 from ase.build import bulk
 from sqlalchemy import func, select
 
-from tests.conftest import perovskite_rows, write_csv
+from tests.conftest import PEROVSKITE_POOL, PEROVSKITES, perovskite_rows, write_csv
 from workbench.errors import ImportFailed, InputError
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -39,8 +40,8 @@ UNKNOWN_ELEMENT_CIF = CLOSE_ATOMS_CIF.replace("Cl1 Cl 0.05", "Xx1 Xx 0.5").repla
 
 
 @pytest.fixture(scope="module")
-def rows(shared_data) -> list[dict]:
-    return perovskite_rows(shared_data, 4)
+def rows() -> list[dict]:
+    return perovskite_rows(4)
 
 
 COLUMNS = ["material_id", "cif", "heat_ref", "dir_gap"]
@@ -169,3 +170,79 @@ def test_cli_reports_bad_rows_and_skip_bad(run_cli, engine, tmp_path, rows):
     assert "row 2" in result.output and "not finite" in result.output
     result = run_cli("import", path, "--jobs", "1", "--skip-bad")
     assert "3 new structures" in result.output and "skipped" in result.output
+
+
+@pytest.mark.parametrize("bundled", [PEROVSKITES, PEROVSKITE_POOL], ids=lambda path: path.name)
+def test_a_truncated_gzip_file_is_refused_by_name(bundled, engine, tmp_path):
+    data = bundled.read_bytes()
+    path = tmp_path / bundled.name
+    path.write_bytes(data[: len(data) // 2])  # as an interrupted copy or download leaves it
+    with pytest.raises(InputError, match="not a complete gzip file") as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    assert failure.value.file == str(path)
+    assert nothing_stored(engine)
+
+
+def disordered_perovskite(row: dict):
+    """The row's perovskite as a solid solution: its B site shared half and half with Zr."""
+    from pymatgen.core import Structure as PmgStructure
+
+    structure = PmgStructure.from_str(row["cif"], fmt="cif")
+    b_site = structure[1].specie.symbol
+    structure.replace_species({b_site: {b_site: 0.5, "Zr": 0.5}})
+    return structure
+
+
+def test_partial_occupancies_are_refused_naming_file_block_and_sites(engine, tmp_path, rows):
+    from pymatgen.io.cif import CifWriter
+
+    ordered, disordered = rows[0], disordered_perovskite(rows[1])
+    b_site = disordered[1].species.elements[0].symbol
+    path = tmp_path / "two.cif"
+    path.write_text(ordered["cif"] + "\n" + str(CifWriter(disordered)))
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    [error] = failure.value.errors
+    assert error.file == str(path) and error.row.startswith("block 2 (data_")
+    assert error.message.startswith("partial occupancy at atom sites ")  # the CIF rows, by label
+    assert re.search(rf"\b{b_site}\d+ \(0\.5\)", error.message) and re.search(r"\bZr\d+ \(0\.5\)", error.message)
+    assert "only ordered crystals are stored" in error.message
+    assert nothing_stored(engine)
+    report = import_file(engine, path, source="s", options=ReadOptions(), skip_bad=True)
+    assert report.new_structures == 1 and [e.row for e in report.skipped] == [error.row]
+
+
+def test_partial_occupancies_in_a_csv_row_or_a_pymatgen_dict(engine, tmp_path, rows):
+    from pymatgen.io.cif import CifWriter
+
+    rows = [dict(row) for row in rows]
+    rows[2]["cif"] = str(CifWriter(disordered_perovskite(rows[2])))
+    path = write_csv(tmp_path / "batch.csv", rows, COLUMNS)
+    with pytest.raises(ImportFailed, match=r"batch\.csv, row 3 .*partial occupancy at atom sites"):
+        import_file(engine, path, source="s", options=ReadOptions())
+    (tmp_path / "solid.json").write_text(json.dumps(disordered_perovskite(rows[0]).as_dict()))
+    with pytest.raises(ImportFailed, match=r"solid\.json.*partial occupancy at sites 2 \(.*only ordered"):
+        import_file(engine, tmp_path / "solid.json", source="s", options=ReadOptions())
+    assert nothing_stored(engine)
+
+
+def test_a_file_that_is_not_utf8_is_refused_by_name(engine, tmp_path, rows):
+    rows = [dict(row) for row in rows]
+    rows[1]["cif"] = rows[1]["cif"].replace("# generated using pymatgen", "# généré par pymatgen")
+    path = write_csv(tmp_path / "latin1.csv", rows, COLUMNS)
+    path.write_bytes(path.read_text().encode("latin-1"))  # as some spreadsheet exports save it
+    line = next(number for number, text in enumerate(path.read_bytes().split(b"\n"), 1) if b"\xe9" in text)
+    with pytest.raises(InputError, match=rf"not UTF-8 text: byte 0xe9 on line {line} ") as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    assert failure.value.file == str(path)
+
+    cif = tmp_path / "author.cif"  # once read with replacement characters, silently
+    cif.write_bytes(f"_publ_author_name 'Müller'\n{rows[0]['cif']}".encode("cp1252"))
+    with pytest.raises(InputError, match="not UTF-8 text: byte 0xfc on line 1") as failure:
+        import_file(engine, cif, source="s", options=ReadOptions())
+    assert failure.value.file == str(cif)
+    assert nothing_stored(engine)
+
+    # UTF-8 with a byte-order mark (as spreadsheets write it) is UTF-8.
+    path.write_bytes(path.read_text(encoding="latin-1").encode("utf-8-sig"))
+    assert import_file(engine, path, source="s", options=ReadOptions()).new_structures == 4

@@ -90,10 +90,10 @@ def _count(engine, column, *conditions) -> int:
         return session.scalar(select(func.count(column)).where(*conditions))
 
 
-def test_four_processes_import_the_same_file_once(engine, database_url, shared_data, tmp_path):
+def test_four_processes_import_the_same_file_once(engine, database_url, tmp_path):
     from tests.conftest import perovskite_rows, write_csv
 
-    rows = perovskite_rows(shared_data, 120)
+    rows = perovskite_rows(120)
     path = write_csv(tmp_path / "perovskites.csv", rows, ["material_id", "cif", "heat_ref", "dir_gap"])
     # Two workers per source: the same crystals reach the store under two labels at once.
     calls = [(database_url, str(path), source) for source in ("castelli", "castelli", "mirror", "mirror")]
@@ -126,21 +126,21 @@ def _symbols(formula: str) -> set[str]:
     return {element.symbol for element in Composition(formula)}
 
 
-def _emt_rows(shared_data: Path, count: int) -> list[dict]:
+def _emt_rows(count: int) -> list[dict]:
     """The first ``count`` labeled perovskites made of :data:`EMT_ELEMENTS` only."""
     from tests.conftest import perovskite_rows
 
-    rows = perovskite_rows(shared_data, 10**6)
+    rows = perovskite_rows()
     return [row for row in rows if _symbols(row["formula"]) <= EMT_ELEMENTS][:count]
 
 
 # PostgreSQL only: the store that workers on several hosts share (SQLite takes the same
 # lock path as in the import test, and this test is the slowest here).
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_four_processes_run_each_calculation_once(engine, database_url, shared_data, tmp_path):
+def test_four_processes_run_each_calculation_once(engine, database_url, tmp_path):
     from tests.conftest import write_csv
 
-    rows = _emt_rows(shared_data, 4)
+    rows = _emt_rows(2)  # CuPdN3 and PdAuN3, all the bundled sample has
     path = write_csv(tmp_path / "emt.csv", rows, ["material_id", "cif"])
     import_file(engine, path, source="castelli", options=ReadOptions())
     with session_scope(engine) as session:
@@ -152,7 +152,7 @@ def test_four_processes_run_each_calculation_once(engine, database_url, shared_d
 
     done = [calculation_id for finished, _ in reports for calculation_id in finished]
     assert not any(failed for _, failed in reports)
-    # Every calculation (the four and one elemental reference per element) was run by one
+    # Every calculation (each structure and one elemental reference per element) was run by one
     # worker, in one attempt, in one folder.
     assert len(done) == len(set(done)) == len(structure_ids) + len(elements)
     assert _count(engine, Calculation.id, Calculation.status == CalculationStatus.DONE) == len(done)

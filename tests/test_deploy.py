@@ -262,11 +262,11 @@ def test_nothing_unpickles():
 
 
 @pytest.fixture
-def readonly_url(postgres_admin, database_url, engine, shared_data, tmp_path):
+def readonly_url(postgres_admin, database_url, engine, tmp_path):
     """A role that may only SELECT from the (PostgreSQL) test store, which holds 5 crystals."""
     from tests.conftest import perovskite_rows, write_csv
 
-    rows = perovskite_rows(shared_data, 5)
+    rows = perovskite_rows(5)
     import_file(engine, write_csv(tmp_path / "five.csv", rows, ["material_id", "cif", "heat_ref"]),
                 source="castelli", options=ReadOptions())
     role = f"wbtest_ro_{uuid.uuid4().hex[:12]}"

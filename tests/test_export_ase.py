@@ -12,7 +12,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from sqlalchemy import func, select
 
-from tests.conftest import perovskite_rows, write_csv
+from tests.conftest import JARVIS_DOS, perovskite_rows, write_csv
 from workbench.io.export import export_ase
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -23,9 +23,9 @@ from workbench.store.schema import Structure, StructureSource, TargetDefinition,
 ASE_CLI = Path(sys.executable).parent / "ase"
 
 
-def fill_store(engine, shared_data: Path, tmp_path: Path) -> None:
+def fill_store(engine, tmp_path: Path) -> None:
     """Scalars from the perovskite CSV, per-site arrays and results from extxyz, DOS spectra."""
-    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 20), ["material_id", "cif", "heat_ref", "dir_gap"])
+    write_csv(tmp_path / "perov.csv", perovskite_rows(20), ["material_id", "cif", "heat_ref", "dir_gap"])
     import_file(engine, tmp_path / "perov.csv", source="castelli",
                 options=ReadOptions(units={"heat_ref": "eV"}))
 
@@ -42,7 +42,7 @@ def fill_store(engine, shared_data: Path, tmp_path: Path) -> None:
     ase.io.write(tmp_path / "metals.extxyz", frames, format="extxyz")
     import_file(engine, tmp_path / "metals.extxyz", source="dft", options=ReadOptions())
     grid = (np.linspace(-5, 10, 300, endpoint=False), "eV")
-    import_file(engine, shared_data / "jarvis_dos50" / "id_prop.csv", source="jarvis",
+    import_file(engine, JARVIS_DOS / "id_prop.csv", source="jarvis",
                 options=ReadOptions(targets={"value": "dos"}, grids={"dos": grid}))
 
 
@@ -90,10 +90,10 @@ def assert_same(before: dict, after: dict) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".db", ".json"])
-def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_url, shared_data, tmp_path):
-    fill_store(engine, shared_data, tmp_path)
+def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_url, tmp_path):
+    fill_store(engine, tmp_path)
     out = tmp_path / f"export{suffix}"
-    assert export_ase(engine, out) == 20 + 2 + 50
+    assert export_ase(engine, out) == 20 + 2 + 20
     with pytest.raises(FileExistsError):
         export_ase(engine, out)
 
@@ -103,7 +103,7 @@ def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_u
     assert iron.data["bader"].shape == (2,)
     assert next(database.select("wb_dir_gap>0")).wb_dir_gap > 0
     spectra = [row.data["dos"] for row in database.select() if "dos" in row.data]
-    assert len(spectra) == 50 and {len(spectrum) for spectrum in spectra} == {300}
+    assert len(spectra) == 20 and {len(spectrum) for spectrum in spectra} == {300}
 
     listing = subprocess.run([str(ASE_CLI), "db", str(out), "wb_heat_ref<1.0", "-c", "formula,wb_heat_ref"],
                              capture_output=True, text=True, check=True).stdout
@@ -126,8 +126,8 @@ def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_u
         fresh.dispose()
 
 
-def test_export_cli(run_cli, engine, shared_data, tmp_path):
-    fill_store(engine, shared_data, tmp_path)
+def test_export_cli(run_cli, engine, tmp_path):
+    fill_store(engine, tmp_path)
     out = tmp_path / "cli.db"
     assert "Wrote 72 rows" in run_cli("export-ase", out).output
     run_cli("export-ase", out, expect=1)

@@ -9,7 +9,7 @@ from ase.neighborlist import neighbor_list
 from sqlalchemy import func, select
 from torch_geometric.data import Batch
 
-from tests.conftest import perovskite_rows, write_csv
+from tests.conftest import JARVIS_DOS, perovskite_rows, write_csv
 from workbench.featurize import (
     Featurizer,
     GraphConfig,
@@ -120,18 +120,18 @@ def test_key_follows_the_config():
                 Featurizer(GraphConfig(max_neighbors=16)).key, Featurizer(GraphConfig(keep_ties=True)).key}) == 4
 
 
-def test_graphs_are_cached_per_featurizer(engine, shared_data):
-    import_file(engine, shared_data / "jarvis_dos50" / "id_prop.csv", source="jarvis", options=ReadOptions())
+def test_graphs_are_cached_per_featurizer(engine):
+    import_file(engine, JARVIS_DOS / "id_prop.csv", source="jarvis", options=ReadOptions())
     default, wider = Featurizer(), Featurizer(GraphConfig(max_neighbors=16))
     first = featurize_structures(engine, default)
-    assert (first.featurized, first.already_cached, first.failed) == (50, 0, [])
+    assert (first.featurized, first.already_cached, first.failed) == (20, 0, [])
     again = featurize_structures(engine, default)
-    assert (again.featurized, again.already_cached) == (0, 50)
-    assert featurize_structures(engine, wider).featurized == 50  # a new config never reuses graphs
+    assert (again.featurized, again.already_cached) == (0, 20)
+    assert featurize_structures(engine, wider).featurized == 20  # a new config never reuses graphs
     with session_scope(engine) as session:
         counts = dict(session.execute(select(Graph.featurizer_key, func.count()).group_by(Graph.featurizer_key)).all())
         some_ids = list(session.scalars(select(Graph.structure_id).limit(3)))
-    assert counts == {default.key: 50, wider.key: 50}
+    assert counts == {default.key: 20, wider.key: 20}
 
     graphs = load_graphs(engine, default.key, some_ids)
     assert all(graph.edge_index.shape[1] == 12 * graph.num_nodes for graph in graphs.values())
@@ -141,11 +141,11 @@ def test_graphs_are_cached_per_featurizer(engine, shared_data):
         load_graphs(engine, Featurizer(GraphConfig(cutoff=5.0)).key, some_ids)
 
 
-def test_featurize_cli(run_cli, engine, shared_data):
-    run_cli("import", shared_data / "jarvis_dos50", "--jobs", "1")
+def test_featurize_cli(run_cli, engine):
+    run_cli("import", JARVIS_DOS, "--jobs", "1")
     result = run_cli("featurize", "--jobs", "2")
-    assert "50 graphs built, 0 already cached, 0 failed" in result.output
-    assert "0 graphs built, 50 already cached" in run_cli("featurize", "--jobs", "1").output
+    assert "20 graphs built, 0 already cached, 0 failed" in result.output
+    assert "0 graphs built, 20 already cached" in run_cli("featurize", "--jobs", "1").output
 
 
 def test_triplets_with_kept_ties_and_uneven_degrees():
@@ -186,8 +186,8 @@ def test_orbital_field_matrices_of_rock_salt():
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_the_ofm_featurizer_has_its_own_key_and_caches_the_orbital_field(engine, shared_data, tmp_path):
-    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 4), ["material_id", "cif", "heat_ref"])
+def test_the_ofm_featurizer_has_its_own_key_and_caches_the_orbital_field(engine, tmp_path):
+    write_csv(tmp_path / "perov.csv", perovskite_rows(4), ["material_id", "cif", "heat_ref"])
     import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
     default, ofm = Featurizer(), Featurizer(atom_features="ofm")
     assert ofm.key != default.key and ofm.config["atom_features"] == "ofm"
@@ -201,5 +201,5 @@ def test_the_ofm_featurizer_has_its_own_key_and_caches_the_orbital_field(engine,
                for graph in cached.values())
     assert all(graph.orbital_field is None for graph in load_graphs(engine, default.key, ids).values())
     assert "orbital_field" not in arrays_from_bytes(plain)  # other featurizers' graphs as before
-    crystal = parse_structure_text(perovskite_rows(shared_data, 1)[0]["cif"], "cif")[0]
+    crystal = parse_structure_text(perovskite_rows(1)[0]["cif"], "cif")[0]
     np.testing.assert_array_equal(cached[min(ids)].orbital_field, ofm.graph_of(crystal).orbital_field)

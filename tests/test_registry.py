@@ -32,8 +32,8 @@ def settings(tmp_path, database_url) -> Settings:
 
 
 @pytest.fixture
-def rows(shared_data) -> list[dict]:
-    return perovskite_rows(shared_data, 150)
+def rows() -> list[dict]:
+    return perovskite_rows(150)
 
 
 @pytest.mark.slow

@@ -1,12 +1,10 @@
 """Training on real data: deduplicated splits, deterministic ensembles, metrics, baselines."""
 
-import tarfile
-
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import perovskite_rows, write_csv
+from tests.conftest import charged_perovskite_cifs, perovskite_rows, write_csv
 from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -25,8 +23,8 @@ QUICK = TrainConfig(members=2, epochs=6, patience=3, batch_size=32, learning_rat
 
 
 @pytest.fixture
-def perovskites(engine, shared_data, tmp_path):
-    write_csv(tmp_path / "perov.csv", perovskite_rows(shared_data, 160), ["material_id", "cif", "heat_ref"])
+def perovskites(engine, tmp_path):
+    write_csv(tmp_path / "perov.csv", perovskite_rows(160), ["material_id", "cif", "heat_ref"])
     import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
     featurize_structures(engine, FEATURIZER)
     return load_labeled_graphs(engine, "heat_ref", FEATURIZER)
@@ -98,12 +96,10 @@ def test_spectrum_and_per_site_metrics():
     assert site["mae_O"] == pytest.approx(0.25) and site["mae_H"] == 0.0 and site["coverage_1std"] == 1.0
 
 
-def test_per_site_charges_train_with_the_neutrality_constraint(engine, shared_data, tmp_path):
-    with tarfile.open(shared_data / "mof_ddec" / "ddec_mofs_1000.tar.gz") as archive:
-        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.size)[:12]
-        archive.extractall(tmp_path, members=members, filter="data")
-    for member in members:
-        import_file(engine, tmp_path / member.name, source="core-mof", options=ReadOptions())
+def test_per_site_charges_train_with_the_neutrality_constraint(engine, tmp_path):
+    for material_id, cif, _ in charged_perovskite_cifs(12):  # formal oxidation states: neutral cells
+        (tmp_path / f"{material_id}.cif").write_text(cif)
+        import_file(engine, tmp_path / f"{material_id}.cif", source="oxi", options=ReadOptions())
     featurize_structures(engine, FEATURIZER)
     charges = load_labeled_graphs(engine, "charges", FEATURIZER)
     config = ModelConfig("cgcnn", "per_site", "charges", FEATURIZER.key, backbone=SMALL,
@@ -114,5 +110,5 @@ def test_per_site_charges_train_with_the_neutrality_constraint(engine, shared_da
     assert mean.shape == (sum(item.num_nodes for item in charges.data[9:]),)
     start = 0
     for item in charges.data[9:]:
-        assert abs(mean[start:start + item.num_nodes].sum().item()) < 1e-3  # each MOF stays neutral
+        assert abs(mean[start:start + item.num_nodes].sum().item()) < 1e-3  # each cell stays neutral
         start += item.num_nodes

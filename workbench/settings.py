@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SOURCE_CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, for an editable install
+
 
 class Settings(BaseSettings):
     """Where the workbench keeps its state.
@@ -28,6 +30,8 @@ class Settings(BaseSettings):
       SLURMCluster) on which the Prefect flows fan out DFT calculations and ensemble
       members; or ``WORKBENCH_DASK_WORKERS``: start a local cluster of that many
       single-threaded worker processes. Neither: threads in the flow's process.
+    - ``WORKBENCH_DATA_DIR``: the larger public data sets the benchmarks read
+      (default ``../shared/data`` beside the source checkout). Tests never need it.
     """
 
     model_config = SettingsConfigDict(env_prefix="WORKBENCH_", extra="ignore")
@@ -47,6 +51,8 @@ class Settings(BaseSettings):
     dask_address: str = ""
     dask_workers: int = 0
 
+    data_dir: Path = SOURCE_CHECKOUT.parent / "shared" / "data"
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         # Absolute paths: MLflow artifacts and SQLite files otherwise land relative to
@@ -55,6 +61,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'workbench.db'}"
         self.dft_dir = (self.dft_dir or self.home / "dft").expanduser().resolve()
+        self.data_dir = self.data_dir.expanduser().resolve()
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         return self

@@ -3,13 +3,16 @@
 Formats are told apart by name (``*.cif``, ``POSCAR*``/``CONTCAR*``/``*.vasp``,
 ``*.xyz``/``*.extxyz``, ``*.csv``, ``*.db``, and ALIGNN's ``id_prop.csv``) and, for
 ``*.json``/``*.json.gz``, by content (an ASE JSON database or pymatgen structure dicts). Readers check the shape of the file;
-physical checks happen later, in the importer.
+physical checks happen later, in the importer. Text files must be UTF-8 and ``.gz`` files
+complete: anything else is refused by name, never decoded with replacement characters.
 """
 
 import csv
 import gzip
+import io
 import json
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,12 @@ from pymatgen.core import Structure
 from workbench.errors import InputError
 from workbench.io.ase_db import entries_from_atoms, read_ase_db
 from workbench.io.entries import Entry, Label
-from workbench.io.structure_text import CIF_SITE_COLUMNS, read_cif_blocks, read_poscar
+from workbench.io.structure_text import (
+    CIF_SITE_COLUMNS,
+    cif_blocks,
+    crystal_from_block,
+    read_poscar,
+)
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
@@ -105,23 +113,42 @@ def read_entries(path: Path, options: ReadOptions) -> list[Entry]:
         return reader(path, options)
     except InputError as error:
         raise error.located(file=str(path)) from None
-    except (ValueError, KeyError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read file: {error}", file=str(path)) from None
 
 
-def _open_text(path: Path):
+def read_text(path: Path) -> str:
+    """A text file's content: gunzipped if its name ends in ``.gz``, decoded as UTF-8 (a
+    leading byte-order mark is dropped). Raises :class:`InputError` naming the file if it
+    is not a complete gzip stream or not UTF-8."""
+    data = path.read_bytes()
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as error:
+            raise InputError(f"not a complete gzip file, truncated or damaged ({error})", file=str(path)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} on line {line} is not valid UTF-8 "
+            "(save the file as UTF-8)", file=str(path),
+        ) from None
 
 
 def _read_cif_file(path: Path, options: ReadOptions) -> list[Entry]:
-    blocks = read_cif_blocks(path.read_text(encoding="utf-8", errors="replace"))
+    blocks = cif_blocks(read_text(path))
     entries = []
-    for index, (block_name, crystal, site_columns) in enumerate(blocks, start=1):
-        external_id = path.stem if len(blocks) == 1 else block_name
-        labels = _site_column_labels(site_columns, options)
-        entries.append(Entry(f"block {index} (data_{block_name})", external_id, crystal, labels=labels))
+    for index, block in enumerate(blocks, start=1):
+        external_id = path.stem if len(blocks) == 1 else block.name
+        row = f"block {index} (data_{block.name})"
+        try:
+            crystal, site_columns = crystal_from_block(block)
+        except ValueError as error:  # this block only: --skip-bad can leave it out
+            entries.append(Entry(row, external_id, error=InputError(str(error))))
+            continue
+        entries.append(Entry(row, external_id, crystal, labels=_site_column_labels(site_columns, options)))
     return entries
 
 
@@ -142,17 +169,16 @@ def _site_targets(options: ReadOptions) -> dict[str, tuple[str, str]]:
 
 
 def _read_poscar_file(path: Path, options: ReadOptions) -> list[Entry]:
-    return [Entry("file", path.name, read_poscar(path.read_text(encoding="utf-8")))]
+    return [Entry("file", path.name, read_poscar(read_text(path)))]
 
 
 def _read_extxyz(path: Path, options: ReadOptions) -> list[Entry]:
-    frames = ase.io.read(path, index=":", format="extxyz")
+    frames = ase.io.read(io.StringIO(read_text(path)), index=":", format="extxyz")
     return entries_from_atoms(frames, path.stem, options.target_for, row_word="frame")
 
 
 def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
-    with _open_text(path) as handle:
-        document = json.load(handle)
+    document = json.loads(read_text(path))
     if isinstance(document, dict) and "nextid" in document:
         return read_ase_db(path, options.target_for)
     if isinstance(document, dict) and "lattice" in document and "sites" in document:
@@ -195,15 +221,14 @@ def _property_labels(properties: dict, options: ReadOptions) -> dict[str, Label]
 
 def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
     csv.field_size_limit(sys.maxsize)  # CIF columns are long
-    with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        lowered = {column.lower(): column for column in columns}
-        structure_column = next((lowered[name] for name in STRUCTURE_COLUMNS if name in lowered), None)
-        if structure_column is None:
-            raise InputError(f"no structure column: expected one of {', '.join(STRUCTURE_COLUMNS)}")
-        id_column = next((lowered[name] for name in ID_COLUMNS if name in lowered), None)
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    columns = reader.fieldnames or []
+    lowered = {column.lower(): column for column in columns}
+    structure_column = next((lowered[name] for name in STRUCTURE_COLUMNS if name in lowered), None)
+    if structure_column is None:
+        raise InputError(f"no structure column: expected one of {', '.join(STRUCTURE_COLUMNS)}")
+    id_column = next((lowered[name] for name in ID_COLUMNS if name in lowered), None)
+    rows = list(reader)
     site_columns = set(CIF_SITE_COLUMNS.values())  # read from the CIFs, not the table
     missing = [column for column in options.targets if column not in columns and column not in site_columns]
     if missing:
@@ -239,28 +264,27 @@ def _read_id_prop(path: Path, options: ReadOptions) -> list[Entry]:
     """
     target = options.target_for(ID_PROP_COLUMN)
     entries = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if not row:
-                continue
-            file_name, cells = row[0].strip(), row[1:]
-            where = f"row {number} (id {file_name})"
-            text_format = "cif" if file_name.lower().endswith(".cif") else "poscar"
-            entry = Entry(where, file_name, text_format=text_format, site_targets=_site_targets(options))
-            try:
-                structure_path = path.parent / file_name
-                if not structure_path.is_file():
-                    raise InputError(f"structure file {file_name!r} not found next to {path.name}")
-                entry.text = structure_path.read_text(encoding="utf-8")
-                values = [_csv_number(cell, where, f"{ID_PROP_COLUMN} {index}")
-                          for index, cell in enumerate(cells, 1)]
-                if target and values:
-                    kind = TargetKind.SCALAR if len(values) == 1 else TargetKind.SPECTRUM
-                    value = values[0] if kind is TargetKind.SCALAR else np.array(values)
-                    entry.labels[target] = Label(kind, value, options.units.get(target, ""))
-            except InputError as error:
-                entry.error = error
-            entries.append(entry)
+    for number, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), start=1):
+        if not row:
+            continue
+        file_name, cells = row[0].strip(), row[1:]
+        where = f"row {number} (id {file_name})"
+        text_format = "cif" if file_name.lower().endswith(".cif") else "poscar"
+        entry = Entry(where, file_name, text_format=text_format, site_targets=_site_targets(options))
+        try:
+            structure_path = path.parent / file_name
+            if not structure_path.is_file():
+                raise InputError(f"structure file {file_name!r} not found next to {path.name}")
+            entry.text = read_text(structure_path)
+            values = [_csv_number(cell, where, f"{ID_PROP_COLUMN} {index}")
+                      for index, cell in enumerate(cells, 1)]
+            if target and values:
+                kind = TargetKind.SCALAR if len(values) == 1 else TargetKind.SPECTRUM
+                value = values[0] if kind is TargetKind.SCALAR else np.array(values)
+                entry.labels[target] = Label(kind, value, options.units.get(target, ""))
+        except InputError as error:
+            entry.error = error
+        entries.append(entry)
     return entries
 
 

@@ -10,7 +10,7 @@ import ase.io
 import gemmi
 import numpy as np
 
-from workbench.structures.crystal import Crystal
+from workbench.structures.crystal import ORDERED_ONLY, Crystal
 
 # CIF per-site columns that become per-site labels, and the target each feeds.
 CIF_SITE_COLUMNS = {"_atom_site_charge": "charges"}
@@ -25,34 +25,35 @@ def strip_preamble(cif_text: str) -> str:
     return cif_text[start:] if start > 0 else cif_text
 
 
-def read_cif_blocks(cif_text: str) -> list[tuple[str, Crystal, dict[str, np.ndarray]]]:
-    """Every data block with atom sites: ``(block name, crystal, per-site columns)``.
-
-    Symmetry is expanded to the full unit cell; per-site columns in ``CIF_SITE_COLUMNS``
-    are carried to every symmetry copy of the site they were given for.
-    """
-    document = gemmi.cif.read_string(strip_preamble(cif_text))
-    blocks = []
-    for block in document:
-        if not block.find_values("_atom_site_fract_x"):
-            continue
-        blocks.append((block.name, *_crystal_from_block(block)))
+def cif_blocks(cif_text: str) -> list[gemmi.cif.Block]:
+    """Every data block with atom sites; raises ``ValueError`` if there is none."""
+    blocks = [block for block in gemmi.cif.read_string(strip_preamble(cif_text))
+              if block.find_values("_atom_site_fract_x")]
     if not blocks:
         raise ValueError("no data block with atom sites (_atom_site_fract_x) in CIF")
     return blocks
 
 
-def _crystal_from_block(block: gemmi.cif.Block) -> tuple[Crystal, dict[str, np.ndarray]]:
-    small = gemmi.make_small_structure_from_block(block)
+def crystal_from_block(block: gemmi.cif.Block) -> tuple[Crystal, dict[str, np.ndarray]]:
+    """The crystal of one data block and its per-site columns; ``ValueError`` says why not.
+
+    Symmetry is expanded to the full unit cell; per-site columns in ``CIF_SITE_COLUMNS``
+    are carried to every symmetry copy of the site they were given for.
+    """
+    try:
+        small = gemmi.make_small_structure_from_block(block)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
     if small.cell.volume <= 0:
         raise ValueError("CIF has no valid cell (_cell_length_*, _cell_angle_*)")
     sites = small.get_all_unit_cell_sites()
     unknown = sorted({site.type_symbol or site.label for site in sites if site.element.atomic_number == 0})
     if unknown:
         raise ValueError(f"unknown element in atom site type {', '.join(map(repr, unknown))}")
-    partial = [site.label for site in sites if abs(site.occ - 1.0) > FULL_OCCUPANCY_TOLERANCE]
+    partial = [f"{site.label} ({site.occ:g})" for site in small.sites if abs(site.occ - 1.0) > FULL_OCCUPANCY_TOLERANCE]
     if partial:
-        raise ValueError(f"partial occupancy at sites {partial[:5]}: only ordered crystals are supported")
+        more = f" and {len(partial) - 5} more" if len(partial) > 5 else ""
+        raise ValueError(f"partial occupancy at atom sites {', '.join(partial[:5])}{more}: {ORDERED_ONLY}")
     # gemmi's orthogonalisation matrix maps fractional to Cartesian: its columns are a, b, c.
     lattice = np.array(small.cell.orth.mat.tolist()).T
     crystal = Crystal(
@@ -100,10 +101,10 @@ def read_poscar(text: str) -> Crystal:
 def parse_structure_text(text: str, text_format: str) -> tuple[Crystal, dict[str, np.ndarray]]:
     """One structure from text; a CIF must hold exactly one data block."""
     if text_format == "cif":
-        blocks = read_cif_blocks(text)
+        blocks = cif_blocks(text)
         if len(blocks) != 1:
             raise ValueError(f"expected one CIF data block, found {len(blocks)}")
-        return blocks[0][1], blocks[0][2]
+        return crystal_from_block(blocks[0])
     if text_format == "poscar":
         return read_poscar(text), {}
     raise ValueError(f"unknown structure text format {text_format!r}")

@@ -6,6 +6,12 @@ import numpy as np
 from ase import Atoms
 from pymatgen.core import Lattice, Structure
 
+# The store keeps one ordered configuration per structure; a disordered one is refused.
+ORDERED_ONLY = (
+    "only ordered crystals are stored; choose an ordering first "
+    "(e.g. pymatgen's OrderDisorderedStructureTransformation)"
+)
+
 
 @dataclass(frozen=True, eq=False)
 class Crystal:
@@ -28,7 +34,8 @@ class Crystal:
     @classmethod
     def from_pymatgen(cls, structure: Structure) -> "Crystal":
         if not structure.is_ordered:
-            raise ValueError("structure is disordered (partial occupancies); only ordered crystals are supported")
+            partial = [f"{index} ({site.species})" for index, site in enumerate(structure, start=1) if not site.is_ordered]
+            raise ValueError(f"partial occupancy at sites {', '.join(partial[:5])}: {ORDERED_ONLY}")
         return cls(
             lattice=np.array(structure.lattice.matrix, dtype=float),
             species=tuple(site.specie.symbol for site in structure),
