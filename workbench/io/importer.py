@@ -127,7 +127,7 @@ def import_entries(
     with session_scope(engine) as session:
         # Concurrent imports of the same crystals would each find them missing and add them.
         one_writer_at_a_time(session, "import")
-        writer = _FileWriter(session, source=source, file=file, options=options)
+        writer = StructureWriter(session, source=source, file=file, options=options)
         for chunk in _batched(checked_stream, CHUNK_SIZE):
             good = []
             for item in chunk:
@@ -196,8 +196,9 @@ class _LabelSeen:
     source_row: str | None
 
 
-class _FileWriter:
-    """Matches checked entries to structures and writes them, within one session."""
+class StructureWriter:
+    """Matches checked entries to structures and writes them, within one session (the
+    importer's, and ``workbench.generate``'s for decorations of a prototype)."""
 
     def __init__(self, session, *, source: str, file: str, options: ReadOptions) -> None:
         self.session = session

@@ -68,18 +68,29 @@ def dedup_key(reduced_formula: str, spacegroup_number: int, volume_bin: int) -> 
     return f"{reduced_formula}|{spacegroup_number}|{volume_bin}"
 
 
-def identify(crystal: Crystal, nearest: np.ndarray) -> Identity:
-    """Describe a checked crystal; ``nearest`` is what :func:`check_crystal` returned."""
-    composition = Composition(Counter(crystal.species))
-    volume = float(abs(np.linalg.det(crystal.lattice)))
+def space_group(crystal: Crystal) -> tuple[int, str]:
+    """The space group's number and short Hermann-Mauguin symbol; ``(0, "unknown")`` where
+    the search gives up (some badly distorted cells)."""
     numbers = [atomic_numbers[symbol] for symbol in crystal.species]
     try:
         cell = moyopy.Cell(crystal.lattice.tolist(), crystal.frac_coords.tolist(), numbers)
         number = moyopy.MoyoDataset(cell, symprec=SYMPREC).number
-        symbol = moyopy.SpaceGroupType(number).hm_short.replace(" ", "")
+        return int(number), moyopy.SpaceGroupType(number).hm_short.replace(" ", "")
     except (RuntimeError, ValueError):
-        number, symbol = 0, "unknown"  # the search gives up on some badly distorted cells
-    weight = float(sum(atomic_masses[n] for n in numbers))
+        return 0, "unknown"
+
+
+def identify(crystal: Crystal, nearest: np.ndarray, symmetry: tuple[int, str] | None = None) -> Identity:
+    """Describe a checked crystal; ``nearest`` is what :func:`check_crystal` returned.
+
+    ``symmetry`` is the crystal's :func:`space_group` where the caller knows it already
+    (decorations of one prototype share it with every decoration that puts equal elements
+    on the same sites), else it is searched for.
+    """
+    composition = Composition(Counter(crystal.species))
+    volume = float(abs(np.linalg.det(crystal.lattice)))
+    number, symbol = symmetry or space_group(crystal)
+    weight = float(sum(atomic_masses[atomic_numbers[element]] for element in crystal.species))
     elements = sorted(composition.chemical_system.split("-"))
     return Identity(
         formula=composition.formula,
@@ -90,8 +101,8 @@ def identify(crystal: Crystal, nearest: np.ndarray) -> Identity:
         nsites=crystal.nsites,
         volume=volume,
         density=weight * AMU_PER_A3_TO_G_PER_CM3 / volume,
-        spacegroup_number=int(number),
-        spacegroup_symbol=str(symbol),
+        spacegroup_number=number,
+        spacegroup_symbol=symbol,
         volume_bin=math.floor(math.log(volume / crystal.nsites) / math.log1p(VOLUME_BIN_WIDTH)),
         fingerprint=nearest[np.lexsort((nearest, np.array(crystal.species)))],
     )

@@ -1,0 +1,83 @@
+"""Energies above the convex hull of plain entries, with pymatgen's ``PhaseDiagram``.
+
+One phase diagram per chemical system that has entries, over the entries whose elements
+lie within it (its elements, binaries, ...): the energy above hull of a compound depends
+on those alone. A system lacking an entry of one of its elements has no hull; it is
+reported, not guessed.
+"""
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HullEntry:
+    """A structure's energy: ``key`` names it (a structure id), ``composition`` is
+    ``{element: amount}`` and ``energy_per_atom`` is in eV/atom."""
+
+    key: Hashable
+    composition: dict[str, float]
+    energy_per_atom: float
+
+    @property
+    def elements(self) -> frozenset[str]:
+        return frozenset(element for element, amount in self.composition.items() if amount > 0)
+
+
+@dataclass(frozen=True)
+class HullPoint:
+    """An entry judged against its system's hull: ``e_above_hull`` in eV/atom (0 on the
+    hull) and ``decomposition``, the keys of the hull phases it decomposes into with their
+    fractions by atom (itself alone when it is on the hull)."""
+
+    key: Hashable
+    chemical_system: str
+    e_above_hull: float
+    decomposition: dict[Hashable, float]
+
+
+@dataclass(frozen=True)
+class Hull:
+    """The points of every entry whose system has a hull, and the systems without one
+    (chemical system -> elements that have no entry)."""
+
+    points: dict[Hashable, HullPoint]
+    missing_elements: dict[str, list[str]]
+
+
+def chemical_system(elements: frozenset[str]) -> str:
+    return "-".join(sorted(elements))
+
+
+def convex_hull(entries: list[HullEntry]) -> Hull:
+    """Energy above hull and decomposition of every entry whose system is complete."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    phase_entries = []
+    for entry in entries:
+        composition = Composition(entry.composition)
+        phase_entries.append(PDEntry(composition, entry.energy_per_atom * composition.num_atoms))
+    keys = {id(phase_entry): entry.key for phase_entry, entry in zip(phase_entries, entries, strict=True)}
+    systems: dict[frozenset[str], list[int]] = {}
+    for index, entry in enumerate(entries):
+        systems.setdefault(entry.elements, []).append(index)
+    elements_with_entry = {next(iter(system)) for system in systems if len(system) == 1}
+
+    points: dict[Hashable, HullPoint] = {}
+    missing: dict[str, list[str]] = {}
+    for system in sorted(systems, key=chemical_system):
+        name = chemical_system(system)
+        lacking = sorted(system - elements_with_entry)
+        if lacking:
+            missing[name] = lacking
+            continue
+        within = [phase_entries[index] for index, entry in enumerate(entries) if entry.elements <= system]
+        diagram = PhaseDiagram(within)
+        for index in systems[system]:
+            decomposition, energy = diagram.get_decomp_and_e_above_hull(phase_entries[index])
+            points[entries[index].key] = HullPoint(
+                key=entries[index].key, chemical_system=name, e_above_hull=float(energy),
+                decomposition={keys[id(phase)]: float(amount) for phase, amount in decomposition.items()},
+            )
+    return Hull(points, missing)
