@@ -29,7 +29,8 @@ from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 from workbench.train.config import TrainConfig
 from workbench.train.dataset import load_labeled_graphs
-from workbench.train.ensemble import fit_spectrum_autoencoder, train_ensemble
+from workbench.train.ensemble import train_ensemble
+from workbench.train.kinds import fit_spectrum_autoencoder
 from workbench.train.pipeline import TrainRequest, evaluate
 
 # Whole neighbour shells, so that the graph itself does not depend on the order of atoms.
@@ -310,7 +311,7 @@ def test_a_latent_spectrum_head_trains_in_two_stages_on_any_backbone(perovskites
     mean, _ = ensemble.predict(validation)
     assert mean.shape == (4, BINS) and ((mean >= 0) & (mean <= autoencoder.scale)).all()
     # The autoencoder stays with the ensemble, to report its reconstruction error alone.
-    assert torch.equal(ensemble.autoencoder(torch.cat([item.y for item in validation])),
+    assert torch.equal(ensemble.shared(torch.cat([item.y for item in validation])),
                        autoencoder(torch.cat([item.y for item in validation])))
     metrics = evaluate(TargetKind.SPECTRUM, ensemble, train, validation, None,
                        TrainRequest(target="dos", name="latent"), tmp_path)

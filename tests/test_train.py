@@ -11,7 +11,7 @@ from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
 from workbench.store.schema import TargetKind
 from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
-from workbench.train.config import TrainConfig
+from workbench.train.config import TrainConfig, available_cores
 from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import Ensemble, train_ensemble
 from workbench.train.metrics import band_gap, per_site_metrics, scalar_metrics, spectrum_metrics
@@ -112,3 +112,111 @@ def test_per_site_charges_train_with_the_neutrality_constraint(engine, tmp_path)
     for item in charges.data[9:]:
         assert abs(mean[start:start + item.num_nodes].sum().item()) < 1e-3  # each cell stays neutral
         start += item.num_nodes
+
+
+def _emt_labeled(kind: TargetKind) -> list:
+    """Rattled fcc cells labeled by a real (EMT) calculator: energy per cell, forces per
+    site, and as a spectrum each cell's histogram of interatomic distances (2-5 Å)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from workbench.featurize.atom_features import cgcnn_feature_table
+    from workbench.featurize.data import graph_to_data
+    from workbench.structures.crystal import Crystal
+    from workbench.train.kinds import KINDS
+
+    data = []
+    for index, (metal, a) in enumerate([("Cu", 3.61), ("Al", 4.05), ("Ni", 3.52), ("Ag", 4.09), ("Au", 4.08),
+                                        ("Pd", 3.89), ("Pt", 3.92), ("Cu", 3.70), ("Al", 4.00), ("Ni", 3.60)]):
+        atoms = bulk(metal, "fcc", a=a, cubic=True)
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        distances = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)]
+        spectrum = np.histogram(distances, bins=BINS, range=(2.0, 5.0))[0].astype(float)
+        item = graph_to_data(FEATURIZER.graph_of(Crystal.from_ase(atoms)), cgcnn_feature_table())
+        item.y = KINDS[kind].label(atoms.get_potential_energy(), {
+            TargetKind.SCALAR: None, TargetKind.SPECTRUM: spectrum, TargetKind.PER_SITE: atoms.get_forces()}[kind])
+        data.append(item)
+    return data
+
+
+BINS = 12
+
+
+@pytest.mark.parametrize("kind", list(TargetKind))
+def test_each_target_kind_has_one_complete_entry(kind, tmp_path):
+    """Head and options, labels, scaling, training, metrics, baselines, plot and the rows of
+    ``predictions``, all from the kind's entry."""
+    from workbench.models.heads import HEADS
+    from workbench.store.schema import Prediction, TargetDefinition
+    from workbench.train.kinds import KINDS, kind_of_head
+    from workbench.train.pipeline import TrainRequest, evaluate
+
+    assert set(KINDS) == set(TargetKind)
+    spec = KINDS[kind]
+    assert spec.kind is kind and spec.head in HEADS and kind_of_head(spec.head) is spec
+    definition = TargetDefinition(name="y", kind=kind, length=BINS, site_shape=[3])
+    request = TrainRequest(target="y", name="kinds", pooling="sum")
+    config = ModelConfig("cgcnn", spec.head, "y", FEATURIZER.key, backbone=SMALL,
+                         head_options=spec.head_options(definition, request))
+    data = _emt_labeled(kind)
+    ensemble, _ = train_ensemble(config, kind, data[:7], data[7:], TrainConfig(members=2, epochs=2, batch_size=4),
+                                 device=torch.device("cpu"))
+    metrics = evaluate(kind, ensemble, data[:7], data[7:], None, request, tmp_path)
+    assert np.isfinite(metrics["mae"]) and any(key.startswith("baseline_") for key in metrics)
+    assert (tmp_path / spec.plot_file).stat().st_size > 0
+
+    mean, std = (tensor.numpy() for tensor in ensemble.predict(data[7:]))
+    means, stds = spec.per_structure(mean, std, [item.num_nodes for item in data[7:]])
+    assert len(means) == len(stds) == 3
+    for item, value in zip(data[7:], means, strict=True):
+        shape = {TargetKind.SCALAR: (), TargetKind.SPECTRUM: (BINS,), TargetKind.PER_SITE: (item.num_nodes, 3)}
+        assert np.shape(value) == shape[kind]
+    columns = spec.prediction_columns(means[0], stds[0])
+    assert set(columns) == {"mean", "std", "mean_array", "std_array"} <= set(Prediction.__table__.columns.keys())
+    assert (columns["mean_array"] is None) == (not spec.array_valued)
+
+
+def test_members_train_in_worker_processes_as_they_would_here(perovskites):
+    """Two worker processes give the members this process gives, for the same seeds; the
+    epochs of both come back for the progress display."""
+    train, validation = perovskites.data[:96], perovskites.data[96:128]
+    config = ModelConfig("cgcnn", "scalar", "heat_ref", FEATURIZER.key, backbone=SMALL)
+    quick = TrainConfig(members=2, epochs=2, batch_size=32)
+    epochs, finished = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, available_cores() // 2))  # each worker's share: sums in the same order
+    try:
+        here, _ = train_ensemble(config, TargetKind.SCALAR, train, validation, quick, device=torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    there, histories = train_ensemble(
+        config, TargetKind.SCALAR, train, validation, quick, device=torch.device("cpu"), workers=2,
+        on_epoch=lambda member, epoch, *_: epochs.append((member, epoch)),
+        on_member=lambda member, history: finished.append(member))
+    assert sorted(epochs) == [(0, 0), (0, 1), (1, 0), (1, 1)] and sorted(finished) == [0, 1]
+    assert [len(history.train_loss) for history in histories] == [2, 2]
+    for mine, theirs in zip(here.members, there.members, strict=True):
+        for name, weight in mine.state_dict().items():
+            torch.testing.assert_close(theirs.state_dict()[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(there.predict(validation)[1], here.predict(validation)[1], rtol=1e-3, atol=1e-5)
+
+
+def test_training_defaults_live_in_one_table():
+    """The campaign's model settings, a replay and the command line take theirs from
+    ``workbench/train/config.py``."""
+    import dataclasses
+    import inspect
+
+    from workbench.campaign.config import ModelSettings
+    from workbench.campaign.replay import ReplayConfig
+    from workbench.cli.models import train as train_command
+    from workbench.train.config import CAMPAIGN_TRAINING
+
+    settings = ModelSettings()
+    assert settings.train_config(seed=CAMPAIGN_TRAINING.seed) == CAMPAIGN_TRAINING
+    assert ReplayConfig.__dataclass_fields__["train"].default == CAMPAIGN_TRAINING
+    options = inspect.signature(train_command).parameters
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in options:
+            assert options[field.name].default == field.default, field.name

@@ -17,6 +17,7 @@ from workbench.cli.shared import (
 )
 from workbench.featurize.config import GraphConfig
 from workbench.train.config import TrainConfig
+from workbench.train.progress import EnsembleProgress
 
 AtomFeaturesOption = Annotated[str, typer.Option(
     help="Atom features: cgcnn (91-entry element vector) or ofm (orbital field matrix + cgcnn, OCrystalNet/OGCNN).")]
@@ -93,7 +94,8 @@ def train(
     = False,
     champion: Annotated[bool, typer.Option(help="Make this version the champion.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    jobs: Annotated[int, typer.Option(help="Worker processes for featurizing.")] = DEFAULT_JOBS,
+    jobs: Annotated[int, typer.Option(
+        help="Worker processes for featurizing and for training the members side by side.")] = DEFAULT_JOBS,
 ) -> None:
     """Train an ensemble on the store's labels, evaluate it, register it in MLflow."""
     from workbench.featurize.featurizer import Featurizer
@@ -107,15 +109,23 @@ def train(
         featurizer=Featurizer(atom_features=_atom_features(atom_features)), spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
+        workers=jobs,
     )
+    ensemble = EnsembleProgress(members, epochs)
     with progress_bar(jobs) as (progress, executor):
-        task = progress.add_task(f"training {members} members", total=members * epochs)
-        result = train_and_register(
-            run.engine, run.settings, request, executor=executor,
-            on_epoch=lambda member, epoch, loss, val: progress.update(
-                task, completed=member * epochs + epoch + 1,
-                description=f"member {member}: epoch {epoch} train {loss:.4f} validation {val:.4f}"),
-        )
+        task = progress.add_task(f"training {members} members", total=ensemble.total)
+
+        def on_epoch(member: int, epoch: int, loss: float, val: float) -> None:
+            ensemble.epoch(member, epoch)
+            progress.update(task, completed=ensemble.completed, description=(
+                f"member {member}: epoch {epoch} train {loss:.4f} validation {val:.4f}; {ensemble.describe_left()}"))
+
+        def on_member(member: int, history) -> None:
+            ensemble.finished(member, len(history.train_loss))
+            progress.update(task, completed=ensemble.completed, total=ensemble.total)
+
+        result = train_and_register(run.engine, run.settings, request, executor=executor,
+                                    on_epoch=on_epoch, on_member=on_member)
     console.print(f"Registered {result.name} version {result.registry_version} "
                   f"({', '.join(result.aliases)}), run {result.run_id}")
     table = Table("metric (test split)", "value")

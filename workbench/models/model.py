@@ -19,7 +19,7 @@ from workbench.models.backbones.megnet import MEGNet, MEGNetConfig
 from workbench.models.backbones.neighbour_mlp import NeighbourMLP, NeighbourMLPConfig
 from workbench.models.backbones.ocrystalnet import OCrystalNet, OCrystalNetConfig
 from workbench.models.backbones.schnet import SchNet, SchNetConfig
-from workbench.models.heads import PerSiteHead, ScalarHead, SpectrumHead
+from workbench.models.heads import HEADS
 
 SAVE_FORMAT = 1
 BACKBONES = {
@@ -30,7 +30,6 @@ BACKBONES = {
     "ocrystalnet": (OCrystalNet, OCrystalNetConfig),
     "schnet": (SchNet, SchNetConfig),
 }
-HEADS = {"scalar": ScalarHead, "spectrum": SpectrumHead, "per_site": PerSiteHead}
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class ModelConfig:
 
     Attributes:
         architecture: a key of ``BACKBONES``.
-        head: ``scalar``, ``spectrum`` or ``per_site``.
+        head: a key of ``HEADS`` (``scalar``, ``spectrum`` or ``per_site``).
         target: the target it predicts.
         featurizer_key: the featurizer whose graphs it reads.
         backbone: keyword arguments of the backbone's config.
@@ -88,18 +87,16 @@ class CrystalModel(nn.Module):
         self.register_buffer("target_scale", torch.tensor(1.0))
 
     def set_target_scaling(self, shift: float, scale: float) -> None:
-        """Outputs are ``raw * scale + shift`` (spectra: ``raw * scale``, to stay >= 0)."""
-        self.target_shift.fill_(0.0 if self.config.head == "spectrum" else shift)
+        """Outputs are ``raw * scale + shift``, or ``raw * scale`` for a head that does not
+        shift (a spectrum, to stay >= 0)."""
+        self.target_shift.fill_(shift if self.head.shifts_output else 0.0)
         self.target_scale.fill_(scale if scale > 0 else 1.0)
 
     def forward(self, data) -> torch.Tensor:
         """Predictions in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
         batch = _batch_vector(data)
         raw = self.head(self.backbone(data), batch)
-        values = raw * self.target_scale + self.target_shift
-        if isinstance(self.head, PerSiteHead):
-            values = self.head.constrain(values, batch, getattr(data, "total", None))
-        return values
+        return self.head.constrain(raw * self.target_scale + self.target_shift, batch, data)
 
     def embed(self, data) -> torch.Tensor:
         """The pooled crystal representation ``(B, F)`` the head reads (for diversity)."""

@@ -1,5 +1,14 @@
-"""Training settings (kept free of torch so that the command line starts fast)."""
+"""The one table of training defaults (free of torch, so that the command line starts fast).
 
+- ``TrainConfig()``: ``workbench train`` on a store of a few thousand labeled structures;
+  measured in ``benchmarks/train.md`` (``benchmarks/train_benchmark.py``).
+- ``CAMPAIGN_TRAINING``: the ensembles a campaign retrains every round, and a replay of
+  one, which learn from tens to a few hundred labels.
+
+The campaign's ``ModelSettings`` and the command line take their defaults from here.
+"""
+
+import os
 from dataclasses import dataclass
 
 
@@ -7,11 +16,22 @@ from dataclasses import dataclass
 class TrainConfig:
     """How each ensemble member is trained (member i uses seed ``seed + i``)."""
 
-    members: int = 5
-    epochs: int = 300
-    patience: int = 30
+    members: int = 4
+    epochs: int = 60
+    patience: int = 10
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 0.0
     bootstrap: bool = False
     seed: int = 0
+
+
+# With 45 training structures, batches of 64 meant one optimiser step per epoch; batches
+# of 16 at a higher learning rate give the members enough steps to learn from 50-400
+# labels. Three members: two gave a noisier spread and fewer hits (benchmarks/replay.md).
+CAMPAIGN_TRAINING = TrainConfig(members=3, epochs=60, patience=15, batch_size=16, learning_rate=3e-3)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

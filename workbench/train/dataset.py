@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
@@ -12,6 +11,7 @@ from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.store.engine import session_scope
 from workbench.store.schema import Structure, TargetDefinition, TargetKind, TargetValue
+from workbench.train.kinds import KINDS
 
 
 @dataclass
@@ -50,15 +50,11 @@ def load_labeled_graphs(engine: Engine, target: str, featurizer: Featurizer, *,
         kind = definition.kind
     graphs = load_graphs(engine, featurizer.key, [row.structure_id for row in rows])
     table = featurizer.feature_table()
+    spec = KINDS[kind]
     data = []
     for row in rows:
         item = graph_to_data(graphs[row.structure_id], table, triplets=triplets)
-        if kind is TargetKind.SCALAR:
-            item.y = torch.tensor([row.value], dtype=torch.float32)
-        elif kind is TargetKind.SPECTRUM:
-            item.y = torch.from_numpy(np.asarray(row.value_array, dtype=np.float32))[None, :]
-        else:
-            item.y = torch.from_numpy(np.asarray(row.value_array, dtype=np.float32))
+        item.y = spec.label(row.value, row.value_array)
         item.structure_id = torch.tensor([row.structure_id])
         data.append(item)
     return LabeledGraphs(target, kind, [row.structure_id for row in rows], [row.dedup_key for row in rows], data)

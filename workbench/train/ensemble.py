@@ -3,9 +3,10 @@ with early stopping on a validation split; their spread, scaled to fit the valid
 errors, is the uncertainty."""
 
 import copy
+import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +17,9 @@ from torch_geometric.loader import DataLoader
 
 from workbench.featurize.data import CrystalGraphData
 from workbench.models import CrystalModel, ModelConfig
-from workbench.models.dos_autoencoder import DOSAutoencoder, fit_dos_autoencoder
-from workbench.models.heads import SpectrumHead
 from workbench.store.schema import TargetKind
-from workbench.train.config import TrainConfig
+from workbench.train.config import TrainConfig, available_cores
+from workbench.train.kinds import KINDS
 
 
 @dataclass
@@ -32,6 +32,7 @@ class MemberHistory:
 
 
 EpochCallback = Callable[[int, int, float, float], None]  # member, epoch, train, validation
+MemberCallback = Callable[[int, MemberHistory], None]  # member, its history once trained
 
 # Saved beside the member files: the ensemble's std scale.
 CALIBRATION_FILE = "calibration.pt"
@@ -41,14 +42,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def target_scaling(kind: TargetKind, train: list[CrystalGraphData]) -> tuple[float, float]:
-    """Shift and scale of the training labels (spectra: scale only, to stay non-negative)."""
-    values = torch.cat([item.y.reshape(-1) for item in train]).double()
-    if kind is TargetKind.SPECTRUM:
-        return 0.0, float(values.abs().mean()) or 1.0
-    return float(values.mean()), float(values.std()) if len(values) > 1 else 1.0
 
 
 def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
@@ -68,18 +61,19 @@ class Ensemble:
     """Members that share a config and target scaling; predicts mean and std (the members'
     spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`).
 
-    ``autoencoder``: for a latent spectrum head, the autoencoder whose decoder the members
-    carry, kept after training to measure its reconstruction error alone (not saved: the
-    members hold all they need to predict)."""
+    ``shared``: the part the members' kind fitted for all of them before training them
+    (a latent spectrum head's autoencoder, whose decoder each member carries), kept after
+    training to report on it alone (not saved: the members hold all they need to
+    predict)."""
 
     def __init__(self, members: list[CrystalModel], std_scale: float = 1.0,
-                 autoencoder: DOSAutoencoder | None = None):
+                 shared: torch.nn.Module | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
         self.std_scale = std_scale
-        self.autoencoder = autoencoder
+        self.shared = shared
 
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -130,73 +124,162 @@ def train_ensemble(
     *,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
+    on_member: MemberCallback | None = None,
     calibrate: bool = True,
     executor: Executor | None = None,
+    workers: int = 1,
 ) -> tuple[Ensemble, list[MemberHistory]]:
-    """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU.
+    """Train ``config.members`` members; deterministic for a given ``config.seed`` on CPU,
+    wherever the members train: each starts from weights drawn with its seed here and
+    trains with that seed.
 
-    With an ``executor`` (e.g. a Dask client's ``get_executor()``), the members train in
-    parallel there, each from the same initial weights and seed as in this process;
-    ``on_epoch`` is not called then (the members run elsewhere).
+    Where the members train: with an ``executor`` (e.g. a Dask client's
+    ``get_executor()``), there, and ``on_epoch`` is not called (the members run
+    elsewhere); else with ``workers`` > 1, in that many worker processes of this machine
+    (at most one per member), each with an equal share of the cores as torch threads;
+    else one after the other in this process. ``on_member`` is called as each member
+    finishes (with its index and history).
 
     With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
     the validation errors (:meth:`Ensemble.calibrate`).
 
-    A spectrum head with a ``latent`` size trains in two stages: first one autoencoder on
-    the training spectra (early-stopped on the validation spectra, with the members'
-    settings and ``config.seed``), then every member with its frozen decoder, in units of
-    the autoencoder's scale.
+    The kind's entry (:data:`~workbench.train.kinds.KINDS`) gives the target scaling and
+    any part the members share: a spectrum head with a ``latent`` size first fits one
+    autoencoder on the training spectra (early-stopped on the validation spectra, with the
+    members' settings and ``config.seed``), then trains every member with its frozen
+    decoder, in units of the autoencoder's scale.
     """
     device = device or pick_device()
-    shift, scale = target_scaling(kind, train)
-    autoencoder = None
-    members, histories = [], []
+    spec = KINDS[kind]
+    models = []
     for index in range(config.members):
+        torch.manual_seed(config.seed + index)
+        models.append(CrystalModel(model_config))
+    shared = spec.pretrain(models[0].head, train, validation, config, device)
+    scaling = spec.target_scaling(train)
+    jobs = []
+    for index, model in enumerate(models):
+        spec.prepare_member(model, shared, scaling)
         seed = config.seed + index
-        torch.manual_seed(seed)
-        model = CrystalModel(model_config)
-        if getattr(model.head, "latent", None):
-            autoencoder = autoencoder or fit_spectrum_autoencoder(model.head, train, validation, config, device)
-            model.head.use_autoencoder(autoencoder)
-            model.set_target_scaling(0.0, float(autoencoder.scale))
-        else:
-            model.set_target_scaling(shift, scale)
         member_train = train
         if config.bootstrap:
             picks = np.random.default_rng(seed).integers(0, len(train), len(train))
             member_train = [train[pick] for pick in picks]
-        if executor is not None:
-            members.append(executor.submit(fit_member, model, member_train, validation, config, seed, device))
-            continue
-        model, history = fit_member(model, member_train, validation, config, seed, device,
-                                    lambda epoch, loss, val, index=index: on_epoch and on_epoch(index, epoch, loss, val))
-        members.append(model)
-        histories.append(history)
-    if executor is not None:
-        members, histories = (list(part) for part in zip(*(future.result() for future in members), strict=True))
-    ensemble = Ensemble(members, autoencoder=autoencoder)
+        jobs.append((model, member_train, seed))
+    workers = min(workers, len(jobs))
+    if executor is not None or workers > 1:
+        packed_validation = _pack(validation)
+        packed = [(model, _pack(member_train), packed_validation, config, seed, device)
+                  for model, member_train, seed in jobs]
+        results = (_on_executor(executor, packed, on_member) if executor is not None
+                   else _in_processes(packed, workers, on_epoch, on_member))
+    else:
+        results = []
+        for index, (model, member_train, seed) in enumerate(jobs):
+            results.append(fit_member(model, member_train, validation, config, seed, device,
+                                      on_epoch=_Relay(index, on_epoch)))
+            if on_member:
+                on_member(index, results[-1][1])
+    members, histories = (list(part) for part in zip(*results, strict=True))
+    ensemble = Ensemble(members, shared=shared)
     if calibrate and validation:
         ensemble.calibrate(validation, device=device)
     return ensemble, histories
 
 
-def fit_spectrum_autoencoder(head: SpectrumHead, train: list[CrystalGraphData], validation: list[CrystalGraphData],
-                             config: TrainConfig, device: torch.device) -> DOSAutoencoder:
-    """Stage one of a latent spectrum head: its autoencoder, fitted to the training spectra."""
-    def spectra(items: list[CrystalGraphData]) -> torch.Tensor:
-        return torch.cat([item.y.reshape(1, -1) for item in items]).float()
+def _on_executor(executor: Executor, jobs: list[tuple], on_member: MemberCallback | None) -> list:
+    futures = [executor.submit(_fit_packed, *job) for job in jobs]
+    results = []
+    for index, future in enumerate(futures):
+        results.append(future.result())
+        if on_member:
+            on_member(index, results[-1][1])
+    return results
 
-    autoencoder, _ = fit_dos_autoencoder(
-        spectra(train), spectra(validation) if validation else None, latent=head.latent,
-        hidden=head.autoencoder_hidden, epochs=config.epochs, patience=config.patience,
-        batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, device=device)
-    return autoencoder
+
+def _in_processes(jobs: list[tuple], workers: int, on_epoch: EpochCallback | None,
+                  on_member: MemberCallback | None) -> list:
+    """The members in a pool of ``workers`` fresh processes; their epochs come back
+    through a queue for ``on_epoch``."""
+    context = _worker_context()
+    threads = max(1, available_cores() // workers)
+    with context.Manager() as manager, ProcessPoolExecutor(
+            workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        events = manager.Queue()
+        futures = {pool.submit(_fit_packed, *job, on_epoch=_Relay(index, _Post(events))): index
+                   for index, job in enumerate(jobs)}
+        results: dict[int, tuple] = {}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(events, on_epoch)
+            for future in done:
+                index = futures[future]
+                results[index] = future.result()
+                if on_member:
+                    on_member(index, results[index][1])
+        _drain(events, on_epoch)
+    return [results[index] for index in range(len(jobs))]
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a server process that imported this module once, so that they
+    start in a moment and never inherit torch's threads or a CUDA context ("spawn" where
+    the platform cannot fork)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])
+    return context
+
+
+def _drain(events, on_epoch: EpochCallback | None) -> None:
+    while not events.empty():
+        event = events.get()
+        if on_epoch:
+            on_epoch(*event)
+
+
+@dataclass(frozen=True)
+class _Relay:
+    """Passes a member's epochs on to ``to(member, epoch, train_loss, validation_loss)``."""
+
+    member: int
+    to: EpochCallback | None
+
+    def __call__(self, epoch: int, train_loss: float, validation_loss: float) -> None:
+        if self.to is not None:
+            self.to(self.member, epoch, train_loss, validation_loss)
+
+
+@dataclass(frozen=True)
+class _Post:
+    """An epoch callback that posts the event to a queue (picklable, to run in a worker)."""
+
+    queue: object
+
+    def __call__(self, *event) -> None:
+        self.queue.put(event)
+
+
+def _pack(data: list[CrystalGraphData]) -> Batch | None:
+    """Graphs as one batch, to cross into another process: a thousand small graphs
+    pickle some twenty times slower than the batch they make."""
+    return Batch.from_data_list(data) if data else None
+
+
+def _fit_packed(model: CrystalModel, train: Batch, validation: Batch | None, config: TrainConfig, seed: int,
+                device: torch.device, on_epoch: Callable[[int, float, float], None] | None = None,
+                ) -> tuple[CrystalModel, MemberHistory]:
+    """:func:`fit_member` on graphs packed by :func:`_pack`."""
+    return fit_member(model, train.to_data_list(), [] if validation is None else validation.to_data_list(),
+                      config, seed, device, on_epoch)
 
 
 def fit_member(model: CrystalModel, train: list[CrystalGraphData], validation: list[CrystalGraphData],
                config: TrainConfig, seed: int, device: torch.device,
                on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[CrystalModel, MemberHistory]:
-    """Train one member (in this process or an executor's worker); returns it on the CPU."""
+    """Train one member (in this process or a worker's); returns it on the CPU."""
     history = _train_member(model, train, validation, config, seed, device, on_epoch or (lambda *_: None))
     return model.cpu().eval(), history
 
@@ -205,6 +288,7 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
                   device: torch.device, on_epoch) -> MemberHistory:
     history = MemberHistory(seed=seed)
     started = time.perf_counter()
+    torch.manual_seed(seed)  # the same draws in any process
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)

@@ -30,18 +30,17 @@ from workbench.store.engine import session_scope
 from workbench.store.queries import structures_where
 from workbench.store.schema import Featurizer as FeaturizerRow
 from workbench.store.schema import ModelVersion, Prediction, Structure, TargetDefinition, TargetKind
-from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
+from workbench.train.config import TrainConfig, available_cores
 from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import (
     Ensemble,
     EpochCallback,
+    MemberCallback,
     MemberHistory,
-    TrainConfig,
     pick_device,
     train_ensemble,
 )
-from workbench.train.metrics import per_site_metrics, scalar_metrics, spectrum_metrics
-from workbench.train.plots import parity_plot, spectrum_overlays
+from workbench.train.kinds import KINDS, kind_of_head
 from workbench.train.registry import (
     download_ensemble,
     log_ensemble,
@@ -51,7 +50,6 @@ from workbench.train.registry import (
 )
 from workbench.train.splits import grouped_split
 
-HEAD_OF_KIND = {TargetKind.SCALAR: "scalar", TargetKind.SPECTRUM: "spectrum", TargetKind.PER_SITE: "per_site"}
 PREDICT_CHUNK = 1000
 
 
@@ -62,7 +60,8 @@ class TrainRequest:
     ``spectrum_latent`` makes a spectrum head predict the code of an autoencoder of that
     latent size (AE-ALIGNN's 12), decoded by its frozen decoder. The backbone's
     ``atom_feature_size`` comes from the featurizer (``Featurizer(atom_features="ofm")``
-    for OCrystalNet, or for OGCNN with ``cgcnn``)."""
+    for OCrystalNet, or for OGCNN with ``cgcnn``). ``workers``: processes that train the
+    members side by side (default: one per available core, at most one per member)."""
 
     target: str
     name: str
@@ -78,6 +77,7 @@ class TrainRequest:
     split_seed: int = 0
     champion: bool = False
     device: str = "auto"
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,12 @@ class TrainResult:
 
 def train_and_register(engine: Engine, settings: Settings, request: TrainRequest, *,
                        executor: Executor | None = None, on_epoch: EpochCallback | None = None,
+                       on_member: MemberCallback | None = None,
                        member_executor: Executor | None = None) -> TrainResult:
-    """``executor`` featurizes, ``member_executor`` trains the ensemble's members in parallel
-    (e.g. on a Dask cluster); both default to this process."""
+    """``executor`` featurizes (default: this process); ``member_executor`` trains the
+    ensemble's members in parallel (e.g. on a Dask cluster), else ``request.workers``
+    processes here do. ``on_epoch`` and ``on_member`` report progress
+    (:func:`~workbench.train.ensemble.train_ensemble`)."""
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
@@ -107,12 +110,13 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
                           test=request.test_fraction, seed=request.split_seed)
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
     backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer.atom_feature_size)
-    model_config = ModelConfig(request.architecture, HEAD_OF_KIND[labeled.kind], request.target,
-                               featurizer.key, backbone=backbone,
-                               head_options=_head_options(labeled.kind, definition, request))
+    spec = KINDS[labeled.kind]
+    model_config = ModelConfig(request.architecture, spec.head, request.target, featurizer.key, backbone=backbone,
+                               head_options=spec.head_options(definition, request))
     device = pick_device(request.device)
     ensemble, histories = train_ensemble(model_config, labeled.kind, train, validation, request.train,
-                                         device=device, on_epoch=on_epoch, executor=member_executor)
+                                         device=device, on_epoch=on_epoch, on_member=on_member,
+                                         executor=member_executor, workers=request.workers or available_cores())
 
     with tempfile.TemporaryDirectory() as scratch, mlflow.start_run(experiment_id=experiment_id, run_name=request.name) as run:
         workdir = Path(scratch)
@@ -153,54 +157,22 @@ def _definition(engine: Engine, target: str) -> TargetDefinition:
         return session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
 
 
-def _head_options(kind: TargetKind, definition: TargetDefinition, request: TrainRequest) -> dict:
-    if kind is TargetKind.SCALAR:
-        return {"pooling": request.pooling}
-    if kind is TargetKind.SPECTRUM:
-        latent = {"latent": request.spectrum_latent} if request.spectrum_latent else {}
-        return {"bins": int(definition.length), **latent}
-    return {"site_size": int(np.prod(definition.site_shape or [1])), "conserve_total": request.conserve_total}
-
-
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
     return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
 
 
 def evaluate(kind: TargetKind, ensemble: Ensemble, train: list, test: list, grid: np.ndarray | None,
              request: TrainRequest, workdir: Path) -> dict[str, float]:
-    """Test metrics of the ensemble and of the baselines (``baseline_<name>.<metric>``), and plots."""
+    """Test metrics of the ensemble and of the kind's baselines (``baseline_<name>.mae``),
+    and the kind's plot in ``workdir``."""
+    spec = KINDS[kind]
     mean, std = (tensor.numpy() for tensor in ensemble.predict(test))
-    title = f"{request.name}: {request.target} (test)"
-    if kind is TargetKind.SCALAR:
-        y = np.array([item.y.item() for item in test])
-        y_train = np.array([item.y.item() for item in train])
-        numbers = [item.atomic_numbers.numpy() for item in test]
-        composition = CompositionBaseline(extensive=request.pooling == "sum").fit(
-            [item.atomic_numbers.numpy() for item in train], y_train)
-        baselines = {"mean": np.full_like(y, y_train.mean()), "composition": composition.predict(numbers)}
-        metrics = scalar_metrics(y, mean, std)
-        parity_plot(y, mean, std, workdir / "parity.png", title=title)
-    elif kind is TargetKind.SPECTRUM:
-        y = np.concatenate([item.y.numpy() for item in test])
-        baselines = {"mean_spectrum": MeanBaseline().fit([item.y.numpy()[0] for item in train]).predict(len(y))}
-        metrics = spectrum_metrics(y, mean, std, grid)
-        if ensemble.autoencoder is not None:
-            with torch.no_grad():
-                reconstructed = ensemble.autoencoder(torch.as_tensor(y)).numpy()
-            metrics["autoencoder_mae"] = float(np.mean(np.abs(reconstructed - y)))
-        spectrum_overlays(y, mean, std, workdir / "spectra.png", title=title, energies=grid)
-    else:
-        y = np.concatenate([item.y.numpy() for item in test])
-        numbers = np.concatenate([item.atomic_numbers.numpy() for item in test])
-        by_element = ElementAverageBaseline().fit(
-            np.concatenate([item.atomic_numbers.numpy() for item in train]),
-            np.concatenate([item.y.numpy() for item in train]))
-        baselines = {"element_average": by_element.predict(numbers)}
-        metrics = per_site_metrics(y, mean, std, numbers)
-        parity_plot(y.ravel(), mean.ravel(), std.ravel(), workdir / "parity_by_element.png", title=title,
-                    groups=np.repeat(numbers, y.size // len(numbers)))
-    for name, prediction in baselines.items():
+    y = torch.cat([item.y for item in test]).numpy()
+    metrics = spec.metrics(y, mean, std, test=test, grid=grid, ensemble=ensemble)
+    for name, prediction in spec.baselines(train, test, request).items():
         metrics[f"baseline_{name}.mae"] = float(np.mean(np.abs(prediction - y)))
+    spec.plot(y, mean, std, test, workdir / spec.plot_file, title=f"{request.name}: {request.target} (test)",
+              grid=grid)
     return metrics
 
 
@@ -276,14 +248,7 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
 
 def _prediction_rows(head: str, ids: list[int], data: list, mean: torch.Tensor, std: torch.Tensor,
                      model_version_id: int, target_id: int) -> list[dict]:
-    base = {"model_version_id": model_version_id, "target_id": target_id}
-    if head == "scalar":
-        return [dict(base, structure_id=i, mean=float(m), std=float(s), mean_array=None, std_array=None)
-                for i, m, s in zip(ids, mean.tolist(), std.tolist(), strict=True)]
-    if head == "per_site":
-        sizes = np.cumsum([item.num_nodes for item in data])[:-1]
-        means, stds = np.split(mean.numpy(), sizes), np.split(std.numpy(), sizes)
-    else:
-        means, stds = list(mean.numpy()), list(std.numpy())
-    return [dict(base, structure_id=i, mean=None, std=None, mean_array=m, std_array=s)
-            for i, m, s in zip(ids, means, stds, strict=True)]
+    spec = kind_of_head(head)
+    means, stds = spec.per_structure(mean.numpy(), std.numpy(), [item.num_nodes for item in data])
+    return [{"model_version_id": model_version_id, "target_id": target_id, "structure_id": structure_id,
+             **spec.prediction_columns(m, s)} for structure_id, m, s in zip(ids, means, stds, strict=True)]

@@ -29,6 +29,7 @@ from workbench.models import needs_triplets
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
 from workbench.train.ensemble import Ensemble
+from workbench.train.kinds import kind_of_head
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 REQUIREMENTS = ("torch", "torch-geometric", "numpy", "pandas", "pymatgen", "ase", "gemmi", "moyopy",
@@ -51,13 +52,11 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         triplets = needs_triplets(self.ensemble.config.architecture)
         data = [graph_to_data(self.featurizer.graph_of(crystal), table, triplets=triplets) for crystal in crystals]
         mean, std = self.ensemble.predict(data)
-        if self.ensemble.config.head == "per_site":
-            sizes = np.cumsum([crystal.nsites for crystal in crystals])[:-1]
-            mean, std = np.split(mean.numpy(), sizes), np.split(std.numpy(), sizes)
-            return pd.DataFrame({"mean": [m.tolist() for m in mean], "std": [s.tolist() for s in std]})
-        if self.ensemble.config.head == "spectrum":
-            return pd.DataFrame({"mean": mean.numpy().tolist(), "std": std.numpy().tolist()})
-        return pd.DataFrame({"mean": mean.numpy(), "std": std.numpy()})
+        means, stds = kind_of_head(self.ensemble.config.head).per_structure(
+            mean.numpy(), std.numpy(), [crystal.nsites for crystal in crystals])
+        # A float per structure, or a list per bin or per site.
+        return pd.DataFrame({"mean": [np.asarray(m).tolist() for m in means],
+                             "std": [np.asarray(s).tolist() for s in stds]})
 
 
 def _items(model_input) -> list:

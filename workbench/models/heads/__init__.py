@@ -1,7 +1,10 @@
-"""Heads: what a backbone's atom features become. One per file."""
+"""Heads: what a backbone's atom features become. One per file; ``HEADS`` names them."""
 
+from workbench.models.heads.base import Head
 from workbench.models.heads.per_site import PerSiteHead
 from workbench.models.heads.scalar import ScalarHead
 from workbench.models.heads.spectrum import SpectrumHead
 
-__all__ = ["PerSiteHead", "ScalarHead", "SpectrumHead"]
+HEADS: dict[str, type[Head]] = {head.name: head for head in (ScalarHead, SpectrumHead, PerSiteHead)}
+
+__all__ = ["HEADS", "Head", "PerSiteHead", "ScalarHead", "SpectrumHead"]

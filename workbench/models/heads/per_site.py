@@ -1,13 +1,13 @@
 """Per-site head: one value (or vector) per atom, optionally summing to a total per crystal."""
 
 import torch
-from torch import nn
 from torch_geometric.utils import scatter
 
+from workbench.models.heads.base import Head
 from workbench.models.heads.scalar import mlp
 
 
-class PerSiteHead(nn.Module):
+class PerSiteHead(Head):
     r"""A value per atom from its own features (Karaguesian et al., ML4PS 2021).
 
     .. math:: y_i = \mathrm{MLP}(v_i)
@@ -21,6 +21,8 @@ class PerSiteHead(nn.Module):
         atom features ``(N, F)``, batch ``(N,)``, total ``(B,)`` or None
         -> ``(N,)`` (``site_size`` 1) or ``(N, site_size)``.
     """
+
+    name = "per_site"
 
     def __init__(self, in_channels: int, site_size: int = 1, conserve_total: bool = False,
                  hidden: int = 64, layers: int = 2):
@@ -38,10 +40,12 @@ class PerSiteHead(nn.Module):
         values = self.mlp(atom_features)
         return values.squeeze(-1) if self.site_size == 1 else values
 
-    def constrain(self, values: torch.Tensor, batch: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
-        """Apply the per-crystal sum constraint to values in target units."""
+    def constrain(self, values: torch.Tensor, batch: torch.Tensor, data) -> torch.Tensor:
+        """Apply the per-crystal sum constraint to values in target units (the total is
+        ``data.total`` where the graphs carry one)."""
         if not self.conserve_total:
             return values
+        total = getattr(data, "total", None)
         sums = scatter(values, batch, dim=0, reduce="sum")
         counts = scatter(torch.ones_like(values), batch, dim=0, reduce="sum")
         target = torch.zeros_like(sums) if total is None else total.to(values.dtype)

@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
+from workbench.models.heads.base import Head
+
 POOLING = {"mean": global_mean_pool, "sum": global_add_pool}
 
 
@@ -17,7 +19,7 @@ def mlp(in_channels: int, hidden: int, layers: int, out_channels: int) -> nn.Seq
     return nn.Sequential(*blocks)
 
 
-class ScalarHead(nn.Module):
+class ScalarHead(Head):
     r"""One scalar per crystal.
 
     .. math:: y = \mathrm{MLP}(\mathrm{pool}_i\, v_i)
@@ -32,6 +34,8 @@ class ScalarHead(nn.Module):
     Shapes:
         atom features ``(N, F)``, batch ``(N,)`` -> ``(B,)`` in scaled units.
     """
+
+    name = "scalar"
 
     def __init__(self, in_channels: int, pooling: str = "mean", hidden: int = 128, layers: int = 1):
         super().__init__()

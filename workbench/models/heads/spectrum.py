@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from workbench.models.dos_autoencoder import AUTOENCODER_HIDDEN, DOSAutoencoder, spectrum_decoder
+from workbench.models.heads.base import Head
 from workbench.models.heads.scalar import POOLING, mlp
 
 
-class SpectrumHead(nn.Module):
+class SpectrumHead(Head):
     r"""``bins`` non-negative values per crystal.
 
     .. math:: y = \operatorname{softplus}(\mathrm{MLP}(\mathrm{mean}_i\, v_i))
@@ -40,6 +41,9 @@ class SpectrumHead(nn.Module):
         atom features ``(N, F)``, batch ``(N,)`` -> ``(B, bins)``.
     """
 
+    name = "spectrum"
+    shifts_output = False  # scaled only: a DOS stays non-negative
+
     def __init__(self, in_channels: int, bins: int, pooling: str = "mean", hidden: int = 256, layers: int = 2,
                  latent: int | None = None, autoencoder_hidden: Sequence[int] = AUTOENCODER_HIDDEN):
         super().__init__()
@@ -47,10 +51,6 @@ class SpectrumHead(nn.Module):
         self.bins, self.latent, self.autoencoder_hidden = bins, latent, tuple(autoencoder_hidden)
         self.mlp = mlp(in_channels, hidden, layers, latent or bins)
         self.decoder = spectrum_decoder(latent, autoencoder_hidden, bins).requires_grad_(False) if latent else None
-
-    def new_autoencoder(self) -> DOSAutoencoder:
-        """An untrained autoencoder whose decoder fits this head."""
-        return DOSAutoencoder(self.bins, self.latent, self.autoencoder_hidden)
 
     def use_autoencoder(self, autoencoder: DOSAutoencoder) -> None:
         """Copy in the decoder of a trained autoencoder."""
