@@ -1,4 +1,5 @@
-"""Benchmark CGCNN training throughput: ours (``workbench``) beside the original CGCNN.
+"""Benchmark CGCNN training throughput: ours (``workbench``) beside the original CGCNN; and
+how long a whole ensemble takes with the training defaults (``--only defaults``).
 
 Run from the repository root:
 
@@ -33,6 +34,7 @@ items are collected into a list, ``--epochs`` epochs over the pre-featurized lis
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import platform
@@ -115,6 +117,85 @@ print(json.dumps({
     "torch": torch.__version__,
 }))
 '''
+
+
+BUNDLED_PEROVSKITES = REPO / "workbench" / "examples" / "perovskites_labeled.csv.gz"
+DEFAULTS_HEADING = "## Training with the defaults"
+
+
+def run_defaults(workers: int) -> dict:
+    """``train_ensemble`` with ``TrainConfig()`` on the 1,000 bundled perovskites (heat_ref,
+    sum pooling; 80/10/10 split), its members in ``workers`` processes; wall time
+    from the first member built to the calibrated ensemble, and the test MAE."""
+    import numpy as np
+    import torch
+
+    from workbench.featurize import Featurizer
+    from workbench.featurize.data import graph_to_data
+    from workbench.io.structure_text import parse_structure_text
+    from workbench.models import ModelConfig
+    from workbench.store.schema import TargetKind
+    from workbench.train.baselines import CompositionBaseline
+    from workbench.train.config import TrainConfig
+    from workbench.train.ensemble import train_ensemble
+    from workbench.train.splits import grouped_split
+
+    featurizer = Featurizer()
+    table = featurizer.feature_table()
+    with gzip.open(BUNDLED_PEROVSKITES, "rt", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    data = []
+    for row in rows:
+        item = graph_to_data(featurizer.graph_of(parse_structure_text(row["cif"], "cif")[0]), table)
+        item.y = torch.tensor([float(row["heat_ref"])])
+        data.append(item)
+    ids = list(range(len(data)))
+    split = grouped_split(ids, [row["formula"] for row in rows], validation=0.1, test=0.1, seed=0)
+    train, validation, test = ([data[i] for i in part] for part in (split.train, split.validation, split.test))
+    config = TrainConfig()
+    model_config = ModelConfig("cgcnn", "scalar", "heat_ref", featurizer.key, head_options={"pooling": "sum"})
+    start = time.perf_counter()
+    ensemble, histories = train_ensemble(model_config, TargetKind.SCALAR, train, validation, config,
+                                         device=torch.device("cpu"), workers=workers)
+    seconds = time.perf_counter() - start
+    y = np.array([item.y.item() for item in test])
+    mean, _ = ensemble.predict(test)
+    composition = CompositionBaseline(extensive=True).fit([item.atomic_numbers.numpy() for item in train],
+                                                          np.array([item.y.item() for item in train]))
+    return {
+        "workers": workers, "sizes": [len(train), len(validation), len(test)], "seconds": seconds,
+        "epochs": [len(history.train_loss) for history in histories],
+        "member_seconds_per_epoch": [history.seconds / len(history.train_loss) for history in histories],
+        "test_mae": float(np.mean(np.abs(mean.numpy() - y))),
+        "composition_mae": float(np.mean(np.abs(composition.predict([item.atomic_numbers.numpy() for item in test])
+                                                - y))),
+    }
+
+
+def defaults_section(results: list[dict]) -> str:
+    """The markdown section of the defaults runs."""
+    from dataclasses import asdict
+
+    from workbench.train.config import TrainConfig
+
+    config = asdict(TrainConfig())
+    lines = [DEFAULTS_HEADING, "",
+             (f"`train_ensemble` with `TrainConfig()` = {config} on the 1,000 bundled perovskites "
+             f"(`workbench/examples/perovskites_labeled.csv.gz`, `heat_ref` in eV per cell, sum pooling, "
+             f"split 80/10/10 by formula: {results[0]['sizes'][0]} / {results[0]['sizes'][1]} / "
+             f"{results[0]['sizes'][2]}), CGCNN at its default size, CPU. Wall time from building the "
+             "members to the calibrated ensemble (featurizing not included)."), "",
+             ("| members trained in | wall time | epochs run per member | s per epoch per member | "
+             "test MAE (eV/cell) | composition baseline MAE |"),
+             "|---|---:|---|---:|---:|---:|"]
+    for result in results:
+        where = ("this process (torch threads: all cores)" if result["workers"] == 1
+                 else f"{result['workers']} worker processes (1 torch thread each on 2 cores)")
+        lines.append(f"| {where} | {result['seconds'] / 60:.1f} min | "
+                     f"{', '.join(str(epochs) for epochs in result['epochs'])} | "
+                     f"{sum(result['member_seconds_per_epoch']) / len(result['member_seconds_per_epoch']):.2f} | "
+                     f"{result['test_mae']:.3f} | {result['composition_mae']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def perovskite_rows() -> list[dict]:
@@ -297,12 +378,36 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--peer-dir", type=Path, default=Path("/tmp/cgcnn"),
                         help="checkout of github txie-93/cgcnn")
-    parser.add_argument("--case", choices=["ours-perovskites", "ours-mofs"], default=None,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 1],
+                        help="defaults part: the worker processes of each run (1: members in this process)")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["throughput", "defaults"], default=None,
+                        help="run one part; --out then keeps the other part of the file")
     args = parser.parse_args()
 
     if args.case:
-        print(json.dumps(run_ours(args.case.removeprefix("ours-"), args.epochs)))
+        if args.case.startswith("defaults-"):
+            print(json.dumps(run_defaults(int(args.case.removeprefix("defaults-")))))
+        else:
+            print(json.dumps(run_ours(args.case.removeprefix("ours-"), args.epochs)))
+        return
+    previous = args.out.read_text() if args.out and args.out.exists() else ""
+    throughput_part, _, defaults_part = previous.partition(DEFAULTS_HEADING)
+    defaults_part = DEFAULTS_HEADING + defaults_part if defaults_part else ""
+    if args.only != "throughput":
+        load_before = os.getloadavg()
+        results = [run_case(f"defaults-{workers}", 0) for workers in args.workers]
+        load_after = os.getloadavg()
+        defaults_part = defaults_section(results) + (
+            f"\nLoad average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
+            f"{', '.join(f'{v:.2f}' for v in load_after)} on {machine()[0]} CPUs ({machine()[1]}); "
+            f"workbench commit {git_short(REPO)}; command: "
+            "`.venv/bin/python benchmarks/train_benchmark.py --only defaults --workers "
+            f"{' '.join(map(str, args.workers))} --out benchmarks/train.md`.\n")
+        print(defaults_part)
+    if args.only == "defaults":
+        if args.out:
+            args.out.write_text(throughput_part.rstrip("\n") + "\n\n" + defaults_part)
         return
 
     load_before = os.getloadavg()
@@ -370,7 +475,7 @@ def main() -> None:
     text = markdown(rows, header, notes)
     print(text)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text(text + ("\n" + defaults_part if defaults_part else ""))
 
 
 if __name__ == "__main__":
