@@ -91,13 +91,13 @@ def update_hull(engine: Engine, level: str) -> HullReport:
         # Two updates at once would both insert the values they find missing.
         one_writer_at_a_time(session, f"hull {level}")
         basis, entries = level_entries(session, level)
-        hull = convex_hull(entries)
         if not any(len(entry.elements) == 1 for entry in entries):
             elements = sorted({element for entry in entries for element in entry.elements})
             raise NoElementalReferences(
                 f"level {level!r} has no elemental references: no structure of a single element has "
                 f"{basis}; the hull needs one for each of {', '.join(elements)} "
                 f"(`workbench hull --level {level} --queue` queues them)", field="--level")
+        hull = convex_hull(entries)
         report = HullReport(level=level, basis=basis, entries=len(entries),
                             systems_without_hull=hull.missing_elements)
         target_id = _target_id(session, level)
