@@ -8,6 +8,9 @@ the process, which other processes' load changes less than wall time, and that C
 beside the ASE command that does the same kind of work (help, or listing a store).
 
     .venv/bin/python benchmarks/cli_startup_benchmark.py --out benchmarks/cli_startup.md
+
+``--before COMMIT`` adds ``workbench --help`` and ``sql`` of an older commit (checked out
+in a temporary git worktree) to the table, for a before/after under the same load.
 """
 
 import argparse
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,6 +91,22 @@ def environment(load_before: float, other_cores: float, seconds: float) -> list[
     ]
 
 
+@contextmanager
+def older_checkout(commit: str | None, scratch: Path) -> Iterator[Path | None]:
+    """A git worktree of ``commit`` for the time of the benchmark (None: no commit given)."""
+    if commit is None:
+        yield None
+        return
+    folder = scratch / "before"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), commit],
+                   check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)],
+                       check=True, capture_output=True)
+
+
 def peer_ratio(name: str, peers: dict[str, str], cpus: dict[str, list[float]]) -> str:
     if name not in peers:
         return ""
@@ -98,32 +119,40 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs of each command")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each command first")
     parser.add_argument("--out", type=Path, help="write the markdown here (default: print it)")
+    parser.add_argument("--before", help="also time --help and sql of this older commit")
+    parser.add_argument("--before-runs", type=int, default=3, help="timed runs of the older commit's commands")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, older_checkout(args.before, Path(scratch)) as before:
         env, ase_file = prepare(Path(scratch))
         workbench, ase = str(BIN / "workbench"), str(BIN / "ase")
         # Each workbench command with the ASE command it is compared with.
         peers = {"workbench --help": "ase db --help", 'workbench sql "SELECT 1"': "ase db crystals.db",
                  "workbench status": "ase db crystals.db"}
         commands = {
-            "workbench --help": [workbench, "--help"],
-            'workbench sql "SELECT 1"': [workbench, "sql", "SELECT 1"],
-            "workbench status": [workbench, "status"],
-            "ase db --help": [ase, "db", "--help"],
-            "ase db crystals.db": [ase, "db", str(ase_file)],
+            "workbench --help": ([workbench, "--help"], env),
+            'workbench sql "SELECT 1"': ([workbench, "sql", "SELECT 1"], env),
+            "workbench status": ([workbench, "status"], env),
+            "ase db --help": ([ase, "db", "--help"], env),
+            "ase db crystals.db": ([ase, "db", str(ase_file)], env),
         }
+        older = {}
+        if before:
+            # The console script imports the package from PYTHONPATH ahead of the installed one.
+            older_env = {**env, "PYTHONPATH": str(before)}
+            older = {f"workbench --help at {args.before}": ([workbench, "--help"], older_env),
+                     f'workbench sql "SELECT 1" at {args.before}': ([workbench, "sql", "SELECT 1"], older_env)}
         for _ in range(args.warmup):
-            for argv in commands.values():
-                timed(argv, env)
+            for argv, command_env in commands.values():
+                timed(argv, command_env)
         load_before = os.getloadavg()[0]
-        walls = {name: [] for name in commands}
-        cpus = {name: [] for name in commands}
+        walls = {name: [] for name in {**commands, **older}}
+        cpus = {name: [] for name in {**commands, **older}}
         busy, ours, clock = cpu_busy_seconds(), children_cpu(), time.perf_counter()
-        for _ in range(args.runs):
-            for name, argv in commands.items():
-                wall, cpu = timed(argv, env)
+        for run in range(args.runs):
+            for name, (argv, command_env) in {**commands, **(older if run < args.before_runs else {})}.items():
+                wall, cpu = timed(argv, command_env)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
         other_cores = max(0.0, (cpu_busy_seconds() - busy) - (children_cpu() - ours)) / (time.perf_counter() - clock)
@@ -138,11 +167,13 @@ def main() -> None:
          "than wall time."),
         "",
         *environment(load_before, other_cores, time.perf_counter() - started),
+        *([(f"- Rows `at {args.before}`: the same commands at commit {args.before} (before the command line "
+            f"imported its libraries lazily), {min(args.before_runs, args.runs)} timed runs")] if args.before else []),
         "",
         "| Command | Median wall s | Fastest wall s | Median CPU s | CPU beside ASE's |",
         "|---|---:|---:|---:|---|",
         *(f"| `{name}` | {statistics.median(walls[name]):.2f} | {min(walls[name]):.2f} | "
-          f"{statistics.median(cpus[name]):.2f} | {peer_ratio(name, peers, cpus)} |" for name in commands),
+          f"{statistics.median(cpus[name]):.2f} | {peer_ratio(name, peers, cpus)} |" for name in walls),
         "",
     ]
     if other_cores > BUSY_CORES:
