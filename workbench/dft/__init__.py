@@ -6,6 +6,8 @@
   package's ``__init__`` imports nothing, so a job starts in well under a second).
 - :mod:`workbench.dft.ingest` and :mod:`workbench.dft.outputs`: results to targets.
 - :mod:`workbench.dft.references`: elemental references for formation energies.
+- :mod:`workbench.dft.universal`: calculators of the universal potentials (SevenNet,
+  CHGNet) whose weights ship in their packages.
 
 Typical use::
 

@@ -12,6 +12,11 @@ A worker refreshes ``heartbeat_at`` while its job runs. A ``running`` calculatio
 worker process is gone (same host) or whose heartbeat is older than ``stale_after_s``
 (any host) is re-queued by the next :func:`run_queued`; a result its job finished
 before the worker died is ingested from the folder instead of being computed again.
+
+A preset with ``batch_size`` above 1 (the universal potentials) runs :func:`run_batch`:
+one process builds the calculator once and computes many structures, each still with
+its own attempt row, folder and one-transaction ingest, so that a failed structure fails
+alone and the wall-time limit applies to the batch.
 """
 
 import json
