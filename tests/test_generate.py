@@ -68,7 +68,7 @@ def test_explicit_decorations_are_stored_with_lineage_once(engine):
     assert ("generated", f"{prototype.structure_id}:Ca=Ba,Ti=Zr") in sources
 
     again = store_decorations(engine, prototype, explicit_substitutions(sites))
-    assert (again.new_structures, again.matched) == (0, 6)
+    assert (again.new_structures, again.matched, again.known) == (0, 0, 6)
     assert count(engine, Structure) == 6 and len(lineage(engine)) == 5
     assert resolve_prototype(engine, PEROVSKITE).structure_id == prototype.structure_id
 

@@ -18,7 +18,8 @@ ChargeOption = Annotated[bool, typer.Option(
 
 def _report(report) -> None:
     filtered = f", {report.charge_filtered} not charge-balanced" if report.charge_filtered else ""
-    console.print(f"Structure {report.parent_id}: {report.decorations} decorations{filtered}: "
+    known = f", {report.known} generated before" if report.known else ""
+    console.print(f"Structure {report.parent_id}: {report.decorations} decorations{filtered}{known}: "
                   f"{report.new_structures} new structures, {report.matched} equal to stored ones (linked)")
 
 

@@ -5,7 +5,8 @@ decoration against the stored crystals (dedup key, fingerprint, StructureMatcher
 the new ones under the ``source`` label with the external id ``<parent id>:<mapping>``
 and records the source of the ones that equal a stored crystal on that crystal (linked,
 not added); then each decoration's lineage (parent, substitution) is recorded. Running
-the same generation again adds nothing.
+the same generation again adds nothing: decorations whose external id is stored under
+the label already are skipped before they are described.
 
 All decorations share the prototype's geometry, so its nearest-neighbour distances are
 computed once, and the space group once per pattern of equal elements on its sites.
@@ -37,13 +38,15 @@ BATCH_SIZE = 2000  # decorations per transaction
 @dataclass
 class GenerateReport:
     """What one generation did. ``matched`` counts decorations equal to a stored crystal
-    (known before, or generated earlier in this run), which were linked, not added."""
+    (or to another decoration of this run), which were linked, not added; ``known`` those
+    generated before under the same label, left as they are."""
 
     parent_id: int
     decorations: int = 0
     charge_filtered: int = 0
     new_structures: int = 0
     matched: int = 0
+    known: int = 0
 
 
 def external_id(parent_id: int, substitution: Substitution) -> str:
@@ -65,48 +68,55 @@ def store_decorations(
     describe = _Describer(prototype.crystal)
     file = f"workbench generate --prototype {prototype.name}"
     for batch in _batched(substitutions, BATCH_SIZE):
-        checked: list[tuple[Checked, Substitution]] = []
+        decorations: dict[str, tuple[Substitution, Crystal]] = {}
         for substitution in batch:
             crystal = substitution.apply(prototype.crystal)
             if charge_balance is not None and not charge_balance.crystal(crystal):
                 report.charge_filtered += 1
                 continue
-            name = external_id(prototype.structure_id, substitution)
-            entry = Entry(row=name, external_id=name, crystal=crystal)
-            checked.append((Checked(entry, crystal, describe(crystal)), substitution))
-        _write_batch(engine, prototype, checked, source=source, file=file, report=report)
+            decorations[external_id(prototype.structure_id, substitution)] = (substitution, crystal)
+        if decorations:
+            _write_batch(engine, prototype, decorations, describe, source=source, file=file, report=report)
         report.decorations += len(batch)
         if on_progress:
             on_progress(len(batch))
     return report
 
 
-def _write_batch(engine: Engine, prototype: Prototype, checked: list[tuple[Checked, Substitution]],
-                 *, source: str, file: str, report: GenerateReport) -> None:
-    if not checked:
-        return
+def _write_batch(engine: Engine, prototype: Prototype, decorations: dict[str, tuple[Substitution, Crystal]],
+                 describe: "_Describer", *, source: str, file: str, report: GenerateReport) -> None:
     with session_scope(engine) as session:
         # The importer's lock: both decide what is new from what they read.
         one_writer_at_a_time(session, "import")
+        # Generated before: its source row and lineage were written together, and its
+        # external id names parent and mapping, so it is the same crystal.
+        known = set(session.scalars(select(StructureSource.external_id).where(
+            StructureSource.source == source, one_of(session, StructureSource.external_id, list(decorations)))))
+        report.known += len(known)
+        checked = [
+            Checked(Entry(row=name, external_id=name, crystal=crystal), crystal, describe(crystal))
+            for name, (_, crystal) in decorations.items() if name not in known
+        ]
+        if not checked:
+            return
         written = FileReport(file=file)
         writer = StructureWriter(session, source=source, file=file, options=ReadOptions())
-        errors = writer.write([item for item, _ in checked], written)
+        errors = writer.write(checked, written)
         if errors:  # the prototype passed the checks, so a decoration cannot fail them
             raise ImportFailed(errors)
-        names = [item.entry.external_id for item, _ in checked]
+        names = [item.entry.external_id for item in checked]
         structure_ids = dict(session.execute(
             select(StructureSource.external_id, StructureSource.structure_id)
             .where(StructureSource.source == source, one_of(session, StructureSource.external_id, names))
         ).all())
         lineage = [
-            {"structure_id": structure_ids[item.entry.external_id], "parent_id": prototype.structure_id,
-             "kind": LineageKind.SUBSTITUTION, "detail": _detail(prototype, substitution)}
-            for item, substitution in checked
-            if structure_ids[item.entry.external_id] != prototype.structure_id
+            {"structure_id": structure_ids[name], "parent_id": prototype.structure_id,
+             "kind": LineageKind.SUBSTITUTION, "detail": _detail(prototype, decorations[name][0])}
+            for name in names if structure_ids[name] != prototype.structure_id
         ]
         insert_ignoring_duplicates(session, StructureLineage.__table__, lineage)
-    report.new_structures += written.new_structures
-    report.matched += written.matched_structures
+        report.new_structures += written.new_structures
+        report.matched += written.matched_structures
 
 
 def _detail(prototype: Prototype, substitution: Substitution) -> dict:
