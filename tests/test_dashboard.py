@@ -147,27 +147,41 @@ def test_campaign_view_names_rounds_and_their_models(store):
         queries.campaign_view(store["engine"], "nonesuch")
 
 
-def test_ledger_sorts_filters_and_pages(store):
-    from workbench.campaign.report import ledger
+def test_ledger_sorts_filters_and_pages_in_sql(store):
+    engine = store["engine"]
+    view = queries.campaign_view(engine, "alloys")
 
-    rows = ledger(store["engine"], store["campaign_id"])
-    page = queries.ledger_page(rows, queries.LedgerQuery(sort="score", descending=True), [TARGET])
-    assert [row.score for row in page.rows] == pytest.approx([0.8, 0.6, 0.4, 0, 0, 0, 0])
-    by_std = queries.ledger_page(rows, queries.LedgerQuery(sort="std", descending=True), [TARGET]).rows
+    def page(**query):
+        return queries.ledger_page(engine, view, queries.LedgerQuery(**query))
+
+    assert [row.score for row in page(sort="score", descending=True).rows] == pytest.approx([0.8, 0.6, 0.4, 0, 0, 0, 0])
+    by_std = page(sort="std", descending=True).rows
     assert [row.predicted[TARGET]["std"] for row in by_std[:3]] == pytest.approx([0.03, 0.02, 0.01])
     assert all(not row.predicted for row in by_std[3:])  # rows without a prediction come last
-    hits = queries.ledger_page(rows, queries.LedgerQuery(outcome="hit"), [TARGET])
+    by_computed = [row.outcome["computed"][TARGET] for row in page(sort="computed").rows[:6]]
+    assert by_computed == sorted(by_computed)
+    assert page(sort="computed").rows[-1].status == "dispatched"  # not computed: last
+    hits = page(outcome="hit")
     assert hits.total == 3 and all(row.outcome["hit"] for row in hits.rows)
-    pending = queries.ledger_page(rows, queries.LedgerQuery(outcome="pending"), [TARGET])
-    assert [row.status for row in pending.rows] == ["dispatched"]
-    assert queries.ledger_page(rows, queries.LedgerQuery(round=1), [TARGET]).total == 3
-    formula = rows[0].formula
-    assert all(formula.lower() in row.formula.lower() for row in queries.ledger_page(
-        rows, queries.LedgerQuery(formula=formula.lower()), [TARGET]).rows)
-    second = queries.ledger_page(rows, queries.LedgerQuery(page=2, per_page=3), [TARGET])
-    assert (second.pages, [row.round for row in second.rows]) == (3, [0, 1, 1])
+    assert page(outcome="miss").total == 3
+    assert [row.status for row in page(outcome="pending").rows] == ["dispatched"]
+    assert page(status="dispatched").total == 1 and page(round=1).total == 3
+    formula = page().rows[0].formula
+    matching = page(formula=formula.lower())
+    assert matching.total >= 1 and all(row.formula == formula for row in matching.rows)
+    second = page(page=2, per_page=3)
+    assert (second.total, second.pages, [row.round for row in second.rows]) == (7, 3, [0, 1, 1])
+    # The page holds the rows of the report's ledger.
+    from workbench.campaign.report import ledger
+
+    assert page(per_page=100).rows == ledger(engine, store["campaign_id"])
+    points = queries.ledger_points(engine, view)
+    assert points.hits == [row.outcome.get("hit", False) for row in page(per_page=100).rows]
+    assert points.targets[TARGET].mean[:4] == [None] * 4 and points.targets[TARGET].computed[-1] is None
     with pytest.raises(InputError, match="sort the ledger by 'bogus'"):
         queries.LedgerQuery(sort="bogus")
+    with pytest.raises(InputError, match="no column for target 'other'"):
+        page(target="other")
 
 
 def test_structure_view_has_labels_predictions_spectra_and_attempts(store):

@@ -25,7 +25,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from workbench.campaign.report import ledger
 from workbench.dashboard import figures, queries
 from workbench.errors import InputError, NotFound
 from workbench.store.schema import AcquisitionStatus
@@ -144,20 +143,18 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
 
     def campaign(request: Request) -> Response:
         view = queries.campaign_view(engine, request.path_params["name"])
-        rows = ledger(engine, view.id)
         params = request.query_params
         query = queries.LedgerQuery(
             sort=params.get("sort", "round"), descending=params.get("desc", "") == "1",
             target=params.get("target", ""), status=params.get("status", ""), outcome=params.get("outcome", ""),
             round=_int(request, "round"), formula=params.get("formula", ""), page=_int(request, "page", 1),
             per_page=_int(request, "per_page", queries.PER_PAGE))
-        if query.target and query.target not in view.targets:
-            raise InputError(f"the ledger has no column for target {query.target!r}", field="target")
-        plots = {"discovery": figures.discovery(rows, " and ".join(view.objective))} if rows else {}
-        plots |= {f"parity {target}": figures.ledger_parity(rows, target) for target in view.targets}
-        return render(request, "campaign.html", campaign=view, page=queries.ledger_page(rows, query, view.targets),
-                      plots=plots, statuses=[status.value for status in AcquisitionStatus],
-                      outcomes=list(queries.OUTCOME_FILTERS), sorts=list(queries.LEDGER_SORTS),
+        page = queries.ledger_page(engine, view, query)
+        points = queries.ledger_points(engine, view)
+        plots = {"discovery": figures.discovery(points, " and ".join(view.objective))} if points.hits else {}
+        plots |= {f"parity {target}": figures.ledger_parity(points, target) for target in view.targets}
+        return render(request, "campaign.html", campaign=view, page=page, plots=plots,
+                      statuses=[status.value for status in AcquisitionStatus], outcomes=list(queries.OUTCOME_FILTERS),
                       refresh=REFRESH_SECONDS if view.active else None)
 
     def structure(request: Request) -> Response:

@@ -6,8 +6,8 @@ from html import escape
 
 import numpy as np
 
-from workbench.campaign.report import LedgerRow
-from workbench.dashboard.queries import ParityPoints, StructureView
+from workbench.campaign.loop import RANDOM
+from workbench.dashboard.queries import LedgerPoints, ParityPoints, StructureView
 
 LAYOUT = {"margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "height": 380, "template": "plotly_white"}
 
@@ -16,22 +16,23 @@ def _figure(data: list[dict], **layout) -> dict:
     return {"data": data, "layout": {**LAYOUT, **layout}}
 
 
-def discovery(rows: list[LedgerRow], title: str) -> dict:
+def discovery(points: LedgerPoints, title: str) -> dict:
     """Hits against calculations spent, beside the hit rate of the random rounds."""
-    spent = list(range(1, len(rows) + 1))
-    hits = np.cumsum([bool(row.outcome.get("hit")) for row in rows]).tolist()
-    data = [{"type": "scatter", "x": spent, "y": hits, "mode": "lines", "line": {"shape": "hv", "width": 3},
-             "name": "campaign", "text": [escape(row.formula) for row in rows],
+    spent = list(range(1, len(points.hits) + 1))
+    data = [{"type": "scatter", "x": spent, "y": np.cumsum(points.hits).tolist(), "mode": "lines",
+             "line": {"shape": "hv", "width": 3}, "name": "campaign",
+             "text": [escape(formula) for formula in points.formulas],
              "hovertemplate": "%{x} calculations, %{y} hits<br>last: %{text}<extra></extra>"}]
-    random_rows = [row for row in rows if row.function == "random"]
-    if random_rows:
-        rate = sum(bool(row.outcome.get("hit")) for row in random_rows) / len(random_rows)
+    random_hits = [hit for hit, function in zip(points.hits, points.functions, strict=True) if function == RANDOM]
+    if random_hits:
+        rate = sum(random_hits) / len(random_hits)
         data.append({"type": "scatter", "x": spent, "y": [rate * n for n in spent], "mode": "lines",
                      "line": {"dash": "dash", "color": "grey"},
                      "name": f"random at the random rounds' rate ({rate:.0%})"})
-    boundaries = [index + 0.5 for index in range(1, len(rows)) if rows[index].round != rows[index - 1].round]
-    shapes = [{"type": "line", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
-               "line": {"color": "#ddd", "width": 1}} for x in boundaries]
+    rounds = points.rounds
+    shapes = [{"type": "line", "x0": index + 0.5, "x1": index + 0.5, "yref": "paper", "y0": 0, "y1": 1,
+               "line": {"color": "#ddd", "width": 1}}
+              for index in range(1, len(rounds)) if rounds[index] != rounds[index - 1]]
     return _figure(data, title={"text": escape(title)}, shapes=shapes,
                    xaxis={"title": {"text": "DFT calculations"}}, yaxis={"title": {"text": "hits found"}},
                    legend={"orientation": "h", "y": -0.25})
@@ -55,14 +56,14 @@ def parity(target: str, ids: list[int], labels: list[str], computed: list[float]
         yaxis={"title": {"text": f"predicted {escape(target)}"}}, showlegend=False)
 
 
-def ledger_parity(rows: list[LedgerRow], target: str) -> dict:
+def ledger_parity(points: LedgerPoints, target: str) -> dict:
     """Parity of the prediction each candidate was chosen on against what DFT computed."""
-    chosen = [row for row in rows if target in row.predicted and target in row.outcome.get("computed", {})]
-    return parity(target, [row.structure_id for row in chosen], [row.formula for row in chosen],
-                  [row.outcome["computed"][target] for row in chosen],
-                  [row.predicted[target]["mean"] for row in chosen],
-                  [row.predicted[target]["std"] for row in chosen],
-                  f"{target}: predicted when chosen vs computed")
+    values = points.targets[target]
+    chosen = [n for n, (mean, computed) in enumerate(zip(values.mean, values.computed, strict=True))
+              if mean is not None and computed is not None]
+    return parity(target, [points.structure_ids[n] for n in chosen], [points.formulas[n] for n in chosen],
+                  [values.computed[n] for n in chosen], [values.mean[n] for n in chosen],
+                  [values.std[n] or 0.0 for n in chosen], f"{target}: predicted when chosen vs computed")
 
 
 def model_parity(points: ParityPoints, model: str) -> dict:

@@ -1,10 +1,12 @@
 """What the dashboard shows, read from the store and returned as plain data.
 
 Every function takes an engine and only reads; :func:`read_only_engine` opens one the
-database itself refuses to write through. Campaign figures reuse the library's own
-answers (:func:`workbench.campaign.report.ledger`, :func:`workbench.campaign.status.campaign_status`,
-:func:`workbench.campaign.loop.progress`). Lists that grow with the store (ledger,
-candidates, search) come a page at a time.
+database itself refuses to write through. Lists that grow with the store (the ledger,
+candidates, search) are filtered, sorted and cut in SQL and come a page at a time; counts
+are SQL aggregates. (:func:`workbench.campaign.report.ledger` and
+:func:`workbench.campaign.loop.progress` load every acquisition of a campaign: right for
+a report, too slow for a page of a 10,000-row ledger.) The ledger's rows are the report's
+:class:`~workbench.campaign.report.LedgerRow`.
 """
 
 from collections.abc import Callable
@@ -14,16 +16,16 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, func, literal, select
+from sqlalchemy import ColumnElement, Engine, case, create_engine, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
-from workbench.campaign.loop import campaign_config, campaign_id_of, progress
+from workbench.campaign.loop import campaign_config, campaign_id_of
 from workbench.campaign.report import LedgerRow
-from workbench.campaign.status import campaign_status
 from workbench.errors import InputError, NotFound
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
+    Acquisition,
     AcquisitionStatus,
     Calculation,
     CalculationAttempt,
@@ -40,12 +42,14 @@ from workbench.store.schema import (
 )
 
 PER_PAGE = 50
+MAX_PER_PAGE = 1000
 # Failed attempts listed on the overview, newest first.
 RECENT_FAILURES = 10
 # The end of each log file shown for an attempt (the whole file can be megabytes).
 LOG_TAIL_BYTES = 4000
 # Files a calculation's job writes in its folder (workbench.dft.runner and .job).
 LOG_FILES = ("stderr.log", "stdout.log", "calculator.txt")
+UNKNOWN_REASON = "unknown"  # a failed attempt that recorded no reason
 
 
 def read_only_engine(database_url: str) -> Engine:
@@ -112,9 +116,8 @@ def overview(engine: Engine) -> Overview:
 
         queue = dict(session.execute(select(Calculation.status, func.count()).group_by(Calculation.status)).all())
         reasons = session.execute(
-            select(func.coalesce(CalculationAttempt.reason, "unknown"), func.count())
-            .where(CalculationAttempt.status == CalculationStatus.FAILED)
-            .group_by(func.coalesce(CalculationAttempt.reason, "unknown")).order_by(func.count().desc())
+            select(CalculationAttempt.reason, func.count()).where(CalculationAttempt.status == CalculationStatus.FAILED)
+            .group_by(CalculationAttempt.reason).order_by(func.count().desc(), CalculationAttempt.reason)
         ).all()
         recent = session.execute(
             select(CalculationAttempt, Calculation.structure_id, Calculation.preset)
@@ -127,16 +130,15 @@ def overview(engine: Engine) -> Overview:
                    select(func.count(Round.id)).where(Round.campaign_id == Campaign.id).scalar_subquery())
             .order_by(Campaign.created_at.desc(), Campaign.id.desc())
         ).all()
-        counts = (count(Structure.id), count(TargetValue.id), count(Prediction.id), count(ModelVersion.id))
-    lines = []
-    for campaign_id, name, status, config, rounds in campaigns:
-        state = progress(engine, campaign_id)
-        lines.append(CampaignLine(name, status, state.spent, int(config.get("budget", 0)), state.hits, rounds))
+        totals = (count(Structure.id), count(TargetValue.id), count(Prediction.id), count(ModelVersion.id))
+        counts = _spent_and_hits(session, [row[0] for row in campaigns])
+    lines = [CampaignLine(name, status, spent, int(config.get("budget", 0)), hits, rounds)
+             for campaign_id, name, status, config, rounds in campaigns for spent, hits in [counts[campaign_id]]]
     return Overview(
-        *counts, campaigns=lines,
+        *totals, campaigns=lines,
         dft_queue={status.value: queue.get(status, 0) for status in CalculationStatus},
-        failures_by_reason=dict(reasons),
-        recent_failures=[FailedAttempt(a.calculation_id, structure_id, preset, a.number, a.reason or "unknown",
+        failures_by_reason={reason or UNKNOWN_REASON: n for reason, n in reasons},
+        recent_failures=[FailedAttempt(a.calculation_id, structure_id, preset, a.number, a.reason or UNKNOWN_REASON,
                                        a.message or "", a.finished_at) for a, structure_id, preset in recent],
     )
 
@@ -170,9 +172,9 @@ class CampaignView:
     function: str
     preset: str
     budget: int
+    stop: dict  # stopping rules besides the budget (hits, rounds), those set
     spent: int
     hits: int
-    stopped_because: str | None
     rounds: list[RoundView]
 
     @property
@@ -180,13 +182,31 @@ class CampaignView:
         return self.status == "active"
 
 
+def _hit():
+    return Acquisition.outcome["hit"].as_boolean()
+
+
+def _spent_and_hits(session, campaign_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Per campaign: acquisitions dispatched (each a DFT calculation) and hits, counted in
+    SQL (what :func:`workbench.campaign.loop.progress` counts, without loading the ledger)."""
+    rows = session.execute(
+        select(Round.campaign_id,
+               func.count(case((Acquisition.status != AcquisitionStatus.PROPOSED, 1))),
+               func.count(case((_hit().is_(True), 1))))
+        .join(Acquisition, Acquisition.round_id == Round.id)
+        .where(Round.campaign_id.in_(campaign_ids)).group_by(Round.campaign_id)
+    ).all()
+    counts = {campaign_id: (spent, hits) for campaign_id, spent, hits in rows}
+    return {campaign_id: counts.get(campaign_id, (0, 0)) for campaign_id in campaign_ids}
+
+
 def campaign_view(engine: Engine, name: str) -> CampaignView:
     """The campaign called ``name`` (NotFound if there is none)."""
-    status = campaign_status(engine, name)
     campaign_id = campaign_id_of(engine, name)
     config = campaign_config(engine, campaign_id)
     with session_scope(engine) as session:
         state = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+        spent, hits = _spent_and_hits(session, [campaign_id])[campaign_id]
         rows = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
         model_ids = {model_id for row in rows for model_id in (row.models or {}).values()}
         labels = {model_id: f"{name}/{version}" for model_id, name, version in session.execute(
@@ -197,41 +217,31 @@ def campaign_view(engine: Engine, name: str) -> CampaignView:
                              for target, model_id in (row.models or {}).items()},
                             dict(row.summary or {}), row.started_at, row.finished_at) for row in rows]
     return CampaignView(campaign_id, name, state, list(config.objective), list(config.parsed_objective.targets),
-                        config.acquisition.function, config.dft.preset, status.budget, status.spent, status.hits,
-                        status.stopped_because, rounds)
+                        config.acquisition.function, config.dft.preset, config.budget,
+                        config.stop.model_dump(exclude_none=True), spent, hits, rounds)
 
 
-def _predicted(part: str) -> Callable[[LedgerRow, str], float | None]:
-    def key(row: LedgerRow, target: str) -> float | None:
-        guess = row.predicted.get(target)
-        return None if guess is None else guess.get(part)
-    return key
-
-
-def _outcome(row: LedgerRow, _target: str) -> int | None:
-    return None if "hit" not in row.outcome else int(bool(row.outcome["hit"]))
-
-
-# Ledger columns one may sort on: name -> the row's value (None sorts last either way).
-LEDGER_SORTS: dict[str, Callable[[LedgerRow, str], object]] = {
-    "round": lambda row, _: (row.round, row.batch),
-    "structure": lambda row, _: row.structure_id,
-    "formula": lambda row, _: row.formula,
-    "function": lambda row, _: row.function,
-    "score": lambda row, _: row.score,
-    "rank": lambda row, _: row.rank,
-    "predicted": _predicted("mean"),
-    "std": _predicted("std"),
-    "computed": lambda row, target: row.outcome.get("computed", {}).get(target),
-    "outcome": _outcome,
-    "status": lambda row, _: row.status,
+# Ledger columns one may sort on: name -> the SQL value, given the target of the
+# predicted/std/computed columns. NULLs (no prediction, not computed yet) sort last.
+LEDGER_SORTS: dict[str, Callable[[str], ColumnElement]] = {
+    "round": lambda _: Round.number,
+    "structure": lambda _: Acquisition.structure_id,
+    "formula": lambda _: Structure.formula,
+    "function": lambda _: Acquisition.acquisition_function,
+    "score": lambda _: Acquisition.score,
+    "rank": lambda _: Acquisition.rank,
+    "predicted": lambda target: Acquisition.predicted[(target, "mean")].as_float(),
+    "std": lambda target: Acquisition.predicted[(target, "std")].as_float(),
+    "computed": lambda target: Acquisition.outcome[("computed", target)].as_float(),
+    "outcome": lambda _: _hit(),
+    "status": lambda _: Acquisition.status,
 }
 
-# Outcome filters: name -> whether a row passes.
-OUTCOME_FILTERS: dict[str, Callable[[LedgerRow], bool]] = {
-    "hit": lambda row: bool(row.outcome.get("hit")),
-    "miss": lambda row: "hit" in row.outcome and not row.outcome["hit"],
-    "pending": lambda row: "hit" not in row.outcome,
+# Outcome filters: name -> the SQL condition.
+OUTCOME_FILTERS: dict[str, Callable[[], ColumnElement]] = {
+    "hit": lambda: _hit().is_(True),
+    "miss": lambda: _hit().is_(False),
+    "pending": lambda: _hit().is_(None),
 }
 
 
@@ -258,8 +268,8 @@ class LedgerQuery:
                              field="outcome")
         if self.status and self.status not in {status.value for status in AcquisitionStatus}:
             raise InputError(f"unknown status {self.status!r}", field="status")
-        if self.page < 1 or not 1 <= self.per_page <= 1000:
-            raise InputError("page must be >= 1 and per_page within 1..1000", field="page")
+        if self.page < 1 or not 1 <= self.per_page <= MAX_PER_PAGE:
+            raise InputError(f"page must be >= 1 and per_page within 1..{MAX_PER_PAGE}", field="page")
 
 
 @dataclass(frozen=True)
@@ -273,20 +283,87 @@ class LedgerPage:
         return max(1, -(-self.total // self.query.per_page))
 
 
-def ledger_page(rows: list[LedgerRow], query: LedgerQuery, targets: list[str]) -> LedgerPage:
-    """One page of ``rows`` (a campaign's :func:`ledger`), filtered and sorted."""
-    target = query.target or (targets[0] if targets else "")
-    wanted = [row for row in rows
-              if (not query.status or row.status == query.status)
-              and (not query.outcome or OUTCOME_FILTERS[query.outcome](row))
-              and (query.round is None or row.round == query.round)
-              and query.formula.lower() in row.formula.lower()]
-    key = LEDGER_SORTS[query.sort]
-    known = [row for row in wanted if key(row, target) is not None]
-    unknown = [row for row in wanted if key(row, target) is None]
-    ordered = sorted(known, key=lambda row: key(row, target), reverse=query.descending) + unknown
-    start = (query.page - 1) * query.per_page
-    return LedgerPage(ordered[start:start + query.per_page], len(wanted), query)
+def ledger_page(engine: Engine, campaign: CampaignView, query: LedgerQuery) -> LedgerPage:
+    """One page of the campaign's ledger (the rows of :func:`workbench.campaign.report.ledger`),
+    filtered, sorted and cut in SQL: a ledger of 10,000 rows is not read whole."""
+    target = query.target or (campaign.targets[0] if campaign.targets else "")
+    if target not in campaign.targets:
+        raise InputError(f"the ledger has no column for target {target!r}", field="target")
+    conditions = [Round.campaign_id == campaign.id]
+    if query.status:
+        conditions.append(Acquisition.status == AcquisitionStatus(query.status))
+    if query.outcome:
+        conditions.append(OUTCOME_FILTERS[query.outcome]())
+    if query.round is not None:
+        conditions.append(Round.number == query.round)
+    if query.formula:
+        conditions.append(func.lower(Structure.formula).contains(query.formula.lower(), autoescape=True))
+    key = LEDGER_SORTS[query.sort](target)
+    order = key.desc() if query.descending else key.asc()
+    with session_scope(engine) as session:
+        total = session.scalar(
+            select(func.count()).select_from(Acquisition).join(Round, Round.id == Acquisition.round_id)
+            .join(Structure, Structure.id == Acquisition.structure_id).where(*conditions))
+        rows = session.execute(
+            select(Round.number, Acquisition, Structure.formula, Calculation.wall_time_s,
+                   ModelVersion.name, ModelVersion.registry_version)
+            .join(Round, Round.id == Acquisition.round_id)
+            .join(Structure, Structure.id == Acquisition.structure_id)
+            .outerjoin(Calculation, Calculation.id == Acquisition.calculation_id)
+            .outerjoin(ModelVersion, ModelVersion.id == Acquisition.model_version_id)
+            .where(*conditions)
+            .order_by(order.nulls_last(), Round.number, Acquisition.batch)
+            .offset((query.page - 1) * query.per_page).limit(query.per_page)
+        ).all()
+        # The same rows as the report's ledger.
+        page = [LedgerRow(number, a.batch, a.structure_id, formula, a.acquisition_function, a.score, a.rank,
+                          a.status.value, a.predicted or {}, a.outcome or {}, a.calculation_id, seconds,
+                          f"{name}/{version}" if name else None)
+                for number, a, formula, seconds, name, version in rows]
+    return LedgerPage(page, total, query)
+
+
+@dataclass(frozen=True)
+class TargetPoints:
+    """One objective target along the ledger: predicted when chosen, and computed."""
+
+    mean: list[float | None]
+    std: list[float | None]
+    computed: list[float | None]
+
+
+@dataclass(frozen=True)
+class LedgerPoints:
+    """The whole ledger in the order it was chosen, as the figures need it (plain columns,
+    read in one query without decoding each row's documents in Python)."""
+
+    rounds: list[int]
+    functions: list[str]
+    hits: list[bool]
+    structure_ids: list[int]
+    formulas: list[str]
+    targets: dict[str, TargetPoints]
+
+
+def ledger_points(engine: Engine, campaign: CampaignView) -> LedgerPoints:
+    columns = []
+    for target in campaign.targets:
+        columns += [Acquisition.predicted[(target, "mean")].as_float(),
+                    Acquisition.predicted[(target, "std")].as_float(),
+                    Acquisition.outcome[("computed", target)].as_float()]
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(Round.number, Acquisition.acquisition_function, _hit(), Acquisition.structure_id,
+                   Structure.formula, *columns)
+            .join(Round, Round.id == Acquisition.round_id)
+            .join(Structure, Structure.id == Acquisition.structure_id)
+            .where(Round.campaign_id == campaign.id).order_by(Round.number, Acquisition.batch)
+        ).all()
+    by_column = list(zip(*rows, strict=True)) if rows else [()] * (5 + len(columns))
+    targets = {target: TargetPoints(*(list(by_column[5 + 3 * n + part]) for part in range(3)))
+               for n, target in enumerate(campaign.targets)}
+    return LedgerPoints(list(by_column[0]), list(by_column[1]), [bool(hit) for hit in by_column[2]],
+                        list(by_column[3]), list(by_column[4]), targets)
 
 
 # -- structure --------------------------------------------------------------------------
