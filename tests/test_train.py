@@ -1,5 +1,7 @@
 """Training on real data: deduplicated splits, deterministic ensembles, metrics, baselines."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,14 @@ def test_members_train_in_worker_processes_as_they_would_here(perovskites):
             torch.testing.assert_close(theirs.state_dict()[name], weight, rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(there.predict(validation)[1], here.predict(validation)[1], rtol=1e-3, atol=1e-5)
 
+    # On a Dask cluster's executor, as the campaign flow trains them (an in-process cluster here).
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        on_dask, _ = train_ensemble(config, TargetKind.SCALAR, train, validation, quick, device=torch.device("cpu"),
+                                    executor=client.get_executor())
+    torch.testing.assert_close(on_dask.predict(validation)[0], there.predict(validation)[0], rtol=1e-3, atol=1e-4)
+
 
 def test_training_defaults_live_in_one_table():
     """The campaign's model settings, a replay and the command line take theirs from
@@ -220,3 +230,18 @@ def test_training_defaults_live_in_one_table():
     for field in dataclasses.fields(TrainConfig):
         if field.name in options:
             assert options[field.name].default == field.default, field.name
+
+
+def test_the_time_left_is_an_upper_bound_that_tightens_as_members_stop():
+    from workbench.train.progress import EnsembleProgress
+
+    progress = EnsembleProgress(members=2, epochs=10, started=time.monotonic() - 80)  # 80 s ago
+    assert progress.seconds_left() is None and progress.describe_left() == "time left: estimating"
+    for epoch in range(4):
+        progress.epoch(0, epoch)
+        progress.epoch(1, epoch)
+    assert (progress.completed, progress.total) == (8, 20)
+    progress.finished(0, 4)  # stopped early: its last 6 epochs will not run
+    assert (progress.completed, progress.total) == (8, 14)
+    assert progress.seconds_left() == pytest.approx(80 / 8 * 6, rel=0.05)  # 10 s per epoch, 6 epochs left
+    assert progress.describe_left().startswith("at most 1 min 0")
