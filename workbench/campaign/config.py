@@ -30,7 +30,7 @@ from workbench.acquire.objective import Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
-from workbench.train.config import TrainConfig
+from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig
 
 
 class _Strict(BaseModel):
@@ -52,14 +52,15 @@ class Candidates(_Strict):
 
 
 class ModelSettings(_Strict):
-    """The ensembles retrained every round (one per target)."""
+    """The ensembles retrained every round (one per target); training defaults from
+    ``workbench.train.config.CAMPAIGN_TRAINING``."""
 
     architecture: str = "cgcnn"
-    members: int = Field(3, ge=1)
-    epochs: int = Field(100, ge=1)
-    patience: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    members: int = Field(CAMPAIGN_TRAINING.members, ge=1)
+    epochs: int = Field(CAMPAIGN_TRAINING.epochs, ge=1)
+    patience: int = Field(CAMPAIGN_TRAINING.patience, ge=1)
+    batch_size: int = Field(CAMPAIGN_TRAINING.batch_size, ge=1)
+    learning_rate: float = Field(CAMPAIGN_TRAINING.learning_rate, gt=0)
     backbone: dict = Field(default_factory=dict)
     device: str = "auto"
 
