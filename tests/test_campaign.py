@@ -185,7 +185,7 @@ def test_campaign_runs_to_its_budget_with_a_full_ledger(engine, alloys, settings
         assert a.outcome["hit"] == (a.outcome["computed"][target] <= threshold)
     for a in guided:
         assert set(a.predicted[target]) == {"mean", "std"} and a.predicted[target]["std"] >= 0
-        assert 0 <= a.score <= 1 and a.rank >= 1
+        assert a.score <= 0 and a.rank >= 1  # the log of the probability
     assert sorted(a.batch for a in guided) == [1, 1, 2, 2, 3, 3, 4, 4]
     with session_scope(engine) as session:
         assert session.scalar(select(Campaign.status)) == "finished"

@@ -162,6 +162,9 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
             f"| {(r.summary or {}).get('dft_seconds', '')} |"
             for r in rounds
         ]
+        # What the acquisition said about a round: e.g. that its scores could not tell candidates apart.
+        notes = [f"- Round {r.number}: {r.summary['acquisition']['note']}" for r in rounds
+                 if ((r.summary or {}).get("acquisition") or {}).get("note")]
         started = min((r.started_at for r in rounds), default=None)
         finished = max((r.finished_at for r in rounds if r.finished_at), default=None)
         wall_seconds = (finished - started).total_seconds() if started and finished else None
@@ -187,7 +190,7 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
     lines += [f"![{figure.stem}]({figure.name})" for figure in figures] + [""]
     lines += ["## Rounds", "",
               "| round | status | chosen by | models (target: model_versions.id) | acquired | hits | failed | DFT s |",
-              "|---:|---|---|---|---:|---:|---:|---:|", *round_lines, ""]
+              "|---:|---|---|---|---:|---:|---:|---:|", *round_lines, "", *([*notes, ""] if notes else [])]
     targets = objective.targets
     header = " | ".join(f"{t} predicted | {t} computed" for t in targets)
     lines += ["## Ledger", "", "Predicted: the ensemble's mean ± std when the candidate was chosen.", "",

@@ -1,6 +1,5 @@
 """Campaign commands: ``workbench campaign run | status | report``, and ``workbench replay``."""
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -9,8 +8,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workbench.cli.shared import Invocation, app, console, invocation, print_table, progress_bar
+from workbench.cli.shared import (
+    DEFAULT_JOBS,
+    Invocation,
+    app,
+    console,
+    invocation,
+    print_table,
+    progress_bar,
+)
 from workbench.errors import InputError
+from workbench.train.config import CAMPAIGN_TRAINING
 
 campaign_app = typer.Typer(help="Active-learning campaigns: run or resume, status, report.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
@@ -77,58 +85,46 @@ def replay(
     objective: Annotated[list[str] | None, typer.Option(
         help="Constraint, e.g. '1.5<=dir_gap<=3' (repeatable; default: the --config campaign's).")] = None,
     config: Annotated[Path | None, typer.Option(
-        help="Campaign YAML: its objective, model and batch size are the defaults of this replay.")] = None,
+        help="Campaign YAML: its objective, acquisition policy, model and DFT preset are the defaults of this "
+             "replay (else a campaign's defaults).")] = None,
     initial: Annotated[int, typer.Option(help="Random structures revealed first.")] = 50,
-    batch: Annotated[int | None, typer.Option(help="Structures revealed per round [default: 25].")] = None,
+    batch: Annotated[int | None, typer.Option(
+        help="Structures revealed per round (default: the replay's, or the --config campaign's).")] = None,
     budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
     seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
-    arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles [default: cgcnn].")] = None,
-    members: Annotated[int | None, typer.Option(help="Ensemble members per target and round [default: 3].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Most epochs per member [default: 60].")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience, epochs [default: 15].")] = None,
+    arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles (default: the campaign's).")] = None,
+    members: Annotated[int | None, typer.Option(
+        help=f"Ensemble members per target and round (default: {CAMPAIGN_TRAINING.members}, as a campaign).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help=f"Most epochs per member (default: {CAMPAIGN_TRAINING.epochs}).")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help=f"Early stopping patience, epochs (default: {CAMPAIGN_TRAINING.patience}).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    jobs: Annotated[int, typer.Option(help="Worker processes, one seed each at a time.")] = DEFAULT_JOBS,
     plot: Annotated[Path | None, typer.Option(help="Discovery-curve PNG (default: in WORKBENCH_HOME).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
-    """Replay a campaign on a labeled pool (labels revealed as if computed), beside random."""
+    """Replay a campaign's policy on a labeled pool (labels revealed as if computed), beside random."""
     import numpy as np
 
-    from workbench.acquire.objective import ObjectiveError, parse_objective
+    from workbench.acquire.objective import ObjectiveError
     from workbench.campaign.config import load_config
-    from workbench.campaign.replay import REPLAY_TRAINING, ReplayConfig, discovery_plot
+    from workbench.campaign.replay import checkpoints, discovery_plot, replay_config
     from workbench.campaign.replay import replay as run_replay
 
-    settings = invocation(ctx).settings
-    defaults = {"objective": None, "batch": 25, "arch": "cgcnn", "train": REPLAY_TRAINING}
-    if config is not None:
-        try:
-            campaign = load_config(config)
-        except InputError as error:
-            raise typer.BadParameter(str(error)) from None
-        defaults = {"objective": campaign.objective, "batch": campaign.acquisition.batch,
-                    "arch": campaign.model.architecture, "train": campaign.model.train_config(seed=0)}
-    objective = objective or defaults["objective"]
-    if not objective:
-        raise typer.BadParameter("give --objective or a --config campaign")
+    run = invocation(ctx)
+    settings = run.settings
     try:
-        parsed = parse_objective(objective)
-    except ObjectiveError as error:
+        replay_settings = replay_config(
+            source, objective=objective, campaign=load_config(config) if config is not None else None, batch=batch,
+            architecture=arch, members=members, epochs=epochs, patience=patience, initial=initial, budget=budget,
+            seeds=seeds, device=device)
+    except (InputError, ObjectiveError) as error:
         raise typer.BadParameter(str(error)) from None
-    batch = batch or defaults["batch"]
-    overrides = {name: value for name, value in (("members", members), ("epochs", epochs), ("patience", patience))
-                 if value}
-    replay_config = ReplayConfig(source=source, objective=parsed, initial=initial, batch=batch, budget=budget,
-                                 seeds=seeds, architecture=arch or defaults["arch"], device=device,
-                                 train=dataclasses.replace(defaults["train"], **overrides))
-    rounds = seeds * -(-(budget - initial) // batch)
     with progress_bar() as (progress, _):
-        task = progress.add_task("replay", total=rounds)
-        try:
-            result = run_replay(invocation(ctx).engine, replay_config, on_round=lambda seed, revealed, hits: progress.update(
-                task, advance=1, description=f"seed {seed}: {revealed} revealed, {hits} hits"))
-        except ValueError as error:
-            console.print(f"[red]{error}")
-            raise typer.Exit(1) from None
+        task = progress.add_task("replay", total=seeds * (len(checkpoints(replay_settings)) - 1))
+        result = run_replay(run.engine, replay_settings, jobs=jobs, on_round=lambda seed, revealed, hits: progress.update(
+            task, advance=1, description=f"seed {seed}: {revealed} revealed, {hits} hits"))
     path = discovery_plot(result, plot or settings.ensure_home() / "replay.png")
     table = Table("seed", f"hits at {budget}", "random", title=f"{result.objective}: "
                   f"{result.hits_in_pool} hits in a pool of {result.pool}")
