@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from workbench.featurize.config import GraphConfig
+from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.train.config import TrainConfig
 
 HEAVY = ("torch", "pymatgen", "mlflow", "prefect", "scipy", "alembic")
@@ -41,9 +42,11 @@ def test_a_project_error_is_a_message_and_an_exit_code(run_cli):
     assert sql_error.startswith("SQL error: ") and "Traceback" not in sql_error
 
 
-def test_help_shows_the_library_defaults(run_cli):
+def test_help_shows_the_library_defaults(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
     train = " ".join(run_cli("train", "--help").output.split())
     assert f"[default: {TrainConfig.epochs}]" in train and f"[default: {TrainConfig.members}]" in train
+    assert f"Backbone: {', '.join(ARCHITECTURES)}." in train and f"[default: {DEFAULT_ARCHITECTURE}]" in train
     featurize = " ".join(run_cli("featurize", "--help").output.split())
     assert f"[default: {GraphConfig.cutoff}]" in featurize
     commands = run_cli("--help").output

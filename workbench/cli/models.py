@@ -16,6 +16,7 @@ from workbench.cli.shared import (
     progress_bar,
 )
 from workbench.featurize.config import GraphConfig
+from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.train.config import TrainConfig
 from workbench.train.progress import EnsembleProgress
 
@@ -28,6 +29,12 @@ def _atom_features(name: str) -> str:
 
     if name not in ATOM_FEATURE_TABLES:
         raise typer.BadParameter(f"--atom-features must be one of {sorted(ATOM_FEATURE_TABLES)}, not {name!r}")
+    return name
+
+
+def _architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise typer.BadParameter(f"--arch must be one of {', '.join(ARCHITECTURES)}, not {name!r}")
     return name
 
 
@@ -76,7 +83,7 @@ def train(
     target: Annotated[str, typer.Option(help="Target to learn.")],
     name: Annotated[str, typer.Option(help="Registered model name in MLflow.")],
     arch: Annotated[str, typer.Option(
-        help="Backbone: cgcnn, alignn, schnet, megnet, ocrystalnet or neighbour-mlp.")] = "cgcnn",
+        help=f"Backbone: {', '.join(ARCHITECTURES)}.")] = DEFAULT_ARCHITECTURE,
     backbone: Annotated[list[str] | None, typer.Option(
         help="Backbone setting NAME=VALUE, e.g. hidden=128 (repeatable).")] = None,
     atom_features: AtomFeaturesOption = "cgcnn",
@@ -104,7 +111,7 @@ def train(
     run = invocation(ctx)
     run.settings.ensure_home()
     request = TrainRequest(
-        target=target, name=name, architecture=arch, pooling=pooling, conserve_total=conserve_total,
+        target=target, name=name, architecture=_architecture(arch), pooling=pooling, conserve_total=conserve_total,
         champion=champion, device=device, backbone=_backbone_options(backbone or []),
         featurizer=Featurizer(atom_features=_atom_features(atom_features)), spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,

@@ -13,23 +13,12 @@ from torch import nn
 
 from workbench import __version__
 from workbench.errors import WorkbenchError
-from workbench.models.backbones.alignn import ALIGNN, ALIGNNConfig
-from workbench.models.backbones.cgcnn import CGCNN, CGCNNConfig
-from workbench.models.backbones.megnet import MEGNet, MEGNetConfig
-from workbench.models.backbones.neighbour_mlp import NeighbourMLP, NeighbourMLPConfig
-from workbench.models.backbones.ocrystalnet import OCrystalNet, OCrystalNetConfig
-from workbench.models.backbones.schnet import SchNet, SchNetConfig
+from workbench.models.architectures import ARCHITECTURES
 from workbench.models.heads import HEADS
 
 SAVE_FORMAT = 1
-BACKBONES = {
-    "alignn": (ALIGNN, ALIGNNConfig),
-    "cgcnn": (CGCNN, CGCNNConfig),
-    "megnet": (MEGNet, MEGNetConfig),
-    "neighbour-mlp": (NeighbourMLP, NeighbourMLPConfig),
-    "ocrystalnet": (OCrystalNet, OCrystalNetConfig),
-    "schnet": (SchNet, SchNetConfig),
-}
+# Name -> (backbone class, its config class), loaded from the light registry of names.
+BACKBONES = {name: architecture.load() for name, architecture in ARCHITECTURES.items()}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
+from workbench.models.architectures import DEFAULT_ARCHITECTURE
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
@@ -65,7 +66,7 @@ class TrainRequest:
 
     target: str
     name: str
-    architecture: str = "cgcnn"
+    architecture: str = DEFAULT_ARCHITECTURE
     train: TrainConfig = field(default_factory=TrainConfig)
     featurizer: Featurizer = field(default_factory=Featurizer)
     backbone: dict = field(default_factory=dict)
