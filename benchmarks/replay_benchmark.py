@@ -12,7 +12,9 @@ are revealed, then batches of 25 chosen by the campaign's default policy through
 defaults: a campaign's model, training and acquisition) until 400 are revealed. Seeds run
 in ``--processes`` worker processes (``replay(jobs=...)``); ``--first-seed`` picks other
 seeds. ``--only gap|heat`` re-runs one objective and keeps the other's latest run from the
-JSON beside ``--out``; ``--render`` only rewrites the markdown and plots from that JSON.
+JSON beside ``--out``; ``--render`` only rewrites the markdown and plots from that JSON;
+``--from-log LOG`` records a run that was stopped before its budget from the progress
+lines it wrote on stderr (the curves end at the last point every seed reached).
 """
 
 import argparse
@@ -84,6 +86,45 @@ def run_objective(objective: list[str], args) -> dict:
                      "architecture": config.architecture, **dataclasses.asdict(config.train)}}
 
 
+def partial_record(objective: list[str], log: Path, args) -> dict:
+    """The record of a run stopped before its budget, read from its progress lines on
+    stderr (``seed S: R revealed, H hits``): each seed's curve up to the last point every
+    seed reached, and random selection's from the same seeds, recomputed from the pool."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    from workbench.campaign.replay import checkpoints
+
+    config = replay_settings(objective, args)
+    pool = pd.read_csv(pool_path())
+    meets = config.objective.holds({target: pool[target].to_numpy() for target in config.objective.targets})
+    rounds: dict[int, dict[int, int]] = {}
+    for seed, revealed, hits in re.findall(r"seed (\d+): (\d+) revealed, (\d+) hits", log.read_text()):
+        rounds.setdefault(int(seed), {})[int(revealed)] = int(hits)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    points = checkpoints(config)
+    reached = [point for point in points[1:] if all(point in rounds.get(seed, {}) for seed in seeds)]
+    revealed, hits, random_hits = [points[0], *reached], [], []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(meets))  # as replay() draws it
+        random_hits.append([int(meets[order[:count]].sum()) for count in revealed])
+        hits.append([random_hits[-1][0], *(rounds[seed][point] for point in reached)])
+    policy = config.acquisition
+    return {"objective": str(config.objective), "pool": len(meets), "hits_in_pool": int(meets.sum()),
+            "revealed": revealed, "hits": hits, "random_hits": random_hits,
+            "hits_at_budget": [curve[-1] for curve in hits],
+            "random_hits_at_budget": [curve[-1] for curve in random_hits], "minutes": None,
+            "first_seed": args.first_seed, "stopped_at": revealed[-1],
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, {args.processes} "
+                       "worker processes",
+            "settings": {"initial": config.initial, "batch": policy.batch, "budget": config.budget,
+                         "function": policy.function, "diversity": policy.diversity,
+                         "cost_aware": policy.cost_aware, "architecture": config.architecture,
+                         **dataclasses.asdict(config.train)}}
+
+
 def _policy(settings: dict) -> str:
     """The acquisition policy a record ran (records from before it was kept: top probability)."""
     if "function" not in settings:
@@ -97,15 +138,18 @@ def section(title: str, result, record: dict, plot: Path) -> list[str]:
     import numpy as np
 
     hits, random_hits = result.hits_at_budget, result.random_hits_at_budget
-    settings, budget = record["settings"], record["settings"]["budget"]
+    settings, budget = record["settings"], result.revealed[-1]
     seeds = range(record["first_seed"], record["first_seed"] + len(hits))
+    took = f"{record['minutes']:.0f} min" if record.get("minutes") is not None else "time not recorded"
+    stopped = (f" **Stopped after {record['stopped_at']} of {settings['budget']} structures revealed per seed** "
+               "(the run was cut short; its curves end there)." if record.get("stopped_at") else "")
     lines = [f"## {title}: `{result.objective}`", "",
              (f"{result.hits_in_pool} of the {result.pool} structures are hits. Start {settings['initial']} random, "
               f"batches of {settings['batch']} by {_policy(settings)}, budget {budget}; "
               f"{settings['architecture'].upper()} ensembles of "
               f"{settings['members']} per target, at most {settings['epochs']} epochs (patience "
               f"{settings['patience']}), batches of {settings['batch_size']} at learning rate "
-              f"{settings['learning_rate']:g}. {record['machine']}; {record['minutes']:.0f} min."), "",
+              f"{settings['learning_rate']:g}. {record['machine']}; {took}.{stopped}"), "",
              f"| seed | campaign hits at {budget} | random hits at {budget} |", "|---:|---:|---:|"]
     lines += [f"| {seed} | {h} | {r} |" for seed, h, r in zip(seeds, hits, random_hits, strict=True)]
     lines += [f"| median | {np.median(hits):g} | {np.median(random_hits):g} |", "",
@@ -135,6 +179,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, help="ensemble members (default: the replay's)")
     parser.add_argument("--epochs", type=int, help="most epochs per member (default: the replay's)")
     parser.add_argument("--patience", type=int, help="early stopping patience (default: the replay's)")
+    parser.add_argument("--from-log", type=Path,
+                        help="with --only: record a run stopped early from its stderr progress lines")
     args = parser.parse_args()
 
     import numpy as np
@@ -151,7 +197,8 @@ def main() -> None:
     records = json.loads(record_path.read_text()) if (args.only or args.render) and record_path.exists() else {}
     runs = [] if args.render else [args.only] if args.only else list(objectives)
     for key in runs:
-        records[key] = run_objective(objectives[key][1], args)
+        records[key] = (partial_record(objectives[key][1], args.from_log, args) if args.from_log
+                        else run_objective(objectives[key][1], args))
 
     lines = ["# Replay: a campaign against random selection on a real labeled pool", "",
              (f"`benchmarks/replay_benchmark.py` (raw numbers: [{record_path.name}]({record_path.name})). "
