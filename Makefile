@@ -27,6 +27,7 @@ demo: $(VENV)/.installed prefect-server
 	$(PREFECT_ENV) OMP_NUM_THREADS=1 $(BIN)/python -m flows.campaign $(EXAMPLES)/demo-campaign.yaml
 	$(BIN)/workbench campaign report demo
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(HOME_DIR)/mlflow.db"
+	@echo "Dashboard: $(BIN)/workbench serve, then http://127.0.0.1:8050/ (docs/dashboard.md)"
 
 prefect-server: $(VENV)/.installed
 	@mkdir -p $(HOME_DIR)/prefect
