@@ -178,8 +178,8 @@ def _offline_listing() -> str:
     return "; ".join(f"{calculator} {', '.join(models)}" for calculator, models in OFFLINE_MODELS.items())
 
 
-# A batch amortises the model's loading (10-40 s with torch's import) over about 100 s of
-# single points of small cells on one CPU core (benchmarks/universal.md).
+# A batch spreads the model's loading (10-40 s with torch's import) over 1,000 single
+# points: 3-4 CPU minutes for 5-atom cells (benchmarks/universal.md).
 UNIVERSAL_BATCH_SIZE = 1000
 UNIVERSAL_BATCH_WALL_TIME_S = 3600.0
 
