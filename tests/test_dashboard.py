@@ -28,10 +28,12 @@ from workbench.store.schema import (
     Calculation,
     CalculationAttempt,
     CalculationStatus,
+    LineageKind,
     ModelVersion,
     Prediction,
     Round,
     RoundKind,
+    StructureLineage,
     TargetDefinition,
     TargetKind,
     TargetValue,
@@ -184,8 +186,16 @@ def test_ledger_sorts_filters_and_pages_in_sql(store):
         page(target="other")
 
 
-def test_structure_view_has_labels_predictions_spectra_and_attempts(store):
+def test_structure_view_has_labels_predictions_spectra_attempts_and_lineage(engine, store):
+    parent, child = store["ids"][1], store["first"]
+    with session_scope(engine) as session:
+        session.add(StructureLineage(structure_id=child, parent_id=parent, kind=LineageKind.SUBSTITUTION,
+                                     detail={"Cu": "Au"}))
     view = queries.structure_view(store["engine"], store["first"])
+    assert [(link.direction, link.structure_id, link.kind, link.detail) for link in view.lineage] == [
+        ("parent", parent, "substitution", {"Cu": "Au"})]
+    assert [(link.direction, link.structure_id) for link in queries.structure_view(
+        store["engine"], parent).lineage] == [("child", child)]
     assert {label.target for label in view.labels} == {TARGET, "dos", "charges"}
     assert [(p.model.label, p.target) for p in view.predictions if p.target == TARGET] == [
         (f"alloys-{TARGET}/2", TARGET), (f"alloys-{TARGET}/1", TARGET)]

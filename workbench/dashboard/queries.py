@@ -35,6 +35,7 @@ from workbench.store.schema import (
     Prediction,
     Round,
     Structure,
+    StructureLineage,
     StructureSource,
     TargetDefinition,
     TargetKind,
@@ -376,6 +377,17 @@ class Source:
 
 
 @dataclass(frozen=True)
+class LineageLink:
+    """A structure this one was made from (``parent``) or that was made from it (``child``)."""
+
+    direction: str  # parent or child
+    structure_id: int
+    formula: str
+    kind: str  # substitution, relaxation
+    detail: dict
+
+
+@dataclass(frozen=True)
 class Label:
     target: str
     kind: str
@@ -435,6 +447,7 @@ class StructureView:
     labels: list[Label]
     predictions: list[PredictionView]
     calculations: list[CalculationView]
+    lineage: list[LineageLink]
     grids: dict[str, list[float]] = field(default_factory=dict)  # spectrum target -> its axis
 
 
@@ -488,12 +501,19 @@ def structure_view(engine: Engine, structure_id: int) -> StructureView:
                              for a in c.attempts])
             for c in session.scalars(select(Calculation).where(Calculation.structure_id == structure_id)
                                      .order_by(Calculation.id))]
+        lineage = [LineageLink(direction, other, formula, kind.value, dict(detail or {}))
+                   for direction, mine, theirs in (("parent", StructureLineage.structure_id, StructureLineage.parent_id),
+                                                   ("child", StructureLineage.parent_id, StructureLineage.structure_id))
+                   for other, formula, kind, detail in session.execute(
+                       select(theirs, Structure.formula, StructureLineage.kind, StructureLineage.detail)
+                       .join(Structure, Structure.id == theirs).where(mine == structure_id)
+                       .order_by(StructureLineage.id))]
         return StructureView(
             structure.id, structure.formula, structure.reduced_formula,
             f"{structure.spacegroup_symbol} ({structure.spacegroup_number})", structure.nsites,
             structure.volume, structure.density, lattice.tolist(), list(structure.species),
             (np.asarray(structure.frac_coords, dtype=float) @ lattice).tolist(),
-            sources, labels, predictions, calculations, grids)
+            sources, labels, predictions, calculations, lineage, grids)
 
 
 # -- models -----------------------------------------------------------------------------
