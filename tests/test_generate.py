@@ -10,7 +10,12 @@ from pymatgen.core import Composition
 from sqlalchemy import func, select
 
 from workbench.errors import InputError, NotFound
-from workbench.generate.prototypes import AFLOW_SOURCE, aflow_library, resolve_prototype
+from workbench.generate.prototypes import (
+    AFLOW_SOURCE,
+    aflow_library,
+    resolve_prototype,
+    source_structures,
+)
 from workbench.generate.store import store_decorations
 from workbench.generate.substitute import (
     ChargeBalance,
@@ -113,7 +118,8 @@ def test_predicted_substitutions_of_rock_salt(engine):
     import_entries(engine, [Entry(row="1", external_id="NaCl",
                                   crystal=_crystal(bulk("NaCl", "rocksalt", a=5.64)))],
                    source="salts", file="test", options=ReadOptions())
-    prototype = resolve_prototype(engine, "1")
+    (parent,) = source_structures(engine, "salts")
+    prototype = resolve_prototype(engine, str(parent))
     substitutions = predicted_substitutions(prototype.crystal, SubstitutionPredictor(threshold=0.01))
     assert substitutions and all(s.mapping.keys() == {"Na", "Cl"} for s in substitutions)
     probabilities = [s.probability for s in substitutions]

@@ -8,6 +8,7 @@ reported, not guessed.
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from itertools import combinations
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,7 @@ def convex_hull(entries: list[HullEntry]) -> Hull:
         if lacking:
             missing[name] = lacking
             continue
-        within = [phase_entries[index] for index, entry in enumerate(entries) if entry.elements <= system]
-        diagram = PhaseDiagram(within)
+        diagram = PhaseDiagram([phase_entries[index] for index in _within(system, systems)])
         for index in systems[system]:
             decomposition, energy = diagram.get_decomp_and_e_above_hull(phase_entries[index])
             points[entries[index].key] = HullPoint(
@@ -81,3 +81,14 @@ def convex_hull(entries: list[HullEntry]) -> Hull:
                 decomposition={keys[id(phase)]: float(amount) for phase, amount in decomposition.items()},
             )
     return Hull(points, missing)
+
+
+def _within(system: frozenset[str], systems: dict[frozenset[str], list[int]]) -> list[int]:
+    """Indices of the entries whose elements lie within ``system``: looked up by subset
+    while the system has fewer subsets than there are systems (100,000 candidates in as
+    many ternary systems need not each scan all the others)."""
+    if 2 ** len(system) <= len(systems):
+        subsets = (frozenset(part) for size in range(1, len(system) + 1)
+                   for part in combinations(sorted(system), size))
+        return [index for subset in subsets for index in systems.get(subset, ())]
+    return [index for subset, indices in systems.items() if subset <= system for index in indices]
