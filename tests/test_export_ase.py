@@ -118,7 +118,7 @@ def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_u
     migrate.upgrade(fresh)
     try:
         report = import_file(fresh, out, source="from-export", options=ReadOptions())
-        assert report.new_structures == 72 and not report.skipped
+        assert report.new_structures == 42 and not report.skipped
         assert_same(before, snapshot(fresh))
         again = import_file(fresh, out, source="from-export", options=ReadOptions())
         assert (again.new_structures, again.new_labels, again.new_sources) == (0, 0, 0)
@@ -129,6 +129,6 @@ def test_export_lists_in_ase_db_and_round_trips(suffix, engine, empty_database_u
 def test_export_cli(run_cli, engine, tmp_path):
     fill_store(engine, tmp_path)
     out = tmp_path / "cli.db"
-    assert "Wrote 72 rows" in run_cli("export-ase", out).output
+    assert "Wrote 42 rows" in run_cli("export-ase", out).output
     run_cli("export-ase", out, expect=1)
     run_cli("export-ase", out, "--overwrite")
