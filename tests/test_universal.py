@@ -171,11 +171,24 @@ def test_a_batch_result_written_before_its_worker_died_is_ingested(engine, optio
     assert targets_of(engine, ids["Cu"])["emt-batch.stress"].value_array.shape == (6,)
 
 
+def test_run_options_batch_any_preset_whose_settings_fit_every_structure(engine, tmp_path):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Ni": bulk("Ni", a=3.52)})
+    queue_calculations(engine, list(ids.values()), BUILTIN_PRESETS["emt"])
+    report = run_queued(engine, BUILTIN_PRESETS["emt"], RunOptions(workdir=tmp_path, batch_size=5),
+                        references=False)
+    assert len(report.done) == 2 and len(list((tmp_path / "emt" / "batches").iterdir())) == 1
+    with pytest.raises(PresetError, match="batch_size > 1 needs"):
+        run_queued(engine, BUILTIN_PRESETS["gpaw-fast"], RunOptions(workdir=tmp_path, batch_size=5))
+
+
 def test_cli_batch_size_option(run_cli, engine):
     ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Ni": bulk("Ni", a=3.52)})
     shown = run_cli("dft", "run", "--preset", "emt", "--ids", f"{ids['Cu']},{ids['Ni']}",
                     "--batch-size", "10").output
     assert "batch of" in shown and "0 failed" in shown
+    # GPAW's k-points follow the structure: one calculator cannot serve a batch.
+    refused = run_cli("dft", "run", "--preset", "gpaw-fast", "--all", "--batch-size", "10", expect=2).output
+    assert "batch_size > 1 needs" in refused
     assert "sevennet" in run_cli("dft", "presets").output
 
 

@@ -11,24 +11,28 @@ dft_app = typer.Typer(help="DFT calculations through ASE: run, inspect, retry.",
 app.add_typer(dft_app, name="dft")
 
 
-def _preset(name: str):
+def _preset(name: str, batch_size: int | None = None):
+    from dataclasses import replace
+
     from workbench.dft.presets import PresetError, load_preset
 
     try:
-        return load_preset(name)
+        preset = load_preset(name)
+        # Checked as the preset's own field: a batch needs settings that fit every structure.
+        return preset if batch_size is None else replace(preset, batch_size=batch_size)
     except PresetError as error:
         raise typer.BadParameter(str(error)) from None
 
 
 def _run_options(run: Invocation, threads: int, jobs: int, wall_time: float | None,
-                 max_attempts: int | None, batch_size: int | None):
+                 max_attempts: int | None):
     from workbench.dft.runner import RunOptions
 
     settings = run.settings
     return RunOptions(
         workdir=settings.dft_dir, threads=threads, jobs=jobs, wall_time_s=wall_time,
         max_attempts=max_attempts, espresso_pseudo_dir=settings.espresso_pseudo_dir,
-        espresso_command=settings.espresso_command, batch_size=batch_size,
+        espresso_command=settings.espresso_command,
     )
 
 
@@ -85,13 +89,13 @@ def run(
         raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
     run = invocation(ctx)
     engine = run.engine
-    calculation_preset = _preset(preset)
+    calculation_preset = _preset(preset, batch_size)
     structure_ids = select_structures(engine, calculation_preset.name, ids=id_list(ids),
                                       where=where or None, every=all_)
     calculation_ids = queue_calculations(engine, structure_ids, calculation_preset)
     console.print(f"{len(calculation_ids)} structures chosen for preset {calculation_preset.name}")
     _run_and_report(engine, calculation_preset,
-                    _run_options(run, threads, jobs, wall_time, max_attempts, batch_size), calculation_ids)
+                    _run_options(run, threads, jobs, wall_time, max_attempts), calculation_ids)
 
 
 @dft_app.command("retry")
@@ -111,11 +115,11 @@ def retry(
 
     run = invocation(ctx)
     engine = run.engine
-    calculation_preset = _preset(preset)
+    calculation_preset = _preset(preset, batch_size)
     queued = retry_failed(engine, calculation_preset.name, ids=id_list(ids), reasons=reason or None)
     console.print(f"Re-queued {len(queued)} failed calculations of {calculation_preset.name}")
     _run_and_report(engine, calculation_preset,
-                    _run_options(run, threads, jobs, wall_time, max_attempts, batch_size), queued)
+                    _run_options(run, threads, jobs, wall_time, max_attempts), queued)
 
 
 @dft_app.command("status")

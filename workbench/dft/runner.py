@@ -26,9 +26,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -576,7 +577,7 @@ def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, optio
             workdir=str(item.directory), started_at=now) for item in items)
     wall_time = options.wall_time_s or preset.wall_time_s
     notify(items[0].calculation_id, f"batch of {len(items)} running in {folder}")
-    unsettled = list(items)  # in the order the job computes them
+    unsettled = deque(items)  # in the order the job computes them
     last_heartbeat = time.monotonic()
 
     def settle_finished() -> None:
@@ -584,7 +585,7 @@ def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, optio
             outcome = _item_outcome(unsettled[0].directory)
             if outcome is None:
                 return
-            _settle(engine, unsettled.pop(0), outcome, preset, notify, max_attempts)
+            _settle(engine, unsettled.popleft(), outcome, preset, notify, max_attempts)
 
     def tick() -> None:
         nonlocal last_heartbeat
@@ -597,7 +598,7 @@ def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, optio
                                           tick_s=min(BATCH_POLL_S, options.heartbeat_s), tick=tick)
     settle_finished()
     if unsettled:
-        blamed, never_started = _blame(folder, unsettled, exit_code, wall_time)
+        blamed, never_started = _blame(folder, list(unsettled), exit_code, wall_time)
         for item, outcome in blamed:
             _settle(engine, item, outcome, preset, notify, max_attempts)
         _forget_attempts(engine, never_started)
@@ -724,6 +725,9 @@ def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
     stage of :func:`plan_run`, ``options.jobs`` at once (processes of one calculation, or
     of a batch when the preset's or the options' ``batch_size`` is above 1); with
     ``references``, formation energies are added at the end."""
+    if options.batch_size is not None:
+        # Checked as the preset's own: its settings must not depend on the structure.
+        preset = replace(preset, batch_size=options.batch_size)
     plan = plan_run(engine, preset, options, calculation_ids=calculation_ids, references=references)
     report = RunReport(requeued=plan.requeued, references_missing=plan.references_missing)
 
@@ -735,13 +739,12 @@ def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
         else:
             report.skipped.append(calculation_id)
 
-    batch_size = options.batch_size or preset.batch_size
     with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        if batch_size > 1:
+        if preset.batch_size > 1:
             # References lead the first batch; formation energies are added at the end anyway.
             work = [calculation_id for stage in plan.stages for calculation_id in stage]
             for statuses in pool.map(lambda chunk: run_batch(engine, chunk, preset, options, on_event),
-                                     batch_chunks(work, batch_size, options.jobs)):
+                                     batch_chunks(work, preset.batch_size, options.jobs)):
                 for calculation_id, status in statuses.items():
                     record(calculation_id, status)
         else:
