@@ -13,6 +13,7 @@ the table gives the median and the slowest.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def measure(database_url: str, repeat: int) -> list[tuple[str, list[float]]]:
         "search by elements": "/search?elements=Cu+Au",
         "overview": "/",
         "models": "/models",
+        "model with its parity plot": "/models/5",
         "structure": "/structures/1",
     }
     results = []
@@ -168,13 +170,17 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=5)
     parser.add_argument("--ledger", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--built", action="store_true",
+                        help="the store at --database-url was filled by an earlier run: only measure")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         url = args.database_url or f"sqlite:///{Path(scratch) / 'bench.db'}"
-        timings = build(url, args.structures, args.models, args.ledger)
-        print("built:", {key: round(value, 1) for key, value in timings.items()}, flush=True)
+        if not args.built:
+            timings = build(url, args.structures, args.models, args.ledger)
+            print("built:", {key: round(value, 1) for key, value in timings.items()}, flush=True)
         results = measure(url, args.repeat)
+        load = os.getloadavg()[0]
     backend = url.split(":", 1)[0]
     lines = [
         "# Dashboard server time", "",
@@ -183,7 +189,8 @@ def main() -> None:
         f"{args.structures * args.models:,} predictions ({args.models} model versions of one target), "
         f"a finished campaign with a {args.ledger:,}-row ledger. Server time of one request through "
         f"Starlette's TestClient (query, sorting, template; no network), {args.repeat} requests per page "
-        "after one to warm up. Pages show 50 rows."), "",
+        "after one to warm up. Pages show 50 rows. The machine's load average (1 min) at the end was "
+        f"{load:.1f} on {os.cpu_count()} cores."), "",
         "| page | median s | slowest s |", "|---|---:|---:|",
         *[f"| {name} | {statistics.median(s):.3f} | {max(s):.3f} |" for name, s in results], "",
     ]

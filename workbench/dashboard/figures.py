@@ -20,9 +20,8 @@ def discovery(points: LedgerPoints, title: str) -> dict:
     """Hits against calculations spent, beside the hit rate of the random rounds."""
     spent = list(range(1, len(points.hits) + 1))
     data = [{"type": "scatter", "x": spent, "y": np.cumsum(points.hits).tolist(), "mode": "lines",
-             "line": {"shape": "hv", "width": 3}, "name": "campaign",
-             "text": [escape(formula) for formula in points.formulas],
-             "hovertemplate": "%{x} calculations, %{y} hits<br>last: %{text}<extra></extra>"}]
+             "line": {"shape": "hv", "width": 3}, "name": "campaign", "customdata": points.structure_ids,
+             "hovertemplate": "%{x} calculations, %{y} hits<br>last: structure %{customdata}<extra></extra>"}]
     random_hits = [hit for hit, function in zip(points.hits, points.functions, strict=True) if function == RANDOM]
     if random_hits:
         rate = sum(random_hits) / len(random_hits)
@@ -38,8 +37,8 @@ def discovery(points: LedgerPoints, title: str) -> dict:
                    legend={"orientation": "h", "y": -0.25})
 
 
-def parity(target: str, ids: list[int], labels: list[str], computed: list[float], mean: list[float],
-           std: list[float], title: str) -> dict:
+def parity(target: str, ids: list[int], computed: list[float], mean: list[float], std: list[float],
+           title: str) -> dict:
     """Predicted (mean ± std) against computed values, with the diagonal; a point's
     ``customdata`` is its structure id (a click opens the structure)."""
     if not computed:
@@ -48,8 +47,8 @@ def parity(target: str, ids: list[int], labels: list[str], computed: list[float]
     return _figure(
         [{"type": "scatter", "x": computed, "y": mean, "mode": "markers", "name": "structures",
           "error_y": {"type": "data", "array": std, "visible": True, "thickness": 1},
-          "customdata": ids, "text": [escape(label) for label in labels],
-          "hovertemplate": "%{text} (#%{customdata})<br>computed %{x:.4g}<br>predicted %{y:.4g}<extra></extra>"},
+          "customdata": ids,
+          "hovertemplate": "structure %{customdata}<br>computed %{x:.4g}<br>predicted %{y:.4g}<extra></extra>"},
          {"type": "scatter", "x": [low, high], "y": [low, high], "mode": "lines", "name": "y = x",
           "line": {"color": "grey", "dash": "dot"}, "hoverinfo": "skip"}],
         title={"text": escape(title)}, xaxis={"title": {"text": f"computed {escape(target)}"}},
@@ -61,14 +60,14 @@ def ledger_parity(points: LedgerPoints, target: str) -> dict:
     values = points.targets[target]
     chosen = [n for n, (mean, computed) in enumerate(zip(values.mean, values.computed, strict=True))
               if mean is not None and computed is not None]
-    return parity(target, [points.structure_ids[n] for n in chosen], [points.formulas[n] for n in chosen],
+    return parity(target, [points.structure_ids[n] for n in chosen],
                   [values.computed[n] for n in chosen], [values.mean[n] for n in chosen],
                   [values.std[n] or 0.0 for n in chosen], f"{target}: predicted when chosen vs computed")
 
 
 def model_parity(points: ParityPoints, model: str) -> dict:
-    return parity(points.target, points.structure_ids, [f"structure {i}" for i in points.structure_ids],
-                  points.computed, points.mean, points.std, f"{model}: {points.target}, predicted vs stored label")
+    return parity(points.target, points.structure_ids, points.computed, points.mean, points.std,
+                  f"{model}: {points.target}, predicted vs stored label")
 
 
 def _cell_edges(lattice: np.ndarray) -> dict:
