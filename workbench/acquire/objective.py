@@ -15,6 +15,7 @@ from workbench.errors import WorkbenchError
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NAME = r"[A-Za-z_][\w.\-]*"
+TARGET_NAME = re.compile(_NAME)
 _LESS = r"<=?"
 _GREATER = r">=?"
 _PATTERNS = (

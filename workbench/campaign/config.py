@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from workbench.acquire.objective import Objective, parse_objective
+from workbench.acquire.objective import TARGET_NAME, Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
@@ -53,7 +53,10 @@ class Candidates(_Strict):
 
 class ModelSettings(_Strict):
     """The ensembles retrained every round (one per target); training defaults from
-    ``workbench.train.config.CAMPAIGN_TRAINING``."""
+    ``workbench.train.config.CAMPAIGN_TRAINING``. ``prior``: a stored scalar target (e.g.
+    ``sevennet.formation_energy_per_atom``) whose linear fit the first objective target's
+    ensemble learns the residual of (``workbench train --prior``); every candidate needs
+    its value (``screen`` computes it over the pool)."""
 
     architecture: str = "cgcnn"
     members: int = Field(CAMPAIGN_TRAINING.members, ge=1)
@@ -63,6 +66,7 @@ class ModelSettings(_Strict):
     learning_rate: float = Field(CAMPAIGN_TRAINING.learning_rate, gt=0)
     backbone: dict = Field(default_factory=dict)
     device: str = "auto"
+    prior: str | None = None
 
     # The registries below import torch: only when a config is read, not with this module.
     @field_validator("architecture")
@@ -88,6 +92,14 @@ class ModelSettings(_Strict):
             raise ValueError(f"{architecture} has no option {', '.join(map(repr, unknown))}; "
                              f"its options are {', '.join(sorted(known))}")
         return options
+
+    @field_validator("prior")
+    @classmethod
+    def _prior_is_a_target_name(cls, name: str | None) -> str | None:
+        if name is not None and not TARGET_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a target name; give the name of a stored scalar target, "
+                             "e.g. sevennet.formation_energy_per_atom")
+        return name
 
     @field_validator("device")
     @classmethod

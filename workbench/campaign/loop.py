@@ -255,18 +255,21 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
     """Train and register one ensemble per modelled target with enough labels (the new
     version becomes ``@champion``: it is the model this round ranks with), its members in
     ``member_executor`` if given. Targets already trained in this round are kept, so a
-    resumed round trains only the rest."""
+    resumed round trains only the rest. The first objective target's ensemble learns the
+    residual against ``model.prior`` when the config names one."""
     config = campaign_config(engine, round_ref.campaign_id)
     with session_scope(engine) as session:
         models = dict(session.get(Round, round_ref.round_id).models or {})
     counts = labeled_counts(engine, config.modelled_targets)
+    first_target = config.parsed_objective.targets[0]
     for target in config.modelled_targets:
         if target in models or counts[target] < MIN_LABELS:
             continue
         request = TrainRequest(target=target, name=_model_name(config, target),
                                architecture=config.model.architecture,
                                train=config.model.train_config(config.seed * 1000 + round_ref.number),
-                               backbone=dict(config.model.backbone), champion=True, device=config.model.device)
+                               backbone=dict(config.model.backbone), champion=True, device=config.model.device,
+                               prior=config.model.prior if target == first_target else None)
         result = train_and_register(engine, settings, request, member_executor=member_executor)
         models[target] = result.model_version_id
         if on_event:
@@ -276,7 +279,7 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
             session.get(Round, round_ref.round_id).models = dict(models)
     with session_scope(engine) as session:
         round_row = session.get(Round, round_ref.round_id)
-        round_row.models, round_row.model_version_id = models, models.get(config.parsed_objective.targets[0])
+        round_row.models, round_row.model_version_id = models, models.get(first_target)
         advance(session, round_ref)
     return models
 

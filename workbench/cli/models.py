@@ -99,6 +99,9 @@ def train(
     pooling: Annotated[str, typer.Option(help="Scalar targets: mean (intensive) or sum (extensive).")] = "mean",
     conserve_total: Annotated[bool, typer.Option(help="Per-site targets: values sum to 0 per structure.")]
     = False,
+    prior: Annotated[str | None, typer.Option(
+        help="Scalar targets: learn the residual against a linear fit of this stored scalar target "
+             "(e.g. sevennet.formation_energy_per_atom), added back when predicting.")] = None,
     champion: Annotated[bool, typer.Option(help="Make this version the champion.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     jobs: Annotated[int, typer.Option(
@@ -116,7 +119,7 @@ def train(
         featurizer=Featurizer(atom_features=_atom_features(atom_features)), spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
-        workers=jobs,
+        workers=jobs, prior=prior,
     )
     ensemble = EnsembleProgress(members, epochs)
     with progress_bar(jobs) as (progress, executor):

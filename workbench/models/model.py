@@ -1,13 +1,16 @@
 """A model is a backbone plus a head, with its target scaling and the featurizer it expects.
 
 Predictions come out in the target's units: the model keeps the shift and scale it was
-trained with as buffers, so a saved model needs nothing else to be used. A saved file
+trained with as buffers, and the linear fit of its prior (if it learns a residual) in its
+config, so a saved model needs nothing else to be used than its input graphs (which then
+carry the prior's value as ``data.prior``). A saved file
 holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` reads it).
 """
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +35,10 @@ class ModelConfig:
         featurizer_key: the featurizer whose graphs it reads.
         backbone: keyword arguments of the backbone's config.
         head_options: keyword arguments of the head (pooling, bins, site_size, ...).
+        prior: for a model that learns the residual of a scalar target against a stored
+            prior target, that target and the linear fit of it, ``{"target", "slope",
+            "intercept"}`` (:class:`PriorFit`); the prediction adds ``slope * prior +
+            intercept`` back, so the input graphs must carry ``data.prior``.
     """
 
     architecture: str
@@ -40,6 +47,30 @@ class ModelConfig:
     featurizer_key: str
     backbone: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
+    prior: dict | None = None
+
+
+@dataclass(frozen=True)
+class PriorFit:
+    """``slope * prior + intercept``: the least-squares line of a target against a prior
+    target, fitted on the training split."""
+
+    target: str
+    slope: float
+    intercept: float
+
+    @classmethod
+    def fit(cls, target: str, prior: np.ndarray, y: np.ndarray) -> "PriorFit":
+        design = np.column_stack([np.asarray(prior, dtype=float), np.ones(len(prior))])
+        (slope, intercept), *_ = np.linalg.lstsq(design, np.asarray(y, dtype=float), rcond=None)
+        return cls(target, float(slope), float(intercept))
+
+    def __call__(self, prior):
+        return self.slope * prior + self.intercept
+
+
+class MissingPrior(WorkbenchError, ValueError):
+    """Input graphs without the prior value a model adds back."""
 
 
 def needs_triplets(architecture: str) -> bool:
@@ -85,7 +116,22 @@ class CrystalModel(nn.Module):
         """Predictions in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
         batch = _batch_vector(data)
         raw = self.head(self.backbone(data), batch)
-        return self.head.constrain(raw * self.target_scale + self.target_shift, batch, data)
+        return self.head.constrain(raw * self.target_scale + self.target_shift, batch, data) + self.prior_term(data)
+
+    @property
+    def prior(self) -> PriorFit | None:
+        return PriorFit(**self.config.prior) if self.config.prior else None
+
+    def prior_term(self, data) -> torch.Tensor | float:
+        """What the prior adds to each prediction (0 without a prior)."""
+        prior = self.prior
+        if prior is None:
+            return 0.0
+        values = getattr(data, "prior", None)
+        if values is None:
+            raise MissingPrior(f"model for target {self.config.target!r} adds its prior {prior.target!r} back: "
+                               "its input graphs need that target's value (data.prior)")
+        return prior(values.reshape(-1).float())
 
     def embed(self, data) -> torch.Tensor:
         """The pooled crystal representation ``(B, F)`` the head reads (for diversity)."""

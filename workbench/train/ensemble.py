@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from workbench.featurize.data import CrystalGraphData
@@ -143,6 +143,9 @@ def train_ensemble(
     With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
     the validation errors (:meth:`Ensemble.calibrate`).
 
+    A model with a prior (``model_config.prior``) adds it to its output, so its target
+    scaling is fitted to the residuals it learns, and the loss is that of the sum.
+
     The kind's entry (:data:`~workbench.train.kinds.KINDS`) gives the target scaling and
     any part the members share: a spectrum head with a ``latent`` size first fits one
     autoencoder on the training spectra (early-stopped on the validation spectra, with the
@@ -156,7 +159,7 @@ def train_ensemble(
         torch.manual_seed(config.seed + index)
         models.append(CrystalModel(model_config))
     shared = spec.pretrain(models[0].head, train, validation, config, device)
-    scaling = spec.target_scaling(train)
+    scaling = spec.target_scaling(_residuals(models[0], train))
     jobs = []
     for index, model in enumerate(models):
         spec.prepare_member(model, shared, scaling)
@@ -185,6 +188,14 @@ def train_ensemble(
     if calibrate and validation:
         ensemble.calibrate(validation, device=device)
     return ensemble, histories
+
+
+def _residuals(model: CrystalModel, data: list[CrystalGraphData]) -> list:
+    """The labels left for the network once its prior is taken off (the labels themselves
+    without a prior): what the target scaling is fitted to."""
+    if model.prior is None:
+        return data
+    return [Data(y=item.y - model.prior_term(item)) for item in data]
 
 
 def _on_executor(executor: Executor, jobs: list[tuple], on_member: MemberCallback | None) -> list:

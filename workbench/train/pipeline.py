@@ -4,6 +4,11 @@
 runs: featurize what is missing, split the labeled structures by dedup key, train the
 ensemble, evaluate it beside the baselines on the test split, record everything in one
 MLflow run, register the ensemble, and record the version in ``model_versions``.
+
+With a ``prior`` (a stored scalar target, e.g. ``sevennet.formation_energy_per_atom``),
+the ensemble learns the residual of the target against the least-squares line of the
+prior fitted on the training split; the line is saved in every member's config and
+added back wherever the model predicts, which then needs the prior's stored value.
 """
 
 import math
@@ -25,12 +30,20 @@ from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.models.architectures import DEFAULT_ARCHITECTURE
+from workbench.models.model import PriorFit
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
 from workbench.store.queries import structures_where
 from workbench.store.schema import Featurizer as FeaturizerRow
-from workbench.store.schema import ModelVersion, Prediction, Structure, TargetDefinition, TargetKind
+from workbench.store.schema import (
+    ModelVersion,
+    Prediction,
+    Structure,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
+)
 from workbench.train.config import TrainConfig, available_cores
 from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import (
@@ -62,7 +75,9 @@ class TrainRequest:
     latent size (AE-ALIGNN's 12), decoded by its frozen decoder. The backbone's
     ``atom_feature_size`` comes from the featurizer (``Featurizer(atom_features="ofm")``
     for OCrystalNet, or for OGCNN with ``cgcnn``). ``workers``: processes that train the
-    members side by side (default: one per available core, at most one per member)."""
+    members side by side (default: one per available core, at most one per member).
+    ``prior``: a stored scalar target whose linear fit the ensemble learns the residual
+    of (scalar targets only; every labeled structure needs its value)."""
 
     target: str
     name: str
@@ -79,6 +94,7 @@ class TrainRequest:
     champion: bool = False
     device: str = "auto"
     workers: int | None = None
+    prior: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,13 +123,18 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     if len(labeled.data) < 10:
         raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
     definition = _definition(engine, request.target)
+    if request.prior:
+        attach_prior(engine, request.prior, labeled.structure_ids, labeled.data, target=request.target,
+                     kind=labeled.kind)
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
     backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer.atom_feature_size)
     spec = KINDS[labeled.kind]
+    prior = _fit_prior(request.prior, train) if request.prior else None
     model_config = ModelConfig(request.architecture, spec.head, request.target, featurizer.key, backbone=backbone,
-                               head_options=spec.head_options(definition, request))
+                               head_options=spec.head_options(definition, request),
+                               prior=asdict(prior) if prior else None)
     device = pick_device(request.device)
     ensemble, histories = train_ensemble(model_config, labeled.kind, train, validation, request.train,
                                          device=device, on_epoch=on_epoch, on_member=on_member,
@@ -129,6 +150,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
             **{f"graph.{key}": value for key, value in asdict(featurizer.graph).items()},
             **{f"head.{key}": value for key, value in model_config.head_options.items()},
             **{f"backbone.{key}": value for key, value in model_config.backbone.items()},
+            **({f"prior.{key}": value for key, value in asdict(prior).items()} if prior else {}),
         })
         for member, history in enumerate(histories):
             for epoch, (loss, val) in enumerate(zip(history.train_loss, history.validation_loss, strict=True)):
@@ -136,6 +158,8 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
                                    step=epoch)
             mlflow.log_metric(f"member{member}.seconds_per_epoch", history.seconds / max(len(history.train_loss), 1))
         metrics = evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir) if test else {}
+        if prior and test:
+            metrics |= prior_metrics(prior, test)
         metrics |= cost_metrics(ensemble, histories)
         mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)})
         for figure in workdir.glob("*.png"):
@@ -156,6 +180,60 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
 def _definition(engine: Engine, target: str) -> TargetDefinition:
     with session_scope(engine) as session:
         return session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
+
+
+class MissingPriorValues(InputError):
+    """Structures without a value of the prior target."""
+
+
+def prior_values(engine: Engine, prior: str, structure_ids: list[int]) -> dict[int, float]:
+    """The stored values of the scalar target ``prior`` for those of ``structure_ids``
+    that have one."""
+    with session_scope(engine) as session:
+        definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == prior))
+        if definition is None:
+            raise NotFound(f"no target named {prior!r} in the store (the prior)")
+        if definition.kind != TargetKind.SCALAR:
+            raise InputError(f"the prior {prior!r} is a {definition.kind.value} target; a prior must be scalar")
+        values = {}
+        for start in range(0, len(structure_ids), PREDICT_CHUNK):
+            chunk = structure_ids[start:start + PREDICT_CHUNK]
+            values |= dict(session.execute(
+                select(TargetValue.structure_id, TargetValue.value)
+                .where(TargetValue.target_id == definition.id, TargetValue.structure_id.in_(chunk))).all())
+    return values
+
+
+def attach_prior(engine: Engine, prior: str, structure_ids: list[int], data: list, *, target: str,
+                 kind: TargetKind) -> None:
+    """Set ``data.prior`` (the stored value of ``prior``) on each graph, in the order of
+    ``structure_ids``; refuses a non-scalar ``target`` and structures lacking the prior
+    (rather than dropping them silently: compute the prior for them first)."""
+    if kind != TargetKind.SCALAR:
+        raise InputError(f"target {target!r} is a {kind.value} target; a prior is for scalar targets only")
+    values = prior_values(engine, prior, structure_ids)
+    missing = [structure_id for structure_id in structure_ids if structure_id not in values]
+    if missing:
+        raise MissingPriorValues(
+            f"{len(missing)} of {len(structure_ids)} structures for target {target!r} have no value of the prior "
+            f"{prior!r} (structure ids {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}); "
+            "compute it for them first (workbench dft run --preset ...)")
+    for structure_id, item in zip(structure_ids, data, strict=True):
+        item.prior = torch.tensor([values[structure_id]], dtype=torch.float32)
+
+
+def _fit_prior(prior: str, train: list) -> PriorFit:
+    return PriorFit.fit(prior, np.array([item.prior.item() for item in train]),
+                        np.array([item.y.item() for item in train]))
+
+
+def prior_metrics(prior: PriorFit, test: list) -> dict[str, float]:
+    """The prior alone on the test split (its linear fit): ``prior.mae``, ``prior.rmse``.
+    The model's own metrics (``mae``, ...) are those of the prior plus the residual it
+    learnt; their error is also the residual model's error on the residuals."""
+    y = np.array([item.y.item() for item in test])
+    errors = prior(np.array([item.prior.item() for item in test])) - y
+    return {"prior.mae": float(np.mean(np.abs(errors))), "prior.rmse": float(np.sqrt(np.mean(errors**2)))}
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -227,6 +305,7 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
         ensemble = download_ensemble(name, registry_version, Path(scratch))
     for member in ensemble.members:
         member.check_featurizer(featurizer.key)
+    prior = ensemble.members[0].prior
     featurize_structures(engine, featurizer, structure_ids=todo, executor=executor)
     if on_total:
         on_total(len(todo))
@@ -237,6 +316,8 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
         chunk = todo[start:start + PREDICT_CHUNK]
         graphs = load_graphs(engine, featurizer.key, chunk)
         data = [graph_to_data(graphs[structure_id], table, triplets=triplets) for structure_id in chunk]
+        if prior:
+            attach_prior(engine, prior.target, chunk, data, target=target, kind=TargetKind.SCALAR)
         mean, std = ensemble.predict(data, device=device)
         rows = _prediction_rows(ensemble.config.head, chunk, data, mean, std, model_version_id, target_id)
         with session_scope(engine) as session:

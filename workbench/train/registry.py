@@ -3,7 +3,9 @@
 ``mlflow.pyfunc.load_model("models:/NAME@champion")`` gives a model that takes CIF
 strings, POSCAR strings or pymatgen structures (a list, or a DataFrame with a ``cif``
 column) and returns a DataFrame with ``mean`` and ``std`` per structure (lists of bins or
-of sites for spectra and per-site targets). The model carries its member weights, its
+of sites for spectra and per-site targets). A model trained with a prior
+(``workbench train --prior``) adds it back, so it takes a DataFrame with a ``prior``
+column too: each structure's value of the prior target. The model carries its member weights, its
 featurizer config and the workbench code, so it loads in a fresh process; it is logged
 as code (``pyfunc_entry.py``, MLflow's "models from code"), so loading it unpickles
 nothing.
@@ -12,11 +14,11 @@ nothing.
 import json
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow import MlflowClient
 from pymatgen.core import Structure as PymatgenStructure
 
@@ -26,12 +28,14 @@ from workbench.featurize.featurizer import Featurizer
 from workbench.featurize.graph import GraphConfig
 from workbench.io.structure_text import parse_structure_text
 from workbench.models import needs_triplets
+from workbench.models.model import MissingPrior, PriorFit
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
 from workbench.train.ensemble import Ensemble
 from workbench.train.kinds import kind_of_head
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PRIOR_COLUMN = "prior"  # the pyfunc input column of a model with a prior
 REQUIREMENTS = ("torch", "torch-geometric", "numpy", "pandas", "pymatgen", "ase", "gemmi", "moyopy",
                 "sqlalchemy", "scipy")
 
@@ -46,11 +50,16 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         if self.featurizer.key != self.ensemble.config.featurizer_key:
             raise ValueError("the packaged featurizer does not match the ensemble's")
 
-    def predict(self, context, model_input: list[Any], params: dict | None = None) -> pd.DataFrame:
+    # No type hint on model_input: MLflow would turn a DataFrame into its first column.
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
         crystals = [_crystal(item) for item in _items(model_input)]
         table = self.featurizer.feature_table()
         triplets = needs_triplets(self.ensemble.config.architecture)
         data = [graph_to_data(self.featurizer.graph_of(crystal), table, triplets=triplets) for crystal in crystals]
+        prior = self.ensemble.members[0].prior
+        if prior:
+            for item, value in zip(data, _prior_column(model_input, prior), strict=True):
+                item.prior = torch.tensor([value], dtype=torch.float32)
         mean, std = self.ensemble.predict(data)
         means, stds = kind_of_head(self.ensemble.config.head).per_structure(
             mean.numpy(), std.numpy(), [crystal.nsites for crystal in crystals])
@@ -66,6 +75,17 @@ def _items(model_input) -> list:
     if isinstance(model_input, str | PymatgenStructure):
         return [model_input]
     return list(model_input)
+
+
+def _prior_column(model_input, prior: PriorFit) -> list[float]:
+    if not isinstance(model_input, pd.DataFrame) or PRIOR_COLUMN not in model_input.columns:
+        raise MissingPrior(f"this model adds its prior {prior.target!r} back: pass a DataFrame with a "
+                           f"{PRIOR_COLUMN!r} column holding each structure's value of it")
+    values = model_input[PRIOR_COLUMN].astype(float)
+    if values.isna().any():
+        raise MissingPrior(f"rows {list(values.index[values.isna()])[:5]} have no {PRIOR_COLUMN!r} value "
+                           f"(the prior {prior.target!r})")
+    return list(values)
 
 
 def _crystal(item) -> Crystal:

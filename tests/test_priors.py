@@ -1,0 +1,149 @@
+"""Priors on real small data: EMT energies of L1_2 alloys, computed by the runner, are the
+prior of a scalar target that is a line of them plus a part the line cannot explain. The
+ensemble learns the residual; the store's predictions and the registered pyfunc model add
+the prior back; the errors are clear."""
+
+from itertools import permutations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from ase.calculators.emt import EMT
+from mlflow import MlflowClient
+from pymatgen.io.ase import AseAtomsAdaptor
+from sqlalchemy import select
+
+from tests.dft_helpers import LATTICE, campaign_document, l12
+from workbench.campaign.config import config_from_document
+from workbench.dft.presets import BUILTIN_PRESETS
+from workbench.dft.runner import RunOptions, queue_calculations, run_queued
+from workbench.errors import InputError, NotFound
+from workbench.io.entries import Entry, Label
+from workbench.io.importer import import_entries
+from workbench.io.readers import ReadOptions
+from workbench.models.model import MissingPrior, PriorFit
+from workbench.settings import Settings
+from workbench.store.engine import session_scope
+from workbench.store.schema import Prediction, StructureSource, TargetKind
+from workbench.structures.crystal import Crystal
+from workbench.train.config import TrainConfig
+from workbench.train.pipeline import (
+    MissingPriorValues,
+    TrainRequest,
+    predict_into_store,
+    train_and_register,
+)
+
+QUICK = TrainConfig(members=2, epochs=4, patience=4, batch_size=16, learning_rate=3e-3)
+SMALL = {"hidden": 16, "layers": 1}
+SLOPE, INTERCEPT = 2.0, 0.5
+
+
+def toy_value(atoms) -> float:
+    """A line of the EMT energy per atom plus what the line cannot explain (the minor
+    element's atomic number)."""
+    energy = atoms.copy()
+    energy.calc = EMT()
+    return SLOPE * energy.get_potential_energy() / len(atoms) + INTERCEPT + 0.001 * atoms.numbers[0]
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, mlflow_uri) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
+
+
+@pytest.fixture
+def alloys_with_prior(engine, tmp_path) -> dict[str, int]:
+    """42 alloys labeled with ``toy.energy``, with ``emt.*`` computed by the runner for
+    all but ``Au3Al``."""
+    crystals = {f"{a}3{b}": l12(a, b) for a, b in permutations(LATTICE, 2)}
+    entries = [Entry(row=name, external_id=name, crystal=Crystal.from_ase(atoms),
+                     labels={"toy.energy": Label(TargetKind.SCALAR, toy_value(atoms), "eV/atom")})
+               for name, atoms in crystals.items()]
+    import_entries(engine, entries, source="test", file="tests", options=ReadOptions())
+    with session_scope(engine) as session:
+        ids = dict(session.execute(select(StructureSource.external_id, StructureSource.structure_id)
+                                   .where(StructureSource.source == "test")).all())
+    queue_calculations(engine, [ids[name] for name in ids if name != "Au3Al"], BUILTIN_PRESETS["emt"])
+    run_queued(engine, BUILTIN_PRESETS["emt"], RunOptions(workdir=tmp_path / "dft", batch_size=50), references=False)
+    return ids
+
+
+def test_the_prior_fit_is_the_least_squares_line():
+    prior = np.linspace(-4, -2, 30)
+    fit = PriorFit.fit("emt.energy_per_atom", prior, 3.0 * prior - 1.0)
+    assert (fit.slope, fit.intercept) == (pytest.approx(3.0), pytest.approx(-1.0))
+    assert fit(np.array([0.0, 1.0])) == pytest.approx([-1.0, 2.0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_residual_ensemble_adds_its_prior_back(engine, settings, alloys_with_prior):
+    ids = alloys_with_prior
+    request = TrainRequest(target="toy.energy", name="toy", prior="emt.energy_per_atom", train=QUICK,
+                           backbone=SMALL, device="cpu", workers=1, validation_fraction=0.15, test_fraction=0.2)
+    with pytest.raises(MissingPriorValues, match="1 of 42 structures for target 'toy.energy' have no value of "
+                                                 "the prior 'emt.energy_per_atom'"):
+        train_and_register(engine, settings, request)
+    queue_calculations(engine, [ids["Au3Al"]], BUILTIN_PRESETS["emt"])
+    run_queued(engine, BUILTIN_PRESETS["emt"], RunOptions(workdir=settings.home / "dft"), references=False)
+
+    result = train_and_register(engine, settings, request)
+    # The prior alone (its line, fitted on the training split), and the sum of both.
+    assert {"prior.mae", "prior.rmse", "mae", "rmse", "baseline_composition.mae"} <= set(result.metrics)
+    assert result.metrics["prior.mae"] < 0.1
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    run = MlflowClient().get_run(result.run_id)
+    assert "prior.mae" in run.data.metrics and run.data.params["prior.target"] == "emt.energy_per_atom"
+    slope = float(run.data.params["prior.slope"])
+    assert slope == pytest.approx(SLOPE, rel=0.2)
+
+    # The store's predictions add the prior back: they sit on the labels, not on the residuals.
+    assert predict_into_store(engine, settings, "toy@champion") == 42
+    with session_scope(engine) as session:
+        stored = dict(session.execute(select(Prediction.structure_id, Prediction.mean)).all())
+    names = ["Cu3Au", "Pt3Ni", "Al3Ag"]
+    labels = {name: toy_value(l12(name[:2], name[3:])) for name in names}
+    for name in names:
+        assert abs(stored[ids[name]] - labels[name]) < 0.1  # the labels span 0.26-0.99
+
+    # The registered model takes the prior's value in a "prior" column and adds its line back.
+    model = mlflow.pyfunc.load_model("models:/toy@champion")
+    structures = [AseAtomsAdaptor.get_structure(l12(name[:2], name[3:])) for name in names]
+    emt = [_emt_per_atom(name) for name in names]
+    out = model.predict(pd.DataFrame({"cif": structures, "prior": emt}))
+    np.testing.assert_allclose(out["mean"], [stored[ids[name]] for name in names], rtol=1e-4, atol=1e-5)
+    shifted = model.predict(pd.DataFrame({"cif": structures, "prior": [value + 1.0 for value in emt]}))
+    np.testing.assert_allclose(shifted["mean"] - out["mean"], slope, rtol=1e-4)
+    np.testing.assert_allclose(shifted["std"], out["std"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(MissingPrior, match="'prior' column"):
+        model.predict(structures)
+
+
+def _emt_per_atom(name: str) -> float:
+    atoms = l12(name[:2], name[3:])
+    atoms.calc = EMT()
+    return atoms.get_potential_energy() / len(atoms)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_priors_are_for_scalar_targets_only(engine, settings, alloys_with_prior):
+    def train(target: str, prior: str) -> None:
+        train_and_register(engine, settings, TrainRequest(target=target, name="x", prior=prior, train=QUICK,
+                                                          backbone=SMALL, device="cpu", workers=1))
+
+    with pytest.raises(InputError, match="target 'emt.forces' is a per_site target; a prior is for scalar"):
+        train("emt.forces", "emt.energy_per_atom")
+    with pytest.raises(InputError, match="the prior 'emt.forces' is a per_site target; a prior must be scalar"):
+        train("toy.energy", "emt.forces")
+    with pytest.raises(NotFound, match="no target named 'sevennet.energy' in the store"):
+        train("toy.energy", "sevennet.energy")
+
+
+def test_the_campaign_config_takes_a_scalar_prior():
+    config = config_from_document(campaign_document("x", 10, model={"prior": "emt.energy_per_atom"}))
+    assert config.model.prior == "emt.energy_per_atom"
+    assert config_from_document(campaign_document("x", 10)).model.prior is None
+    with pytest.raises(InputError, match="model.prior: "):
+        config_from_document(campaign_document("x", 10, model={"prior": "emt.energy_per_atom <= 2"}))
