@@ -259,6 +259,8 @@ def test_every_page_answers(client, store):
         assert response.status_code == 200, path
         assert expected in response.text, path
         assert "script-src 'self'" in response.headers["content-security-policy"]
+    # The campaign is still active: its page reloads itself.
+    assert '<meta http-equiv="refresh" content="15">' in client.get("/campaigns/alloys").text
     assert client.get("/static/plotly.min.js").status_code == 200
     assert client.get("/static/dashboard.js").status_code == 200
 

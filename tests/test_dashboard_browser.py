@@ -175,6 +175,7 @@ def test_campaign_page_draws_its_figures_and_ledger(page, site):
     assert page.locator("#rounds tbody tr").count() == 2
     assert page.locator("#ledger tbody tr").count() == CAMPAIGN_BUDGET
     assert "finished" in page.locator("h1").inner_text()
+    assert page.locator("meta[http-equiv=refresh]").count() == 0  # only a running campaign reloads
 
 
 def test_the_ledger_sorts_and_filters(page, site):
