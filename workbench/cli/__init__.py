@@ -7,6 +7,7 @@
 - :mod:`workbench.cli.serve`: ``serve``, the browser dashboard.
 - :mod:`workbench.cli.generate`: ``generate substitute | predict | prototypes``.
 - :mod:`workbench.cli.hull`: ``hull``, energies above the convex hull.
+- :mod:`workbench.cli.relax`: ``relax``, relaxations stored as structures.
 - :mod:`workbench.cli.shared`: the root command, its error handler and what commands share.
 """
 
@@ -16,6 +17,7 @@ from workbench.cli.shared import app
 # isort: off
 from workbench.cli import store, models, dft, campaign, serve  # noqa: F401
 from workbench.cli import generate, hull  # noqa: F401
+from workbench.cli import relax  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

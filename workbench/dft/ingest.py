@@ -4,6 +4,10 @@ A calculation's targets are named ``<preset>.<quantity>`` (``gpaw.band_gap``,
 ``emt.energy_per_atom``): results of different levels of theory are different targets.
 Each ingest is one transaction that also marks the calculation done, so a crash leaves
 either everything or nothing; ingesting a calculation that is done already adds nothing.
+
+A relaxation's targets belong to the relaxed structure, which the same transaction stores
+and links (:mod:`workbench.dft.relaxation`); its id is kept in the calculation's
+``results["relaxation"]["structure_id"]``.
 """
 
 from collections import Counter
@@ -23,6 +27,7 @@ from workbench.dft.outputs import (
     raw_dos,
     standard_dos,
 )
+from workbench.dft.relaxation import store_relaxed_structure
 from workbench.errors import WorkbenchError
 from workbench.store.bulk import insert_ignoring_duplicates, one_writer_at_a_time
 from workbench.store.engine import session_scope
@@ -113,26 +118,35 @@ def _definition(session: Session, name: str, quantity: Quantity) -> TargetDefini
     return definition
 
 
+def target_structure_id(calculation: Calculation) -> int:
+    """The structure a calculation's targets belong to: the relaxed one for a relaxation."""
+    return (calculation.results or {}).get("relaxation", {}).get("structure_id", calculation.structure_id)
+
+
 def write_targets(session: Session, calculation: Calculation, values: dict) -> int:
-    """Store ``{quantity: value}`` as target values of the calculation; returns how many are new."""
+    """Store ``{quantity: value}`` as target values of the calculation (on
+    :func:`target_structure_id`); returns how many are new."""
     new = 0
+    structure_id = target_structure_id(calculation)
+    # Relaxations from different starts may end in the same structure: the first keeps its values.
+    relaxed = "relaxation" in (calculation.results or {})
     for quantity, value in values.items():
         name = target_name(calculation.preset, quantity)
         definition = _definition(session, name, QUANTITIES[quantity])
         existing = session.scalars(select(TargetValue).where(
-            TargetValue.structure_id == calculation.structure_id, TargetValue.target_id == definition.id,
+            TargetValue.structure_id == structure_id, TargetValue.target_id == definition.id,
         )).one_or_none()
         if existing is not None:
-            if existing.calculation_id != calculation.id:
+            if existing.calculation_id != calculation.id and not relaxed:
                 raise IngestConflict(
-                    f"structure {calculation.structure_id} has a value of {name!r} from "
+                    f"structure {structure_id} has a value of {name!r} from "
                     f"{existing.source_file or 'another calculation'}; calculation {calculation.id} "
                     "would contradict it"
                 )
             continue
         scalar = definition.kind is TargetKind.SCALAR
         session.add(TargetValue(
-            structure_id=calculation.structure_id, target_id=definition.id,
+            structure_id=structure_id, target_id=definition.id,
             value=float(value) if scalar else None,
             value_array=None if scalar else np.asarray(value, dtype=float),
             calculation_id=calculation.id, source_file=calculation.workdir,
@@ -163,8 +177,11 @@ def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: d
         calculation = session.get(Calculation, calculation_id, with_for_update=True)
         if calculation.status is CalculationStatus.DONE:
             return False
-        write_targets(session, calculation, target_values(results, arrays))
+        if "relaxation" in results:
+            relaxed_id = store_relaxed_structure(session, calculation, results["relaxation"], arrays)
+            results["relaxation"] = results["relaxation"] | {"structure_id": relaxed_id}
         calculation.results = results
+        write_targets(session, calculation, target_values(results, arrays))
         calculation.arrays = arrays_to_bytes(arrays)
         calculation.status = CalculationStatus.DONE
         calculation.reason = None

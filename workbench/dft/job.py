@@ -5,6 +5,10 @@ the calculator's own output into ``DIR``, then either ``result.json`` + ``result
 (plain numbers and arrays) or ``error.json`` with the reason of the failure. The runner
 (:mod:`workbench.dft.runner`) reads them; this module never touches the store.
 
+A relaxation (the job's ``relax`` settings) moves atoms and cell with an ASE optimiser
+first, writes each step's energy and largest force to ``trajectory.json`` and adds the
+relaxed cell and coordinates to the arrays, then extracts the properties at the end point.
+
 A batch (``DIR/batch.json``) is many attempts of one calculator in one process: the
 calculator is built once, then the items are computed in their order, each writing its
 own result or error into its own attempt folder, so that one failed structure fails
@@ -38,6 +42,8 @@ RESULT_FILE = "result.json"
 ARRAYS_FILE = "result.npz"
 ERROR_FILE = "error.json"
 CALCULATOR_LOG = "calculator.txt"
+TRAJECTORY_FILE = "trajectory.json"
+OPTIMIZER_LOG = "optimizer.log"
 EXIT_SCF = 3
 EXIT_CRASH = 1
 PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive (not Linux)
@@ -262,11 +268,44 @@ def _write_error(directory: Path, error: Exception) -> str:
     return reason
 
 
+def relax(atoms: Atoms, settings: dict, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Relax ``atoms`` (with its calculator) in place by ``settings`` (a
+    :class:`workbench.dft.presets.Relaxation` as a dict); returns the summary and the
+    arrays: relaxed cell and coordinates, and per step (the start included) the energy,
+    the largest force on an atom and the optimiser's convergence measure."""
+    from ase import optimize
+    from ase.filters import FrechetCellFilter
+
+    moved = FrechetCellFilter(atoms) if settings["cell"] else atoms
+    optimizer = getattr(optimize, settings["optimizer"])(moved, logfile=str(directory / OPTIMIZER_LOG))
+    steps: dict[str, list[float]] = {"energy": [], "max_force": [], "fmax": []}
+
+    def record() -> None:
+        steps["energy"].append(float(atoms.get_potential_energy()))
+        steps["max_force"].append(float(np.linalg.norm(atoms.get_forces(), axis=1).max()))
+        steps["fmax"].append(float(np.linalg.norm(moved.get_forces(), axis=1).max()))
+
+    optimizer.attach(record)
+    converged = bool(optimizer.run(fmax=settings["fmax"], steps=settings["steps"]))
+    summary = {"converged": converged, "steps": int(optimizer.nsteps), "fmax": steps["fmax"][-1],
+               "fmax_limit": settings["fmax"], "step_limit": settings["steps"],
+               "initial_energy": steps["energy"][0], "trajectory": TRAJECTORY_FILE}
+    _write_json(directory / TRAJECTORY_FILE, summary | {"per_step": steps})
+    arrays = {"relaxed_cell": np.asarray(atoms.cell[:], dtype=float),
+              "relaxed_frac_coords": atoms.get_scaled_positions(wrap=True)}
+    arrays |= {f"trajectory_{name}": np.asarray(values) for name, values in steps.items()}
+    return summary, arrays
+
+
 def _compute(job: dict, structure: dict, calculator, directory: Path, started: float) -> None:
     """One structure with a built calculator: ``result.json`` + ``result.npz`` in ``directory``."""
     atoms = atoms_from_record(structure)
     atoms.calc = calculator
+    relaxation, relaxed = relax(atoms, job["relax"], directory) if job.get("relax") else (None, {})
     results, arrays = extract(atoms, calculator, job["dos"], tuple(job.get("properties", DFT_PROPERTIES)))
+    if relaxation is not None:
+        results["relaxation"] = relaxation
+        arrays |= relaxed
     charges = bader_charges(atoms, calculator, directory)
     if charges is not None:
         arrays["charges"] = charges

@@ -16,9 +16,14 @@ Universal interatomic potentials (SevenNet, CHGNet) are calculators like any oth
 presets name a model whose weights ship inside the installed package, and compute many
 structures per worker process (``batch_size``). A model that would be downloaded at run
 time is refused with a :class:`PresetError`, never fetched.
+
+A relaxation is a task of a preset: :func:`relax_preset` derives ``<preset>-relax`` (the
+same calculator and settings, with a :class:`Relaxation`), so that a relaxation is its own
+calculation per structure, its targets are ``<preset>-relax.<quantity>`` and never mix
+with the single points of ``<preset>``.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -58,6 +63,49 @@ class PresetError(WorkbenchError, ValueError):
     """A preset that cannot be used, named in the message."""
 
 
+# ASE optimisers a relaxation may use, by their class name in ase.optimize.
+RELAX_OPTIMIZERS = ("FIRE", "BFGS", "LBFGS", "BFGSLineSearch")
+RELAX_SUFFIX = "-relax"
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """How a relax preset moves atoms (and cell) before its final single point.
+
+    Attributes:
+        fmax: converged when the largest force is below this, eV/Å (with ``cell``, the
+            cell's stress times volume counts as a force, ASE's ``FrechetCellFilter``).
+        steps: optimiser steps at most; a relaxation that reaches it is stored with
+            ``converged: false``.
+        cell: whether the cell relaxes with the atoms.
+        optimizer: a class of ``ase.optimize``, one of :data:`RELAX_OPTIMIZERS`.
+    """
+
+    fmax: float = 0.05
+    steps: int = 300
+    cell: bool = True
+    optimizer: str = "FIRE"
+
+    def __post_init__(self) -> None:
+        if not self.fmax > 0:
+            raise PresetError(f"relaxation fmax must be positive, not {self.fmax}")
+        if self.steps < 1:
+            raise PresetError(f"relaxation steps must be at least 1, not {self.steps}")
+        if self.optimizer not in RELAX_OPTIMIZERS:
+            raise PresetError(f"relaxation optimizer {self.optimizer!r} is not one of {RELAX_OPTIMIZERS}")
+
+    def label(self) -> str:
+        """The part of a relax preset's name that tells non-default settings apart."""
+        default = Relaxation()
+        parts = [f"{name}{getattr(self, name):g}" for name in ("fmax", "steps")
+                 if getattr(self, name) != getattr(default, name)]
+        if not self.cell:
+            parts.append("fixed-cell")
+        if self.optimizer != default.optimizer:
+            parts.append(self.optimizer.lower())
+        return "-".join(parts)
+
+
 @dataclass(frozen=True)
 class Preset:
     """How to compute one structure.
@@ -86,6 +134,8 @@ class Preset:
             calculator once (a model's weights load once); 1 runs each attempt as its own
             process. ``wall_time_s`` then limits the whole batch.
         description: one line for ``workbench dft presets``.
+        relax: ``None`` for a single point on the stored geometry; a :class:`Relaxation`
+            relaxes first, stores the relaxed structure and puts the targets on it.
     """
 
     name: str
@@ -102,6 +152,7 @@ class Preset:
     properties: tuple[str, ...] = DFT_PROPERTIES
     batch_size: int = 1
     description: str = ""
+    relax: Relaxation | None = None
 
     def __post_init__(self) -> None:
         if self.spin not in SPIN_MODES:
@@ -137,6 +188,11 @@ class Preset:
             raise PresetError(f"{origin}: a preset needs 'name' and 'calculator'")
         record = dict(record)
         record["scf_ladder"] = tuple(record.get("scf_ladder") or ())
+        if isinstance(record.get("relax"), dict):
+            unknown = set(record["relax"]) - set(Relaxation.__dataclass_fields__)
+            if unknown:
+                raise PresetError(f"{origin}: unknown relax fields {sorted(unknown)}")
+            record["relax"] = Relaxation(**record["relax"])
         if "properties" in record:
             record["properties"] = tuple(record["properties"])
         if isinstance(record.get("spin"), bool):  # YAML reads a bare on/off as a boolean
@@ -192,6 +248,26 @@ def universal_preset(name: str, calculator: str, model: str, description: str, *
         spin="off", dos=False, properties=properties, batch_size=UNIVERSAL_BATCH_SIZE,
         # A model's failure on a structure is deterministic: trying it again changes nothing.
         max_attempts=1, crash_retries=0, wall_time_s=UNIVERSAL_BATCH_WALL_TIME_S, description=description,
+    )
+
+
+# A relaxation is some 50-300 single points: smaller batches keep a batch within its wall time.
+RELAX_BATCH_SIZE = 50
+
+
+def relax_preset(preset: Preset, relaxation: Relaxation | None = None) -> Preset:
+    """``preset`` as a relaxation (default settings unless ``relaxation``): named
+    ``<preset>-relax`` plus the non-default settings (``emt-relax-fmax0.01-fixed-cell``),
+    no DOS (a static stage computes it)."""
+    relaxation = relaxation or Relaxation()
+    if preset.relax is not None:
+        raise PresetError(f"preset {preset.name!r} is a relaxation already")
+    label = relaxation.label()
+    return replace(
+        preset, name=f"{preset.name}{RELAX_SUFFIX}{'-' + label if label else ''}", relax=relaxation, dos=False,
+        batch_size=min(preset.batch_size, RELAX_BATCH_SIZE),
+        description=f"{preset.name} relaxation (fmax {relaxation.fmax:g} eV/Å, at most {relaxation.steps} steps, "
+                    f"{'cell relaxed' if relaxation.cell else 'fixed cell'}, {relaxation.optimizer})",
     )
 
 
@@ -294,6 +370,8 @@ def load_preset(name_or_file: str) -> Preset:
     """A built-in preset by name, or the preset in a YAML/JSON file."""
     if name_or_file in BUILTIN_PRESETS:
         return BUILTIN_PRESETS[name_or_file]
+    if name_or_file.endswith(RELAX_SUFFIX) and name_or_file.removesuffix(RELAX_SUFFIX) in BUILTIN_PRESETS:
+        return relax_preset(BUILTIN_PRESETS[name_or_file.removesuffix(RELAX_SUFFIX)])
     if name_or_file.lower() in DOWNLOADING_MODELS:
         raise PresetError(f"no preset {name_or_file!r}: {_downloads(name_or_file)}")
     path = Path(name_or_file)

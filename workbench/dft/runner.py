@@ -3,7 +3,8 @@
 A calculation is one row per (structure, preset). Workers claim it atomically
 (``queued`` -> ``running``), run attempts as child processes (:mod:`workbench.dft.job`)
 in their own process group with a wall-time limit, record every attempt with its reason
-of failure (``timeout``, ``scf``, ``crash``, ``parse``, ``lost``), and ingest a result in
+of failure (``timeout``, ``scf``, ``crash``, ``parse``, ``lost``, ``refused``: a
+relaxation ended in a structure the store refuses), and ingest a result in
 one transaction that also marks the calculation ``done``. SCF non-convergence climbs the
 preset's ladder of changed settings; a crash is retried ``crash_retries`` times; a
 time-out is not retried unless the preset says so.
@@ -29,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from workbench.dft import job as job_protocol
 from workbench.dft.ingest import add_formation_energies, ingest_outputs
 from workbench.dft.presets import Preset, calculator_path, initial_moments, resolve_parameters
 from workbench.dft.references import reference_structure_ids
+from workbench.dft.relaxation import RelaxedStructureRefused
 from workbench.errors import InputError, NotFound
 from workbench.store.bulk import insert_ignoring_duplicates
 from workbench.store.engine import session_scope
@@ -52,7 +54,7 @@ from workbench.store.schema import (
 )
 from workbench.structures.crystal import Crystal
 
-REASONS = ("timeout", "scf", "crash", "parse", "lost")
+REASONS = ("timeout", "scf", "crash", "parse", "lost", "refused")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Fortran programs (pw.x) buffer stdout and lose their error message when MPI aborts.
 UNBUFFERED_FORTRAN = {"GFORTRAN_UNBUFFERED_PRECONNECTED": "y"}
@@ -335,6 +337,7 @@ def calculator_record(preset: Preset, atoms, rung: int, options: RunOptions) -> 
         "parameters": resolve_parameters(preset, atoms, rung),
         "properties": list(preset.properties),
         "dos": preset.dos,
+        "relax": None if preset.relax is None else asdict(preset.relax),
         "runner_pid": os.getpid(),
         "espresso_pseudo_dir": options.espresso_pseudo_dir,
         "espresso_command": options.espresso_command,
@@ -366,6 +369,7 @@ def _finished_result(directory: Path | None) -> AttemptOutcome | None:
     if directory is None or not (directory / job_protocol.RESULT_FILE).is_file():
         return None
     outcome = _read_result(directory)
+    outcome.wall_time_s = outcome.results.get("compute_s", 0.0)
     return outcome if outcome.reason is None else None
 
 
@@ -392,10 +396,14 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
 
     finished = _finished_result(last_workdir)
     if finished is not None:
-        ingest_outputs(engine, calculation_id, finished.results, finished.arrays,
-                       wall_time_s=finished.results.get("compute_s", 0.0), attempt=_attempt_values(number, finished))
-        notify(calculation_id, "done (result recovered from a finished job)")
-        return "done"
+        refused = _ingest(engine, calculation_id, finished, number)
+        if refused is None:
+            notify(calculation_id, "done (result recovered from a finished job)")
+            return "done"
+        _close_attempt(engine, calculation_id, number, refused)
+        _fail(engine, calculation_id, refused.reason)
+        notify(calculation_id, f"failed: {refused.reason}: {refused.message}")
+        return "failed"
 
     wall_time = options.wall_time_s or preset.wall_time_s
     max_attempts = options.max_attempts or preset.max_attempts
@@ -417,10 +425,11 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
                               heartbeat_s=options.heartbeat_s,
                               heartbeat=lambda: _heartbeat(engine, calculation_id))
         if outcome.reason is None:
-            ingest_outputs(engine, calculation_id, outcome.results, outcome.arrays,
-                           wall_time_s=outcome.wall_time_s, attempt=_attempt_values(number, outcome))
-            notify(calculation_id, f"done in {outcome.wall_time_s:.1f} s")
-            return "done"
+            refused = _ingest(engine, calculation_id, outcome, number)
+            if refused is None:
+                notify(calculation_id, f"done in {outcome.wall_time_s:.1f} s")
+                return "done"
+            outcome = refused
         _close_attempt(engine, calculation_id, number, outcome)
         notify(calculation_id, f"attempt {number} failed: {outcome.reason}: {outcome.message}")
         reasons.append(outcome.reason)
@@ -428,11 +437,26 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
         if next_rung is None:
             break
         rung = next_rung
-    with session_scope(engine) as session:
-        session.execute(update(Calculation).where(Calculation.id == calculation_id).values(
-            status=CalculationStatus.FAILED, reason=reasons[-1], finished_at=_now()))
+    _fail(engine, calculation_id, reasons[-1])
     notify(calculation_id, f"failed: {reasons[-1]}")
     return "failed"
+
+
+def _fail(engine: Engine, calculation_id: int, reason: str) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Calculation).where(Calculation.id == calculation_id).values(
+            status=CalculationStatus.FAILED, reason=reason, finished_at=_now()))
+
+
+def _ingest(engine: Engine, calculation_id: int, outcome: AttemptOutcome, number: int) -> AttemptOutcome | None:
+    """Ingest a computed result; returns None, or the attempt's failure when the store
+    refuses the structure a relaxation ended in (nothing is written then)."""
+    try:
+        ingest_outputs(engine, calculation_id, outcome.results, outcome.arrays,
+                       wall_time_s=outcome.wall_time_s, attempt=_attempt_values(number, outcome))
+    except RelaxedStructureRefused as error:
+        return AttemptOutcome("refused", str(error), outcome.exit_code, wall_time_s=outcome.wall_time_s)
+    return None
 
 
 def _attempt_values(number: int, outcome: AttemptOutcome) -> dict:
@@ -540,11 +564,15 @@ def run_batch(engine: Engine, calculation_ids: list[int], preset: Preset, option
     for item in items:
         finished = _finished_result(item.last_workdir)
         if finished is not None:
-            ingest_outputs(engine, item.calculation_id, finished.results, finished.arrays,
-                           wall_time_s=finished.results.get("compute_s", 0.0),
-                           attempt=_attempt_values(item.number, finished))
-            item.status = "done"
-            notify(item.calculation_id, "done (result recovered from a finished job)")
+            refused = _ingest(engine, item.calculation_id, finished, item.number)
+            if refused is None:
+                item.status = "done"
+                notify(item.calculation_id, "done (result recovered from a finished job)")
+            else:
+                _close_attempt(engine, item.calculation_id, item.number, refused)
+                _fail(engine, item.calculation_id, refused.reason)
+                item.status = "failed"
+                notify(item.calculation_id, f"failed: {refused.reason}: {refused.message}")
     max_attempts = options.max_attempts or preset.max_attempts
     pending = [item for item in items if item.status is None]
     while pending:
@@ -642,18 +670,17 @@ def _settle(engine: Engine, item: BatchItem, outcome: AttemptOutcome, preset: Pr
             max_attempts: int) -> None:
     """Ingest a computed structure, or record its failed attempt and whether it is tried again."""
     if outcome.reason is None:
-        ingest_outputs(engine, item.calculation_id, outcome.results, outcome.arrays,
-                       wall_time_s=outcome.wall_time_s, attempt=_attempt_values(item.number, outcome))
-        item.status = "done"
-        return
+        refused = _ingest(engine, item.calculation_id, outcome, item.number)
+        if refused is None:
+            item.status = "done"
+            return
+        outcome = refused
     _close_attempt(engine, item.calculation_id, item.number, outcome)
     notify(item.calculation_id, f"attempt {item.number} failed: {outcome.reason}: {outcome.message}")
     item.reasons.append(outcome.reason)
     if len(item.reasons) < max_attempts and _retry_rung(preset, item.reasons) is not None:
         return  # in the next batch
-    with session_scope(engine) as session:
-        session.execute(update(Calculation).where(Calculation.id == item.calculation_id).values(
-            status=CalculationStatus.FAILED, reason=outcome.reason, finished_at=_now()))
+    _fail(engine, item.calculation_id, outcome.reason)
     item.status = "failed"
     notify(item.calculation_id, f"failed: {outcome.reason}")
 

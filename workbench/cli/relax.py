@@ -1,0 +1,96 @@
+"""``workbench relax``: relaxations through the DFT runner, relaxed structures stored."""
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from workbench.cli.dft import (
+    AttemptsOption,
+    BatchSizeOption,
+    JobsOption,
+    ThreadsOption,
+    WallTimeOption,
+    _preset,
+    _run_and_report,
+    _run_options,
+)
+from workbench.cli.shared import app, console, id_list, invocation, print_table
+
+
+@app.command("relax")
+def relax(
+    ctx: typer.Context,
+    preset: Annotated[str, typer.Option(
+        help="Preset to relax with (sevennet, chgnet, emt, gpaw-fast, gpaw or a .yaml/.json file); "
+             "the calculations are named <preset>-relax.")] = "sevennet",
+    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
+    where: Annotated[str, typer.Option(
+        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Every structure without a done relaxation, relaxed structures of this preset left out.")] = False,
+    fmax: Annotated[float, typer.Option(help="Converged below this largest force, eV/Å.")] = 0.05,
+    steps: Annotated[int, typer.Option(help="Optimiser steps at most.")] = 300,
+    cell: Annotated[bool, typer.Option("--cell/--fixed-cell", help="Relax the cell with the atoms.")] = True,
+    optimizer: Annotated[str, typer.Option(help="ASE optimiser: FIRE, BFGS, LBFGS or BFGSLineSearch.")] = "FIRE",
+    threads: ThreadsOption = 1,
+    jobs: JobsOption = 1,
+    wall_time: WallTimeOption = None,
+    max_attempts: AttemptsOption = None,
+    batch_size: BatchSizeOption = None,
+) -> None:
+    """Relax the chosen structures (atoms and cell, an ASE optimiser) and store each relaxed
+    structure, linked to the one it came from, with the final energy as its targets.
+
+    Each relaxation is a calculation of the preset <preset>-relax (other fmax, steps, cell or
+    optimiser settings are named in it too, e.g. emt-relax-fmax0.01), run like `workbench dft run`:
+    attempts, time limits, retries; a structure relaxed before is not relaxed again.
+    """
+    from dataclasses import replace
+
+    from workbench.dft.presets import PresetError, Relaxation, relax_preset
+    from workbench.dft.relaxation import relaxation_products, relaxation_summaries
+    from workbench.dft.runner import queue_calculations, select_structures
+
+    if sum([bool(ids), bool(where), all_]) != 1:
+        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    run = invocation(ctx)
+    engine = run.engine
+    try:
+        relaxation_preset = relax_preset(_preset(preset), Relaxation(fmax, steps, cell, optimizer))
+        if batch_size is not None:
+            relaxation_preset = replace(relaxation_preset, batch_size=batch_size)
+    except PresetError as error:
+        raise typer.BadParameter(str(error)) from None
+    structure_ids = select_structures(engine, relaxation_preset.name, ids=id_list(ids),
+                                      where=where or None, every=all_)
+    if all_:
+        products = relaxation_products(engine, relaxation_preset.name)
+        structure_ids = [structure_id for structure_id in structure_ids if structure_id not in products]
+    calculation_ids = queue_calculations(engine, structure_ids, relaxation_preset)
+    console.print(f"{len(calculation_ids)} structures chosen for {relaxation_preset.name}")
+    try:
+        _run_and_report(engine, relaxation_preset,
+                        _run_options(run, threads, jobs, wall_time, max_attempts), calculation_ids)
+    finally:
+        _print_relaxations(relaxation_summaries(engine, calculation_ids))
+
+
+def _print_relaxations(summaries) -> None:
+    table = Table("calculation", "structure", "relaxed", "status", "steps", "converged", "fmax (eV/Å)",
+                  "energy (eV)", title="relaxations")
+    for summary in summaries:
+        converged = {None: "", True: "yes", False: "no"}[summary.converged]
+        table.add_row(
+            str(summary.calculation_id), str(summary.structure_id),
+            "" if summary.relaxed_structure_id is None else str(summary.relaxed_structure_id),
+            summary.status, "" if summary.steps is None else str(summary.steps), converged,
+            "" if summary.fmax is None else f"{summary.fmax:.3g} (limit {summary.fmax_limit:g})",
+            "" if summary.energy is None else f"{summary.energy:.4f}")
+    print_table(table)
+    # Unwrapped, so that a stopped relaxation is never lost in a narrow table.
+    for summary in summaries:
+        if summary.converged is False:
+            console.print(f"[yellow]calculation {summary.calculation_id}: stopped at the step limit of "
+                          f"{summary.step_limit} with a largest force of {summary.fmax:.3g} eV/Å "
+                          f"(limit {summary.fmax_limit:g}); its structure is stored as not converged")
