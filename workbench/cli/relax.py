@@ -85,7 +85,7 @@ def _print_relaxations(summaries) -> None:
             str(summary.calculation_id), str(summary.structure_id),
             "" if summary.relaxed_structure_id is None else str(summary.relaxed_structure_id),
             summary.status, "" if summary.steps is None else str(summary.steps), converged,
-            "" if summary.fmax is None else f"{summary.fmax:.3g} (limit {summary.fmax_limit:g})",
+            "" if summary.fmax is None else f"{summary.fmax:.3g}",
             "" if summary.energy is None else f"{summary.energy:.4f}")
     print_table(table)
     # Unwrapped, so that a stopped relaxation is never lost in a narrow table.
