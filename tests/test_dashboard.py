@@ -243,6 +243,38 @@ def test_models_and_their_parity(store):
     assert points.target == TARGET and len(points.computed) == 7
 
 
+def test_a_stability_campaign_draws_the_hulls_of_its_systems(engine, store):
+    from ase.build import bulk
+
+    from tests.dft_helpers import store_crystals
+
+    ids = store_crystals(engine, {"Cu": bulk("Cu", "fcc", a=3.61), "Au": bulk("Au", "fcc", a=4.08)})
+    energies = {ids["Cu"]: 0.0, ids["Au"]: 0.0, ids["Cu3Au"]: -0.1, ids["Au3Cu"]: 0.05}
+    campaign_id = open_campaign(engine, config_from_document(campaign_document(
+        "stable", 4, objective=["hull.e_above_hull<=0.01"])))
+    with session_scope(engine) as session:
+        level = TargetDefinition(name="hull.energy_per_atom", kind=TargetKind.SCALAR, units="eV/atom")
+        session.add(level)
+        session.flush()
+        session.add_all([TargetValue(structure_id=i, target_id=level.id, value=v) for i, v in energies.items()])
+        round_row = Round(campaign_id=campaign_id, number=0, kind=RoundKind.RANDOM, status="done")
+        session.add(round_row)
+        session.flush()
+        session.add(Acquisition(round_id=round_row.id, structure_id=ids["Cu3Au"], acquisition_function="random",
+                                score=0.5, rank=1, batch=1, status=AcquisitionStatus.DISPATCHED))
+    view = queries.campaign_view(store["engine"], "stable")
+    [system] = queries.campaign_hulls(store["engine"], view, [ids["Cu3Au"]])
+    points = {int(key): (x, y, above, chosen) for key, x, y, above, chosen in zip(
+        system.keys, system.fraction, system.formation_energy, system.e_above_hull, system.chosen, strict=True)}
+    assert system.system == "Au-Cu" and set(points) == set(energies)
+    assert points[ids["Cu3Au"]] == pytest.approx((0.75, -0.1, 0.0, True))
+    # above the line from Au (0, 0) to Cu3Au (0.75, -0.1), which passes -0.1/3 at x = 0.25
+    assert points[ids["Au3Cu"]][2] == pytest.approx(0.05 + 0.1 / 3) and not points[ids["Au3Cu"]][3]
+    assert queries.campaign_hulls(store["engine"], queries.campaign_view(store["engine"], "alloys"), []) == []
+    page = TestClient(create_app(Dashboard(store["engine"]))).get("/campaigns/stable")
+    assert page.status_code == 200 and 'id="figure-hull-Au-Cu"' in page.text
+
+
 # -- HTTP -------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -152,7 +152,10 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
         page = queries.ledger_page(engine, view, query)
         points = queries.ledger_points(engine, view)
         plots = {"discovery": figures.discovery(points, " and ".join(view.objective))} if points.hits else {}
-        plots |= {f"parity {target}": figures.ledger_parity(points, target) for target in view.targets}
+        parities = {f"parity {target}": figures.ledger_parity(points, target) for target in view.targets}
+        plots |= {name: figure for name, figure in parities.items() if figure["data"]}  # drawn once computed
+        plots |= {f"hull {system.system}": figures.hull(system)
+                  for system in queries.campaign_hulls(engine, view, points.structure_ids)}
         return render(request, "campaign.html", campaign=view, page=page, plots=plots,
                       statuses=[status.value for status in AcquisitionStatus], outcomes=list(queries.OUTCOME_FILTERS),
                       refresh=REFRESH_SECONDS if view.active else None)

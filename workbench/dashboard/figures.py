@@ -7,8 +7,10 @@ from html import escape
 import numpy as np
 
 from workbench.campaign.loop import RANDOM
-from workbench.dashboard.queries import LedgerPoints, ParityPoints, StructureView
+from workbench.dashboard.queries import HullSystem, LedgerPoints, ParityPoints, StructureView
 
+# A phase this close to the hull (eV/atom) is drawn on it.
+HULL_TOLERANCE = 1e-6
 LAYOUT = {"margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "height": 380, "template": "plotly_white"}
 
 
@@ -63,6 +65,30 @@ def ledger_parity(points: LedgerPoints, target: str) -> dict:
     return parity(target, [points.structure_ids[n] for n in chosen],
                   [values.computed[n] for n in chosen], [values.mean[n] for n in chosen],
                   [values.std[n] or 0.0 for n in chosen], f"{target}: predicted when chosen vs computed")
+
+
+def hull(system: HullSystem) -> dict:
+    """Formation energy against composition, the lower hull through the stable phases,
+    the campaign's choices marked; hover gives the energy above the hull."""
+    on_hull = sorted((x, y) for x, y, above in zip(system.fraction, system.formation_energy, system.e_above_hull,
+                                                    strict=True) if above <= HULL_TOLERANCE)
+    first, second = system.system.split("-")
+
+    def points(chosen: bool, name: str, marker: dict) -> dict:
+        at = [n for n, flag in enumerate(system.chosen) if flag == chosen]
+        return {"type": "scatter", "mode": "markers", "name": name, "marker": marker,
+                "x": [system.fraction[n] for n in at], "y": [system.formation_energy[n] for n in at],
+                "customdata": [[system.keys[n], system.e_above_hull[n]] for n in at],
+                "hovertemplate": "structure %{customdata[0]}<br>%{customdata[1]:.3f} eV/atom above the hull"
+                                 "<extra></extra>"}
+
+    data = [{"type": "scatter", "mode": "lines", "name": "hull", "x": [x for x, _ in on_hull],
+             "y": [y for _, y in on_hull], "line": {"color": "black"}, "hoverinfo": "skip"},
+            points(False, "other phases", {"color": "#9ca3af", "size": 8}),
+            points(True, "chosen by the campaign", {"color": "#dc2626", "size": 10, "symbol": "diamond"})]
+    return _figure(data, title={"text": f"{escape(system.system)} hull"},
+                   xaxis={"title": {"text": f"fraction of {escape(second)} (rest {escape(first)})"}, "range": [0, 1]},
+                   yaxis={"title": {"text": "formation energy (eV/atom)"}})
 
 
 def model_parity(points: ParityPoints, model: str) -> dict:

@@ -51,6 +51,8 @@ LOG_TAIL_BYTES = 4000
 # Files a calculation's job writes in its folder (workbench.dft.runner and .job).
 LOG_FILES = ("stderr.log", "stdout.log", "calculator.txt")
 UNKNOWN_REASON = "unknown"  # a failed attempt that recorded no reason
+# Hull figures on a stability campaign's page: its most chosen binary systems.
+HULL_SYSTEMS = 4
 
 
 def read_only_engine(database_url: str) -> Engine:
@@ -365,6 +367,63 @@ def ledger_points(engine: Engine, campaign: CampaignView) -> LedgerPoints:
     by_column = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(4 + len(columns))]
     targets = {target: TargetPoints(*by_column[4 + 3 * n:7 + 3 * n]) for n, target in enumerate(campaign.targets)}
     return LedgerPoints(by_column[0], by_column[1], [bool(hit) for hit in by_column[2]], by_column[3], targets)
+
+
+@dataclass(frozen=True)
+class HullSystem:
+    """A binary system's entries at one level of theory: composition (fraction of the second
+    element), formation energy per atom against the system's lowest elemental energies,
+    energy above the hull (0 on it), and whether the campaign chose the structure."""
+
+    system: str  # "A-B"
+    keys: list[str]  # structure ids; an element's zero of the formation-energy basis by name
+    fraction: list[float]
+    formation_energy: list[float]
+    e_above_hull: list[float]
+    chosen: list[bool]
+
+
+def campaign_hulls(engine: Engine, campaign: CampaignView, structure_ids: list[int]) -> list[HullSystem]:
+    """For a stability campaign (an objective on ``<level>.e_above_hull``): the hull of each
+    binary system of the structures it chose, the :data:`HULL_SYSTEMS` it chose most in,
+    from the level's energies (:mod:`workbench.stability`)."""
+    from workbench.stability.hull import convex_hull
+    from workbench.stability.store import E_ABOVE_HULL, level_entries
+
+    levels = [target.removesuffix(f".{E_ABOVE_HULL}") for target in campaign.targets
+              if target.endswith(f".{E_ABOVE_HULL}")]
+    if not levels:
+        return []
+    with session_scope(engine) as session:
+        try:
+            _, entries = level_entries(session, levels[0])
+        except InputError:  # no energies at the level yet
+            return []
+    chosen = set(structure_ids)
+    counts: dict[frozenset[str], int] = {}
+    for entry in entries:
+        if entry.key in chosen and len(entry.elements) == 2:
+            counts[entry.elements] = counts.get(entry.elements, 0) + 1
+    systems = sorted(counts, key=lambda system: (-counts[system], sorted(system)))[:HULL_SYSTEMS]
+    hulls = []
+    for system in systems:
+        within = [entry for entry in entries if entry.elements <= system]
+        first, second = sorted(system)
+        references = {element: min((e.energy_per_atom for e in within if e.elements == {element}), default=None)
+                      for element in (first, second)}
+        if None in references.values():
+            continue  # no hull without both elements
+        points = convex_hull(within).points
+        fractions, energies = [], []
+        for entry in within:
+            total = sum(entry.composition.values())
+            fraction = entry.composition.get(second, 0.0) / total
+            fractions.append(fraction)
+            energies.append(entry.energy_per_atom - (1 - fraction) * references[first] - fraction * references[second])
+        hulls.append(HullSystem(f"{first}-{second}", [str(entry.key) for entry in within], fractions, energies,
+                                [points[entry.key].e_above_hull for entry in within],
+                                [entry.key in chosen for entry in within]))
+    return hulls
 
 
 # -- structure --------------------------------------------------------------------------
