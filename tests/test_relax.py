@@ -199,3 +199,44 @@ def test_universal_relaxation_in_a_batch(engine, options):
         assert a == pytest.approx(a_pbe, rel=0.03)
         assert f"{preset.name}.energy" in targets_of(engine, relaxed)
         assert f"{preset.name}.magmoms" in targets_of(engine, relaxed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_gpaw_relaxation_of_a_tiny_cell(engine, options):
+    """gpaw-fast relaxes a 1-atom Al cell strained by 6 % back near PBE's lattice parameter."""
+    ids = store_crystals(engine, {"Al": bulk("Al", a=4.3)})
+    preset = relax_preset(BUILTIN_PRESETS["gpaw-fast"], Relaxation(fmax=0.05, steps=40))
+    queue_calculations(engine, [ids["Al"]], preset)
+    report = run_queued(engine, preset, options, references=False)
+    assert len(report.done) == 1, report
+    calculation, attempts = calculation_of(engine, ids["Al"], preset.name)
+    relaxation = calculation.results["relaxation"]
+    assert relaxation["converged"] and relaxation["structure_id"] != ids["Al"]
+    a = (4 * abs(np.linalg.det(lattice_of(engine, relaxation["structure_id"])))) ** (1 / 3)
+    assert a == pytest.approx(4.04, abs=0.06)  # PBE: 4.04 Å; 300 eV and few k-points move it a little
+    assert (Path(attempts[-1].workdir) / "calculator.txt").is_file()
+    assert f"{preset.name}.energy" in targets_of(engine, relaxation["structure_id"])
+
+
+def test_a_workflow_hands_each_stage_the_structure_the_last_one_ended_in(engine, options):
+    from workbench.dft.workflow import Stage, Workflow, run_workflow
+
+    ids = store_crystals(engine, {"strained": strained_cu3au()})
+    relaxed_then_static = Workflow("emt-relaxed", (Stage("emt", Relaxation()), Stage("emt")))
+    report = run_workflow(engine, relaxed_then_static, [ids["strained"]], options)
+    assert [name for name, _ in report.stages] == ["emt-relax", "emt"]
+    relaxed = report.ends[ids["strained"]]
+    assert relaxed != ids["strained"]
+    # The single point of the second stage is on the relaxed structure, at the same geometry.
+    targets = targets_of(engine, relaxed)
+    assert targets["emt.energy"].value == pytest.approx(targets["emt-relax.energy"].value)
+    assert "emt.energy" not in targets_of(engine, ids["strained"])
+    again = run_workflow(engine, relaxed_then_static, [ids["strained"]], options)
+    assert not any(stage.done for _, stage in again.stages) and again.ends == report.ends
+
+
+def test_workflow_command_lists_and_runs(run_cli, engine):
+    listing = run_cli("workflow", "--list").output
+    assert "sevennet-gpaw-fast" in listing and "gpaw-fast-relax" in listing
+    run_cli("workflow", "no-such-flow", "--all", expect=2)

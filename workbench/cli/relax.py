@@ -94,3 +94,60 @@ def _print_relaxations(summaries) -> None:
             console.print(f"[yellow]calculation {summary.calculation_id}: stopped at the step limit of "
                           f"{summary.step_limit} with a largest force of {summary.fmax:.3g} eV/Å "
                           f"(limit {summary.fmax_limit:g}); its structure is stored as not converged")
+
+
+@app.command("workflow")
+def workflow(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Workflow name (see --list).")] = "",
+    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
+    where: Annotated[str, typer.Option(
+        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Every structure without a done first stage, that stage's own products left out.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the workflows and their stages.")] = False,
+    threads: ThreadsOption = 1,
+    jobs: JobsOption = 1,
+    wall_time: WallTimeOption = None,
+    max_attempts: AttemptsOption = None,
+) -> None:
+    """Run a workflow's stages in order (e.g. sevennet pre-relaxation, gpaw-fast relaxation,
+    gpaw-fast single point), each stage a recorded calculation starting from the structure
+    the previous stage ended in."""
+    from workbench.dft.presets import PresetError
+    from workbench.dft.relaxation import relaxation_products
+    from workbench.dft.runner import select_structures
+    from workbench.dft.workflow import WORKFLOWS, load_workflow, run_workflow
+
+    if list_ or not name:
+        table = Table("name", "stages", "description", title="workflows")
+        for known in WORKFLOWS.values():
+            table.add_row(known.name, " → ".join(stage.build().name for stage in known.stages), known.description)
+        print_table(table)
+        return
+    if sum([bool(ids), bool(where), all_]) != 1:
+        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    try:
+        chosen = load_workflow(name)
+    except PresetError as error:
+        raise typer.BadParameter(str(error)) from None
+    run = invocation(ctx)
+    engine = run.engine
+    first = chosen.stages[0].build()
+    structure_ids = select_structures(engine, first.name, ids=id_list(ids), where=where or None, every=all_)
+    if all_:
+        products = relaxation_products(engine, first.name)
+        structure_ids = [structure_id for structure_id in structure_ids if structure_id not in products]
+
+    def event(calculation_id: int, message: str) -> None:
+        console.print(f"calculation {calculation_id}: {message}")
+
+    report = run_workflow(engine, chosen, structure_ids, _run_options(run, threads, jobs, wall_time, max_attempts),
+                          on_event=event)
+    table = Table("stage", "preset", "done", "failed", title=f"workflow {chosen.name}")
+    for number, (preset_name, stage_report) in enumerate(report.stages, start=1):
+        table.add_row(str(number), preset_name, str(len(stage_report.done)), str(len(stage_report.failed)))
+    print_table(table)
+    console.print(f"{len(report.ends)} of {len(structure_ids)} structures went through every stage")
+    if len(report.ends) < len(structure_ids):
+        raise typer.Exit(2)
