@@ -35,7 +35,10 @@ HEAT_QUANTILE = 0.01
 # What this page said before the replay ran the campaign's policy (git history: 94d497c).
 PREVIOUS = ("Until the replay called the campaign's `plan_batch`, it took the top 25 by probability with no "
             "diversity, a policy no campaign ran; on seeds 0–4 that found a median of 17 hits at 400 for the gap "
-            "window and 37 for the lowest 1 % of heat_ref (commit 94d497c). The figures below replace those.")
+            "window and 37 for the lowest 1 % of heat_ref (commit 94d497c), and on seeds 0–2 at 200 revealed "
+            "8, 8 and 5 gap hits (median 8). The gap section below is the campaign's policy, re-run on seeds 0–2 "
+            "to 200 only (a 2-core machine shared with other work, load average 6–20, so it took 68 min); it "
+            "finds fewer: median 3 at 200 against random's 2. The heat section is still the older policy's run.")
 
 
 def pool_path() -> Path:
