@@ -12,10 +12,11 @@ import pytest
 from ase.calculators.emt import EMT
 from mlflow import MlflowClient
 from pymatgen.io.ase import AseAtomsAdaptor
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.dft_helpers import LATTICE, campaign_document, l12
 from workbench.campaign.config import config_from_document
+from workbench.campaign.loop import run_campaign
 from workbench.dft.presets import BUILTIN_PRESETS
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.errors import InputError, NotFound
@@ -25,7 +26,15 @@ from workbench.io.readers import ReadOptions
 from workbench.models.model import MissingPrior, PriorFit
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
-from workbench.store.schema import Prediction, StructureSource, TargetKind
+from workbench.store.schema import (
+    Calculation,
+    CalculationStatus,
+    ModelVersion,
+    Prediction,
+    Round,
+    StructureSource,
+    TargetKind,
+)
 from workbench.structures.crystal import Crystal
 from workbench.train.config import TrainConfig
 from workbench.train.pipeline import (
@@ -147,3 +156,34 @@ def test_the_campaign_config_takes_a_scalar_prior():
     assert config_from_document(campaign_document("x", 10)).model.prior is None
     with pytest.raises(InputError, match="model.prior: "):
         config_from_document(campaign_document("x", 10, model={"prior": "emt.energy_per_atom <= 2"}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_campaign_screens_its_pool_and_learns_against_the_prior(engine, settings, alloys, tmp_path):
+    """``screen`` runs EMT over the pool before the first model; the campaign's own DFT
+    (EMT again, under another preset name) is the expensive level, and its model learns
+    the residual against the screen's energies."""
+    expensive = tmp_path / "emt-confirm.yaml"
+    expensive.write_text("name: emt-confirm\ncalculator: emt\nspin: \"off\"\ndos: false\nwall_time_s: 300\n")
+    document = campaign_document("screened", 14, objective=["emt-confirm.energy_per_atom<=0.0"],
+                                 dft={"preset": str(expensive), "jobs": 2}, screen={"preset": "emt", "jobs": 2},
+                                 model={"members": 2, "epochs": 4, "patience": 4, "device": "cpu",
+                                        "prior": "emt.energy_per_atom"})
+    outcome = run_campaign(engine, settings, config_from_document(document))
+    assert (outcome.spent, outcome.rounds) == (14, 2)  # the screen is not in the budget
+    with session_scope(engine) as session:
+        screened = session.scalar(select(func.count(Calculation.id)).where(Calculation.preset == "emt",
+                                                                          Calculation.status == CalculationStatus.DONE))
+        summaries = [row.summary for row in session.scalars(select(Round).order_by(Round.number))]
+        version = session.scalar(select(ModelVersion))
+        predicted = session.scalar(select(func.count(Prediction.id)))
+    assert screened >= 42
+    assert "screen" not in summaries[0]
+    assert summaries[1]["screen"]["preset"] == "emt" and summaries[1]["screen"]["calculations"] >= 42
+    assert summaries[1]["screen"]["wall_time_s"] > 0
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(version.mlflow_run_id)
+    assert run.data.params["prior.target"] == "emt.energy_per_atom"
+    assert run.data.params["prior.slope"].startswith(("0.99", "1.0"))  # the same energies, another name
+    assert predicted == 42 - 10
+

@@ -167,6 +167,19 @@ class Dft(_Strict):
         return name
 
 
+class Screen(_Strict):
+    """A cheap preset (``sevennet``, ``chgnet``) run over the whole candidate pool, and
+    over the structures labeled for the first objective target, before the first model
+    trains: its values are the prior (``model.prior``). Its calculations are in
+    ``calculations`` with their cost, not in the ledger's ``budget``; the round that ran
+    them says so in its summary (``screen``)."""
+
+    preset: str
+    jobs: int = Field(1, ge=1)
+
+    _known_preset = field_validator("preset")(Dft._known_preset.__func__)  # the check of dft.preset
+
+
 class Stop(_Strict):
     """When to stop besides the budget: after ``rounds`` rounds, after ``hits`` hits."""
 
@@ -190,6 +203,7 @@ class CampaignConfig(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     acquisition: Acquisition = Field(default_factory=Acquisition)
     dft: Dft = Field(default_factory=Dft)
+    screen: Screen | None = None
     stop: Stop = Field(default_factory=Stop)
 
     @field_validator("objective")

@@ -59,6 +59,7 @@ from workbench.train.pipeline import (
     TrainRequest,
     featurizer_of,
     predict_into_store,
+    prior_values,
     train_and_register,
 )
 from workbench.train.registry import download_ensemble
@@ -250,13 +251,49 @@ def _model_name(config: CampaignConfig, target: str) -> str:
     return f"{config.name}-{target}"
 
 
+def screen(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> None:
+    """Run the config's cheap ``screen`` preset over the candidates and the structures
+    labeled for the first objective target, where it has not run yet (none after the
+    first time, unless the pool grew), and note its calculations and their seconds in
+    the round's summary. They are not acquisitions: the budget does not count them."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    if config.screen is None:
+        return
+    with session_scope(engine) as session:
+        labeled = session.scalars(select(TargetValue.structure_id).join(TargetDefinition).where(
+            TargetDefinition.name == config.parsed_objective.targets[0]))
+        structure_ids = sorted(set(candidate_ids(engine, config)) | set(labeled))
+    preset = load_preset(config.screen.preset)
+    calculation_ids = queue_calculations(engine, structure_ids, preset)
+    with session_scope(engine) as session:
+        queued = list(session.scalars(select(Calculation.id).where(
+            one_of(session, Calculation.id, calculation_ids), Calculation.status == CalculationStatus.QUEUED)))
+    if not queued:
+        return
+    if on_event:
+        on_event(f"round {round_ref.number}: screening {len(queued)} structures with {preset.name}")
+    options = RunOptions(workdir=settings.dft_dir, jobs=config.screen.jobs)
+    report = run_queued(engine, preset, options, calculation_ids=queued)
+    with session_scope(engine) as session:
+        seconds = session.scalar(select(func.sum(Calculation.wall_time_s)).where(one_of(session, Calculation.id, queued)))
+        round_row = session.get(Round, round_ref.round_id)
+        round_row.summary = {**(round_row.summary or {}), "screen": {
+            "preset": preset.name, "calculations": len(queued), "failed": len(report.failed),
+            "wall_time_s": float(seconds or 0.0)}}
+    if on_event:
+        on_event(f"round {round_ref.number}: screened {len(queued)} structures with {preset.name} "
+                 f"({len(report.failed)} failed, {seconds or 0.0:.0f} s)")
+
+
 def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None,
             member_executor: Executor | None = None) -> dict[str, int]:
     """Train and register one ensemble per modelled target with enough labels (the new
     version becomes ``@champion``: it is the model this round ranks with), its members in
     ``member_executor`` if given. Targets already trained in this round are kept, so a
     resumed round trains only the rest. The first objective target's ensemble learns the
-    residual against ``model.prior`` when the config names one."""
+    residual against ``model.prior`` when the config names one; the config's ``screen``
+    runs first (:func:`screen`)."""
+    screen(engine, settings, round_ref, on_event=on_event)
     config = campaign_config(engine, round_ref.campaign_id)
     with session_scope(engine) as session:
         models = dict(session.get(Round, round_ref.round_id).models or {})
@@ -293,7 +330,16 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
         versions = {target: session.get(ModelVersion, model_version_id) for target, model_version_id in models.items()}
         uris = {target: f"{version.name}/{version.registry_version}" for target, version in versions.items()}
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
-    written = sum(predict_into_store(engine, settings, uri, structure_ids=eligible) for uri in uris.values())
+    first_target = config.parsed_objective.targets[0]
+    with_prior = eligible
+    if config.model.prior and first_target in uris:  # its model adds the prior back: it needs its value
+        values = prior_values(engine, config.model.prior, eligible)
+        with_prior = [structure_id for structure_id in eligible if structure_id in values]
+        if on_event and len(with_prior) < len(eligible):
+            on_event(f"round {round_ref.number}: {len(eligible) - len(with_prior)} candidates have no "
+                     f"{config.model.prior} (the prior) and are not predicted for {first_target}")
+    written = sum(predict_into_store(engine, settings, uri, structure_ids=with_prior if target == first_target
+                                     else eligible) for target, uri in uris.items())
     with session_scope(engine) as session:
         advance(session, round_ref)
     if on_event:
