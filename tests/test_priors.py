@@ -187,3 +187,11 @@ def test_a_campaign_screens_its_pool_and_learns_against_the_prior(engine, settin
     assert run.data.params["prior.slope"].startswith(("0.99", "1.0"))  # the same energies, another name
     assert predicted == 42 - 10
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_train_command_takes_a_prior(run_cli, alloys_with_prior, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    refused = run_cli("train", "--target", "toy.energy", "--name", "toy", "--prior", "emt.energy_per_atom",
+                      "--members", "1", "--epochs", "1", "--device", "cpu", "--jobs", "1", expect=1).output
+    assert "1 of 42 structures for target 'toy.energy' have no value of the prior 'emt.energy_per_atom'" in refused
