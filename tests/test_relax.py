@@ -137,7 +137,8 @@ def test_emt_relaxation_stores_the_relaxed_structure(engine, options):
 
 
 def test_relaxed_structure_equal_to_a_stored_crystal_is_linked_to_it(engine, options):
-    equilibrium = strained_cu3au(emt_equilibrium_a(), rattle=0)
+    # Stored with its sites in another order (Au last) than the relaxation's (Au first).
+    equilibrium = strained_cu3au(emt_equilibrium_a(), rattle=0)[[1, 2, 3, 0]]
     ids = store_crystals(engine, {"strained": strained_cu3au(rattle=0), "equilibrium": equilibrium})
     structures = count_rows(engine, Structure)
     queue_calculations(engine, [ids["strained"]], EMT_RELAX)
@@ -148,6 +149,11 @@ def test_relaxed_structure_equal_to_a_stored_crystal_is_linked_to_it(engine, opt
     [link] = lineage_of(engine, ids["equilibrium"])
     assert link.parent_id == ids["strained"]
     assert "emt-relax.energy" in targets_of(engine, ids["equilibrium"])
+    # The calculation's per-site arrays follow the stored structure's site order.
+    with session_scope(engine) as session:
+        stored = np.asarray(session.get(Structure, ids["equilibrium"]).frac_coords)
+    offsets = arrays_from_bytes(calculation.arrays)["relaxed_frac_coords"] - stored
+    assert np.abs(offsets - np.round(offsets)).max() < 1e-3
 
 
 def test_a_relaxation_stopped_at_its_step_limit_says_so(engine, options):

@@ -7,7 +7,8 @@ either everything or nothing; ingesting a calculation that is done already adds 
 
 A relaxation's targets belong to the relaxed structure, which the same transaction stores
 and links (:mod:`workbench.dft.relaxation`); its id is kept in the calculation's
-``results["relaxation"]["structure_id"]``.
+``results["relaxation"]["structure_id"]``, and the calculation's per-site arrays are kept
+in that structure's site order.
 """
 
 from collections import Counter
@@ -27,7 +28,7 @@ from workbench.dft.outputs import (
     raw_dos,
     standard_dos,
 )
-from workbench.dft.relaxation import store_relaxed_structure
+from workbench.dft.relaxation import in_stored_order, store_relaxed_structure
 from workbench.errors import WorkbenchError
 from workbench.store.bulk import insert_ignoring_duplicates, one_writer_at_a_time
 from workbench.store.engine import session_scope
@@ -178,8 +179,10 @@ def ingest_outputs(engine: Engine, calculation_id: int, results: dict, arrays: d
         if calculation.status is CalculationStatus.DONE:
             return False
         if "relaxation" in results:
-            relaxed_id = store_relaxed_structure(session, calculation, results["relaxation"], arrays)
+            relaxed_id, mapping = store_relaxed_structure(session, calculation, results["relaxation"], arrays)
             results["relaxation"] = results["relaxation"] | {"structure_id": relaxed_id}
+            per_site = {name for name, quantity in QUANTITIES.items() if quantity.kind is TargetKind.PER_SITE}
+            arrays = in_stored_order(arrays, per_site, mapping)
         calculation.results = results
         write_targets(session, calculation, target_values(results, arrays))
         calculation.arrays = arrays_to_bytes(arrays)

@@ -5,7 +5,9 @@ the relaxed crystal through the importer's :class:`~workbench.io.importer.Struct
 under the source :data:`RELAXATION_SOURCE` (external id ``<preset>:<parent id>``), so a
 relaxed structure equal to a stored crystal is linked to that crystal, not added. The
 lineage row (kind ``relaxation``) records preset, calculation, steps and convergence,
-and the calculation's targets go on the relaxed structure.
+and the calculation's targets go on the relaxed structure. A relaxed crystal matched to a
+stored one may list its sites in another order: its per-site outputs are put in the
+stored structure's order (:func:`in_stored_order`).
 """
 
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from workbench.store.schema import (
     StructureSource,
 )
 from workbench.structures.crystal import Crystal
+from workbench.structures.identity import site_mapping
 
 RELAXATION_SOURCE = "relaxation"
 
@@ -41,9 +44,9 @@ def external_id(preset: str, parent_id: int) -> str:
 
 
 def store_relaxed_structure(session: Session, calculation: Calculation, relaxation: dict,
-                            arrays: dict[str, np.ndarray]) -> int:
+                            arrays: dict[str, np.ndarray]) -> tuple[int, np.ndarray]:
     """Store the relaxed crystal of ``calculation`` (deduplicated) and its lineage;
-    returns the id of the structure that holds it."""
+    returns the id of the structure that holds it and the stored index of each relaxed site."""
     parent = session.get(Structure, calculation.structure_id)
     crystal = Crystal(np.asarray(arrays["relaxed_cell"]), tuple(parent.species),
                       np.asarray(arrays["relaxed_frac_coords"]))
@@ -61,13 +64,30 @@ def store_relaxed_structure(session: Session, calculation: Calculation, relaxati
         raise RelaxedStructureRefused(f"calculation {calculation.id}: {errors[0]}")
     relaxed_id = session.scalars(select(StructureSource.structure_id).where(
         StructureSource.source == RELAXATION_SOURCE, StructureSource.external_id == name)).one()
+    stored = session.get(Structure, relaxed_id)
+    mapping = site_mapping(Crystal(np.asarray(stored.lattice), tuple(stored.species), np.asarray(stored.frac_coords)),
+                           crystal)
+    if mapping is None:  # the writer matched them, so this cannot happen unless the store changed meanwhile
+        raise RelaxedStructureRefused(f"calculation {calculation.id}: structure {relaxed_id} no longer matches "
+                                      "the relaxed crystal")
     if relaxed_id != parent.id:  # a relaxation that moved nothing leaves the structure as it was
         insert_ignoring_duplicates(session, StructureLineage.__table__, [{
             "structure_id": relaxed_id, "parent_id": parent.id, "kind": LineageKind.RELAXATION,
             "detail": {"preset": calculation.preset, "calculation_id": calculation.id,
                        "steps": relaxation["steps"], "converged": relaxation["converged"]},
         }])
-    return relaxed_id
+    return relaxed_id, mapping
+
+
+def in_stored_order(arrays: dict[str, np.ndarray], per_site: set[str], mapping: np.ndarray) -> dict[str, np.ndarray]:
+    """``arrays`` with the per-site ones (and the relaxed coordinates) moved into the
+    stored structure's site order: site ``i`` of the relaxation is stored site ``mapping[i]``."""
+    moved = dict(arrays)
+    for name in per_site & set(arrays) | {"relaxed_frac_coords"}:
+        reordered = np.empty_like(arrays[name])
+        reordered[mapping] = arrays[name]
+        moved[name] = reordered
+    return moved
 
 
 def relaxation_products(engine: Engine, preset: str) -> set[int]:
