@@ -217,6 +217,11 @@ class CampaignConfig(_Strict):
     def _acquisition_fits_objective(cls, acquisition: Acquisition, info: ValidationInfo) -> Acquisition:
         if "objective" not in info.data:  # already refused
             return acquisition
+        first = parse_objective(info.data["objective"]).constraints[0]
+        if SCORE_FUNCTIONS[acquisition.function].one_sided and first.is_window:
+            raise ValueError(f"function {acquisition.function!r} needs a one-sided first objective constraint "
+                             f"(e.g. 'heat_ref<1.0'), not the window {first}; use 'probability'")
+        return acquisition
 
     @property
     def parsed_objective(self) -> Objective:
