@@ -242,6 +242,22 @@ def test_a_workflow_hands_each_stage_the_structure_the_last_one_ended_in(engine,
     assert not any(stage.done for _, stage in again.stages) and again.ends == report.ends
 
 
+def test_a_workflow_starts_each_stage_from_the_relaxed_geometry(engine, options):
+    """Strained by 2 %, the relaxed cell is the same crystal by the store's identity: the
+    next stage must still start from the relaxed geometry, not the stored strained one."""
+    from workbench.dft.workflow import Stage, Workflow, run_workflow
+
+    ids = store_crystals(engine, {"near": strained_cu3au(emt_equilibrium_a() * 1.02, rattle=0)})
+    report = run_workflow(engine, Workflow("emt-relaxed", (Stage("emt", Relaxation()), Stage("emt"))),
+                          [ids["near"]], options)
+    assert report.ends == {ids["near"]: ids["near"]}
+    targets = targets_of(engine, ids["near"])
+    assert targets["emt.energy"].value == pytest.approx(targets["emt-relax.energy"].value, abs=1e-6)
+    static, _ = calculation_of(engine, ids["near"], "emt")
+    relaxation, _ = calculation_of(engine, ids["near"], "emt-relax")
+    assert static.parameters["start"]["calculation_id"] == relaxation.id
+
+
 def test_workflow_command_lists_and_runs(run_cli, engine):
     listing = run_cli("workflow", "--list").output
     assert "sevennet-gpaw-fast" in listing and "gpaw-fast-relax" in listing

@@ -147,11 +147,19 @@ def select_structures(engine: Engine, preset: str, *, ids: list[int] | None = No
         return list(session.scalars(select(Structure.id).where(Structure.id.not_in(done)).order_by(Structure.id)))
 
 
-def queue_calculations(engine: Engine, structure_ids: list[int], preset: Preset) -> list[int]:
+def queue_calculations(engine: Engine, structure_ids: list[int], preset: Preset, *,
+                       starts: dict[int, dict] | None = None) -> list[int]:
     """Queue a calculation per structure unless one exists for the preset; returns the
-    ids of the calculations of these structures (new or existing), in order."""
+    ids of the calculations of these structures (new or existing), in order.
+
+    ``starts`` gives some structures another geometry to start from (a previous stage's
+    relaxed cell, in the stored structure's site order): ``{"lattice", "frac_coords",
+    "calculation_id"}``, kept in the new calculation's parameters as ``start``.
+    """
+    starts = starts or {}
     rows = [
-        {"structure_id": structure_id, "preset": preset.name, "parameters": preset.to_dict(),
+        {"structure_id": structure_id, "preset": preset.name,
+         "parameters": preset.to_dict() | ({"start": starts[structure_id]} if structure_id in starts else {}),
          "status": CalculationStatus.QUEUED}
         for structure_id in structure_ids
     ]
@@ -344,6 +352,15 @@ def calculator_record(preset: Preset, atoms, rung: int, options: RunOptions) -> 
     }
 
 
+def starting_crystal(calculation: Calculation, structure: Structure) -> Crystal:
+    """The geometry a calculation starts from: its ``start`` (see :func:`queue_calculations`)
+    or the stored structure's."""
+    start = (calculation.parameters or {}).get("start")
+    lattice, frac_coords = (start["lattice"], start["frac_coords"]) if start else (
+        structure.lattice, structure.frac_coords)
+    return Crystal(np.asarray(lattice), tuple(structure.species), np.asarray(frac_coords))
+
+
 def job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:
     """What :mod:`workbench.dft.job` reads from ``job.json`` for one attempt."""
     return calculator_record(preset, crystal.to_ase(), rung, options) | {
@@ -383,7 +400,7 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
     with session_scope(engine) as session:
         calculation = session.get(Calculation, calculation_id)
         structure = session.get(Structure, calculation.structure_id)
-        crystal = Crystal(np.asarray(structure.lattice), tuple(structure.species), structure.frac_coords)
+        crystal = starting_crystal(calculation, structure)
         previous = session.scalars(
             select(CalculationAttempt).where(CalculationAttempt.calculation_id == calculation_id)
             .order_by(CalculationAttempt.number)
@@ -533,7 +550,7 @@ def _batch_items(engine: Engine, calculation_ids: list[int], preset: Preset, opt
         items = []
         for calculation in calculations:
             structure = structures[calculation.structure_id]
-            crystal = Crystal(np.asarray(structure.lattice), tuple(structure.species), structure.frac_coords)
+            crystal = starting_crystal(calculation, structure)
             previous = attempts.get(calculation.id, [])
             root = options.workdir / preset.name / str(calculation.structure_id)
             calculation.workdir = str(root)

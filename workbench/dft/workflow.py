@@ -5,6 +5,11 @@ computes a single point. Each stage is its own recorded calculation per structur
 :func:`workbench.dft.runner.run_queued`; a relaxation stage hands the next stage the
 structure it ended in (the relaxed one, see :mod:`workbench.dft.relaxation`), a single
 point hands on the structure itself. A structure whose stage failed goes no further.
+
+The next stage starts from the relaxed geometry itself, not from the stored geometry of
+the structure it was matched to (a relaxation that moved the cell less than the store's
+identity tolerance ends on the structure it started from, whose stored cell is the
+unrelaxed one): the geometry travels as the calculation's ``start``.
 Running a workflow again computes only what is missing: every stage's calculation is
 unique per (structure, preset).
 """
@@ -18,6 +23,7 @@ from workbench.dft.presets import Preset, PresetError, Relaxation, load_preset, 
 from workbench.dft.runner import Events, RunOptions, RunReport, queue_calculations, run_queued
 from workbench.store.engine import session_scope
 from workbench.store.schema import Calculation, CalculationStatus
+from workbench.store.types import arrays_from_bytes
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,22 @@ class WorkflowReport:
     ends: dict[int, int] = field(default_factory=dict)
 
 
-def stage_ends(engine: Engine, preset: str, structure_ids: list[int]) -> dict[int, int]:
-    """``{structure id: structure its done calculation of preset ended in}``."""
+def stage_ends(engine: Engine, preset: str, structure_ids: list[int]) -> dict[int, tuple[int, dict | None]]:
+    """``{structure id: (structure its done calculation of preset ended in, the geometry
+    it ended at)}``: the relaxed geometry of a relaxation, the start of a single point."""
+    ends = {}
     with session_scope(engine) as session:
         calculations = session.scalars(select(Calculation).where(
             Calculation.preset == preset, Calculation.structure_id.in_(structure_ids),
             Calculation.status == CalculationStatus.DONE)).all()
-        return {calculation.structure_id: target_structure_id(calculation) for calculation in calculations}
+        for calculation in calculations:
+            geometry = (calculation.parameters or {}).get("start")
+            if "relaxation" in (calculation.results or {}):
+                arrays = arrays_from_bytes(calculation.arrays)
+                geometry = {"lattice": arrays["relaxed_cell"].tolist(),
+                            "frac_coords": arrays["relaxed_frac_coords"].tolist(), "calculation_id": calculation.id}
+            ends[calculation.structure_id] = (target_structure_id(calculation), geometry)
+    return ends
 
 
 def run_workflow(engine: Engine, workflow: Workflow, structure_ids: list[int], options: RunOptions, *,
@@ -83,13 +98,15 @@ def run_workflow(engine: Engine, workflow: Workflow, structure_ids: list[int], o
     """Run ``workflow``'s stages in order from ``structure_ids``."""
     report = WorkflowReport()
     current = {structure_id: structure_id for structure_id in structure_ids}
+    starts: dict[int, dict] = {}
     for stage in workflow.stages:
         preset = stage.build()
         chosen = sorted(set(current.values()))
-        calculation_ids = queue_calculations(engine, chosen, preset)
+        calculation_ids = queue_calculations(engine, chosen, preset, starts=starts)
         report.stages.append((preset.name, run_queued(engine, preset, options, calculation_ids=calculation_ids,
                                                       on_event=on_event)))
         ends = stage_ends(engine, preset.name, chosen)
-        current = {start: ends[now] for start, now in current.items() if now in ends}
+        current = {start: ends[now][0] for start, now in current.items() if now in ends}
+        starts = {end: geometry for end, geometry in ends.values() if geometry is not None}
     report.ends = current
     return report
