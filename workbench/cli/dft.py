@@ -5,7 +5,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from workbench.cli.shared import Invocation, app, console, id_list, invocation, print_table
+from workbench.cli.shared import (
+    Invocation,
+    StructureIdsOption,
+    WhereOption,
+    app,
+    console,
+    id_list,
+    invocation,
+    print_table,
+)
 
 dft_app = typer.Typer(help="DFT calculations through ASE: run, inspect, retry.", no_args_is_help=True)
 app.add_typer(dft_app, name="dft")
@@ -68,9 +77,8 @@ BatchSizeOption = Annotated[int | None, typer.Option(
 def run(
     ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="Preset name (see `workbench dft presets`) or a .yaml/.json file.")] = "gpaw",
-    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
-    where: Annotated[str, typer.Option(
-        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    ids: StructureIdsOption = "",
+    where: WhereOption = "",
     all_: Annotated[bool, typer.Option("--all", help="Every structure without a done calculation.")] = False,
     threads: ThreadsOption = 1,
     jobs: JobsOption = 1,

@@ -7,6 +7,8 @@ from rich.table import Table
 
 from workbench.cli.shared import (
     DEFAULT_JOBS,
+    StructureIdsOption,
+    WhereOption,
     app,
     console,
     id_list,
@@ -148,9 +150,8 @@ def train(
 def predict(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help="NAME@alias or NAME/version.")],
-    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
-    where: Annotated[str, typer.Option(
-        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    ids: StructureIdsOption = "",
+    where: WhereOption = "",
     jobs: Annotated[int, typer.Option(help="Worker processes for featurizing.")] = DEFAULT_JOBS,
 ) -> None:
     """Write a registered model's predictions (mean and std) into the store."""

@@ -15,7 +15,15 @@ from workbench.cli.dft import (
     _run_and_report,
     _run_options,
 )
-from workbench.cli.shared import app, console, id_list, invocation, print_table
+from workbench.cli.shared import (
+    StructureIdsOption,
+    WhereOption,
+    app,
+    console,
+    id_list,
+    invocation,
+    print_table,
+)
 
 
 @app.command("relax")
@@ -24,9 +32,8 @@ def relax(
     preset: Annotated[str, typer.Option(
         help="Preset to relax with (sevennet, chgnet, emt, gpaw-fast, gpaw or a .yaml/.json file); "
              "the calculations are named <preset>-relax.")] = "sevennet",
-    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
-    where: Annotated[str, typer.Option(
-        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    ids: StructureIdsOption = "",
+    where: WhereOption = "",
     all_: Annotated[bool, typer.Option(
         "--all", help="Every structure without a done relaxation, relaxed structures of this preset left out.")] = False,
     fmax: Annotated[float, typer.Option(help="Converged below this largest force, eV/Å.")] = 0.05,
@@ -100,9 +107,8 @@ def _print_relaxations(summaries) -> None:
 def workflow(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Workflow name (see --list).")] = "",
-    ids: Annotated[str, typer.Option(help="Comma-separated structure ids.")] = "",
-    where: Annotated[str, typer.Option(
-        help="SQL condition on the structures table, run read-only (see docs/sql.md).")] = "",
+    ids: StructureIdsOption = "",
+    where: WhereOption = "",
     all_: Annotated[bool, typer.Option(
         "--all", help="Every structure without a done first stage, that stage's own products left out.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="List the workflows and their stages.")] = False,

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_JOBS = os.cpu_count() or 1
+# How commands that work on stored structures are told which ones.
+StructureIdsOption = Annotated[str, typer.Option("--ids", help="Comma-separated structure ids.")]
+WhereOption = Annotated[str, typer.Option(
+    "--where", help="SQL condition on the structures table, run read-only (see docs/sql.md).")]
 
 
 class WorkbenchGroup(TyperGroup):
