@@ -30,6 +30,7 @@ from workbench.acquire.objective import TARGET_NAME, Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
+from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig
 
 
@@ -58,7 +59,7 @@ class ModelSettings(_Strict):
     ensemble learns the residual of (``workbench train --prior``); every candidate needs
     its value (``screen`` computes it over the pool)."""
 
-    architecture: str = "cgcnn"
+    architecture: str = DEFAULT_ARCHITECTURE
     members: int = Field(CAMPAIGN_TRAINING.members, ge=1)
     epochs: int = Field(CAMPAIGN_TRAINING.epochs, ge=1)
     patience: int = Field(CAMPAIGN_TRAINING.patience, ge=1)
@@ -68,15 +69,14 @@ class ModelSettings(_Strict):
     device: str = "auto"
     prior: str | None = None
 
-    # The registries below import torch: only when a config is read, not with this module.
     @field_validator("architecture")
     @classmethod
     def _known_architecture(cls, name: str) -> str:
-        from workbench.models.model import BACKBONES
-
-        if name not in BACKBONES:
-            raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(BACKBONES)}")
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
         return name
+
+    # The checks below import torch: only when a config is read, not with this module.
 
     @field_validator("backbone")
     @classmethod
