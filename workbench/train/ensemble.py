@@ -3,6 +3,7 @@ with early stopping on a validation split; their spread, scaled to fit the valid
 errors, is the uncertainty."""
 
 import copy
+import enum
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class MemberHistory:
 EpochCallback = Callable[[int, int, float, float], None]  # member, epoch, train, validation
 MemberCallback = Callable[[int, MemberHistory], None]  # member, its history once trained
 
-# Saved beside the member files: the ensemble's std scale.
+# Saved beside the member files: the ensemble's std scale and how it was set.
 CALIBRATION_FILE = "calibration.pt"
 
 
@@ -57,9 +58,61 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean(z**2))) or 1.0
 
 
+class CalibrationMethod(enum.StrEnum):
+    CALIBRATED = "calibrated"  # enough validation structures: the fitted scale as it is
+    SHRUNK = "shrunk"  # too few: the fitted scale pulled towards 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the spread's scale was set: ``fitted_scale`` (:func:`fit_std_scale` on
+    ``validation_labels`` structures), the ``weight`` its log kept, and the ``std_scale``
+    used, ``fitted_scale ** weight``."""
+
+    method: CalibrationMethod
+    validation_labels: int
+    fitted_scale: float
+    weight: float
+
+    @property
+    def std_scale(self) -> float:
+        return float(self.fitted_scale ** self.weight)
+
+    def params(self) -> dict[str, str | int]:
+        """What an MLflow run records as parameters."""
+        return {"calibration.method": self.method.value, "calibration.validation_labels": self.validation_labels}
+
+    def metrics(self) -> dict[str, float]:
+        """What an MLflow run (and the model's row in the store) records as metrics."""
+        return {"calibration.fitted_scale": self.fitted_scale, "calibration.weight": self.weight,
+                "calibration.std_scale": self.std_scale}
+
+    def to_document(self) -> dict:
+        return {"method": self.method.value, "validation_labels": self.validation_labels,
+                "fitted_scale": self.fitted_scale, "weight": self.weight}
+
+    @classmethod
+    def from_document(cls, document: dict) -> "Calibration":
+        return cls(CalibrationMethod(document["method"]), int(document["validation_labels"]),
+                   float(document["fitted_scale"]), float(document["weight"]))
+
+
+def calibration(fitted_scale: float, validation_labels: int, enough: int) -> Calibration:
+    """The fitted scale as it is from ``enough`` validation structures on; from fewer,
+    ``n``, its log shrunk by the weight ``n / (n + enough)``, as if ``enough`` more
+    structures had agreed with the raw spread. In the log, so that a few wild z-scores
+    (members that agree with each other far more closely than with one label) cannot blow
+    the scale up, and a spread too wide is pulled in the same way as one too narrow."""
+    if validation_labels >= enough:
+        return Calibration(CalibrationMethod.CALIBRATED, validation_labels, fitted_scale, 1.0)
+    weight = validation_labels / (validation_labels + enough)
+    return Calibration(CalibrationMethod.SHRUNK, validation_labels, fitted_scale, weight)
+
+
 class Ensemble:
     """Members that share a config and target scaling; predicts mean and std (the members'
-    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`).
+    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`, which
+    ``calibration`` records; ``None`` when uncalibrated).
 
     ``shared``: the part the members' kind fitted for all of them before training them
     (a latent spectrum head's autoencoder, whose decoder each member carries), kept after
@@ -67,13 +120,14 @@ class Ensemble:
     predict)."""
 
     def __init__(self, members: list[CrystalModel], std_scale: float = 1.0,
-                 shared: torch.nn.Module | None = None):
+                 shared: torch.nn.Module | None = None, calibration: Calibration | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
         self.std_scale = std_scale
         self.shared = shared
+        self.calibration = calibration
 
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -90,29 +144,37 @@ class Ensemble:
         std = stacked.std(dim=0, unbiased=False) if len(outputs) > 1 else torch.zeros_like(stacked[0])
         return stacked.mean(dim=0), std * self.std_scale
 
-    def calibrate(self, validation: list[CrystalGraphData], *, device: torch.device | None = None) -> float:
-        """Fit ``std_scale`` to the errors on ``validation`` (left as is without a spread)."""
+    def calibrate(self, validation: list[CrystalGraphData], *, enough: int,
+                  device: torch.device | None = None) -> Calibration:
+        """Fit ``std_scale`` to the errors on ``validation`` (left as is without a spread),
+        shrunk towards 1 with fewer than ``enough`` structures (:func:`calibration`)."""
         self.std_scale = 1.0
         mean, std = self.predict(validation, device=device)
         y = torch.cat([item.y.reshape(-1) for item in validation])
-        self.std_scale = fit_std_scale(y.numpy(), mean.numpy(), std.numpy())
-        return self.std_scale
+        self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation), enough)
+        self.std_scale = self.calibration.std_scale
+        return self.calibration
 
     def save(self, folder: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / f"member_{index}.pt" for index in range(len(self.members))]
         for member, path in zip(self.members, paths, strict=True):
             member.save(path)
-        torch.save({"std_scale": self.std_scale}, folder / CALIBRATION_FILE)
+        torch.save({"std_scale": self.std_scale,
+                    "calibration": None if self.calibration is None else self.calibration.to_document()},
+                   folder / CALIBRATION_FILE)
         return paths
 
     @classmethod
     def load(cls, folder: Path) -> "Ensemble":
         paths = sorted(folder.glob("member_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
-        calibration = folder / CALIBRATION_FILE
-        # Ensembles saved before calibration existed have no file: their raw spread.
-        std_scale = torch.load(calibration, weights_only=True)["std_scale"] if calibration.exists() else 1.0
-        return cls([CrystalModel.load(path) for path in paths], std_scale)
+        file = folder / CALIBRATION_FILE
+        # Ensembles saved before calibration existed have no file: their raw spread; those
+        # saved before it was recorded, only the scale.
+        saved = torch.load(file, weights_only=True) if file.exists() else {"std_scale": 1.0}
+        recorded = saved.get("calibration")
+        return cls([CrystalModel.load(path) for path in paths], saved["std_scale"],
+                   calibration=None if recorded is None else Calibration.from_document(recorded))
 
 
 def train_ensemble(
@@ -141,7 +203,8 @@ def train_ensemble(
     finishes (with its index and history).
 
     With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
-    the validation errors (:meth:`Ensemble.calibrate`).
+    the validation errors, shrunk towards 1 below ``config.calibration_labels`` validation
+    structures (:meth:`Ensemble.calibrate`).
 
     A model with a prior (``model_config.prior``) adds it to its output, so its target
     scaling is fitted to the residuals it learns, and the loss is that of the sum.
@@ -186,7 +249,7 @@ def train_ensemble(
     members, histories = (list(part) for part in zip(*results, strict=True))
     ensemble = Ensemble(members, shared=shared)
     if calibrate and validation:
-        ensemble.calibrate(validation, device=device)
+        ensemble.calibrate(validation, enough=config.calibration_labels, device=device)
     return ensemble, histories
 
 
