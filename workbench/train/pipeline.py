@@ -151,6 +151,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
             **{f"head.{key}": value for key, value in model_config.head_options.items()},
             **{f"backbone.{key}": value for key, value in model_config.backbone.items()},
             **({f"prior.{key}": value for key, value in asdict(prior).items()} if prior else {}),
+            **(ensemble.calibration.params() if ensemble.calibration else {"calibration.method": "none"}),
         })
         for member, history in enumerate(histories):
             for epoch, (loss, val) in enumerate(zip(history.train_loss, history.validation_loss, strict=True)):
@@ -161,6 +162,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
         if prior and test:
             metrics |= prior_metrics(prior, test)
         metrics |= cost_metrics(ensemble, histories)
+        metrics |= ensemble.calibration.metrics() if ensemble.calibration else {}
         mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)})
         for figure in workdir.glob("*.png"):
             mlflow.log_artifact(str(figure), artifact_path="plots")
