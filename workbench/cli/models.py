@@ -17,20 +17,18 @@ from workbench.cli.shared import (
     print_table,
     progress_bar,
 )
-from workbench.featurize.config import GraphConfig
+from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES, GraphConfig
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.train.config import TrainConfig
 from workbench.train.progress import EnsembleProgress
 
-AtomFeaturesOption = Annotated[str, typer.Option(
-    help="Atom features: cgcnn (91-entry element vector) or ofm (orbital field matrix + cgcnn, OCrystalNet/OGCNN).")]
+AtomFeaturesOption = Annotated[str, typer.Option(help="Atom features: " + "; ".join(
+    f"{name}, {description}" for name, description in ATOM_FEATURES.items()) + ".")]
 
 
 def _atom_features(name: str) -> str:
-    from workbench.featurize.featurizer import ATOM_FEATURE_TABLES
-
-    if name not in ATOM_FEATURE_TABLES:
-        raise typer.BadParameter(f"--atom-features must be one of {sorted(ATOM_FEATURE_TABLES)}, not {name!r}")
+    if name not in ATOM_FEATURES:
+        raise typer.BadParameter(f"--atom-features must be one of {', '.join(ATOM_FEATURES)}, not {name!r}")
     return name
 
 
@@ -55,7 +53,7 @@ def featurize(
     keep_ties: Annotated[bool, typer.Option(help="Keep the whole shell of the k-th neighbour.")] = False,
     max_cutoff: Annotated[float, typer.Option(help="Radius tried once for sites short of neighbours.")]
     = GraphConfig.max_cutoff,
-    atom_features: AtomFeaturesOption = "cgcnn",
+    atom_features: AtomFeaturesOption = DEFAULT_ATOM_FEATURES,
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = DEFAULT_JOBS,
 ) -> None:
     """Build and cache the crystal graphs the store does not have yet for this featurizer."""
@@ -88,7 +86,7 @@ def train(
         help=f"Backbone: {', '.join(ARCHITECTURES)}.")] = DEFAULT_ARCHITECTURE,
     backbone: Annotated[list[str] | None, typer.Option(
         help="Backbone setting NAME=VALUE, e.g. hidden=128 (repeatable).")] = None,
-    atom_features: AtomFeaturesOption = "cgcnn",
+    atom_features: AtomFeaturesOption = DEFAULT_ATOM_FEATURES,
     spectrum_latent: Annotated[int | None, typer.Option(
         help="Spectrum targets: predict an autoencoder code of this size (AE-DOS; 12 as published).")] = None,
     members: Annotated[int, typer.Option(help="Ensemble members.")] = TrainConfig.members,

@@ -1,9 +1,10 @@
 """Featurized graphs in the store, cached under the featurizer's key.
 
 ``featurize_structures`` builds the graphs a featurizer does not have yet (in worker
-processes when given an executor) and writes them one chunk per transaction; running it
-again, or beside another run, adds nothing twice. ``load_graphs`` reads them back and
-refuses nothing silently: a structure without a graph for the key is reported missing.
+processes when given an executor; pretrained embeddings here, in batches, by one loaded
+model) and writes them one chunk per transaction; running it again, or beside another
+run, adds nothing twice. ``load_graphs`` reads them back and refuses nothing silently: a
+structure without a graph for the key is reported missing.
 """
 
 from collections.abc import Callable, Iterable
@@ -65,14 +66,17 @@ def featurize_structures(
                 .where(one_of(session, Structure.id, chunk))
             ).all()
         jobs = [(row.id, np.array(row.lattice), tuple(row.species), row.frac_coords, featurizer) for row in rows]
-        results = executor.map(_featurize, jobs, chunksize=16) if executor else map(_featurize, jobs)
+        results = list(executor.map(_featurize, jobs, chunksize=16) if executor else map(_featurize, jobs))
+        if featurizer.pretrained is not None:
+            results = _embedded(featurizer, jobs, results)
         graph_rows = []
-        for structure_id, payload, num_nodes, num_edges, error in results:
+        for structure_id, graph, error in results:
             if error:
                 report.failed.append((structure_id, error))
                 continue
             graph_rows.append({"featurizer_key": featurizer.key, "structure_id": structure_id,
-                               "num_nodes": num_nodes, "num_edges": num_edges, "arrays": payload})
+                               "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,
+                               "arrays": graph_to_bytes(graph)})
         with session_scope(engine) as session:
             insert_ignoring_duplicates(session, Graph.__table__, graph_rows)
         report.featurized += len(graph_rows)
@@ -81,13 +85,25 @@ def featurize_structures(
     return report
 
 
-def _featurize(job) -> tuple[int, bytes | None, int, int, str | None]:
+def _featurize(job) -> tuple[int, CrystalGraph | None, str | None]:
     structure_id, lattice, species, frac_coords, featurizer = job
     try:
-        graph = featurizer.graph_of(Crystal(lattice, species, frac_coords))
+        graph = featurizer.structure_graph(Crystal(lattice, species, frac_coords))
     except GraphError as error:
-        return structure_id, None, 0, 0, str(error)
-    return structure_id, graph_to_bytes(graph), graph.num_nodes, graph.num_edges, None
+        return structure_id, None, str(error)
+    return structure_id, graph, None
+
+
+def _embedded(featurizer: Featurizer, jobs: list, results: list) -> list:
+    """``results`` (in place) with the pretrained embeddings added here, in batches, by the
+    one model this process loads (worker processes only build the graphs)."""
+    done = [index for index, (_, graph, _) in enumerate(results) if graph is not None]
+    crystals = [Crystal(*jobs[index][1:4]) for index in done]
+    embedded = featurizer.with_embeddings(crystals, [results[index][1] for index in done])
+    for index, graph in zip(done, embedded, strict=True):
+        structure_id = results[index][0]
+        results[index] = (structure_id, None, graph) if isinstance(graph, str) else (structure_id, graph, None)
+    return results
 
 
 class MissingGraphs(NotFound):

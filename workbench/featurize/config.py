@@ -1,7 +1,18 @@
 """Settings of the crystal graphs, kept free of numpy and pymatgen so that the command line
-reads its defaults without importing them."""
+reads its defaults and the names of the atom features without importing them."""
 
 from dataclasses import dataclass
+
+from workbench.featurize.pretrained import PRETRAINED_MODELS
+
+# The atom features a featurizer can give (``Featurizer.atom_features``), by name; the
+# featurizer's tables (``featurizer.ATOM_FEATURE_TABLES``) have the same names.
+ATOM_FEATURES = {
+    "cgcnn": "the 91-entry CGCNN element vector",
+    "ofm": "orbital field matrix then cgcnn, as in OCrystalNet/OGCNN",
+} | {name: f"{model.width}-entry embedding by {model.package} {model.model} then cgcnn"
+     for name, model in PRETRAINED_MODELS.items()}
+DEFAULT_ATOM_FEATURES = "cgcnn"
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,14 @@ class CrystalGraphData(Data):
 
 def graph_to_data(graph: CrystalGraph, feature_table: np.ndarray, *, triplets: bool = False) -> CrystalGraphData:
     """A :class:`CrystalGraphData` with atom features looked up in ``feature_table`` (row Z),
-    after each atom's orbital field matrix when the graph carries its orbital field."""
+    after each atom's orbital field matrix when the graph carries its orbital field, or
+    after its pretrained embedding when the graph carries one."""
     features = feature_table[graph.atomic_numbers]
     if graph.orbital_field is not None:
         features = np.concatenate(
             [orbital_field_descriptors(graph.atomic_numbers, graph.orbital_field), features], axis=1)
+    if graph.pretrained_embedding is not None:
+        features = np.concatenate([graph.pretrained_embedding.astype(features.dtype), features], axis=1)
     data = CrystalGraphData(
         x=torch.from_numpy(features),
         atomic_numbers=torch.from_numpy(graph.atomic_numbers),

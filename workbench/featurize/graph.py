@@ -30,6 +30,9 @@ class CrystalGraph:
             neighbours, from which its orbital field matrix is rebuilt
             (:mod:`workbench.featurize.orbital_field`); only from a featurizer with
             ``atom_features="ofm"``, else None.
+        pretrained_embedding: ``(N, D)`` float32 per-atom features of a frozen pretrained
+            model (:mod:`workbench.featurize.pretrained`); only from a featurizer with
+            ``atom_features`` naming one (``"sevennet"``, ``"chgnet"``), else None.
     """
 
     atomic_numbers: np.ndarray
@@ -38,6 +41,7 @@ class CrystalGraph:
     edge_vector: np.ndarray
     edge_distance: np.ndarray
     orbital_field: np.ndarray | None = None
+    pretrained_embedding: np.ndarray | None = None
 
     @property
     def num_nodes(self) -> int:
