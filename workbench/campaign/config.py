@@ -30,6 +30,7 @@ from workbench.acquire.objective import TARGET_NAME, Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
+from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig
 
@@ -60,6 +61,7 @@ class ModelSettings(_Strict):
     its value (``screen`` computes it over the pool)."""
 
     architecture: str = DEFAULT_ARCHITECTURE
+    atom_features: str = DEFAULT_ATOM_FEATURES
     members: int = Field(CAMPAIGN_TRAINING.members, ge=1)
     epochs: int = Field(CAMPAIGN_TRAINING.epochs, ge=1)
     patience: int = Field(CAMPAIGN_TRAINING.patience, ge=1)
@@ -74,6 +76,13 @@ class ModelSettings(_Strict):
     def _known_architecture(cls, name: str) -> str:
         if name not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        return name
+
+    @field_validator("atom_features")
+    @classmethod
+    def _known_atom_features(cls, name: str) -> str:
+        if name not in ATOM_FEATURES:
+            raise ValueError(f"unknown atom features {name!r}; choose one of {', '.join(ATOM_FEATURES)}")
         return name
 
     # The checks below import torch: only when a config is read, not with this module.
