@@ -33,6 +33,7 @@ from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
+from workbench.featurize.featurizer import Featurizer
 from workbench.models import needs_triplets
 from workbench.settings import Settings
 from workbench.store.bulk import one_of
@@ -304,6 +305,7 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
             continue
         request = TrainRequest(target=target, name=_model_name(config, target),
                                architecture=config.model.architecture,
+                               featurizer=Featurizer(atom_features=config.model.atom_features),
                                train=config.model.train_config(config.seed * 1000 + round_ref.number),
                                backbone=dict(config.model.backbone), champion=True, device=config.model.device,
                                prior=config.model.prior if target == first_target else None)
