@@ -27,7 +27,6 @@ from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import featurize_structures, load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
-from workbench.featurize.graph import GraphConfig
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.models.architectures import DEFAULT_ARCHITECTURE
 from workbench.models.model import PriorFit
@@ -271,9 +270,10 @@ def featurizer_of(engine: Engine, key: str) -> Featurizer:
         if row is None:
             raise NotFound(f"no featurizer {key} in the store")
         config = row.config
-    featurizer = Featurizer(GraphConfig(**config["graph"]), config["atom_features"])
+    featurizer = Featurizer.from_config(config)
     if featurizer.key != key:
-        raise ValueError(f"featurizer {key} was made by another version of the graph code")
+        raise ValueError(f"featurizer {key} was made by another version of the graph code or of its "
+                         f"pretrained model's package or weights (now {featurizer.key})")
     return featurizer
 
 
