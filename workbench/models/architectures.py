@@ -23,5 +23,6 @@ ARCHITECTURES = {
     "neighbour-mlp": Architecture("workbench.models.backbones.neighbour_mlp", "NeighbourMLP", "NeighbourMLPConfig"),
     "ocrystalnet": Architecture("workbench.models.backbones.ocrystalnet", "OCrystalNet", "OCrystalNetConfig"),
     "schnet": Architecture("workbench.models.backbones.schnet", "SchNet", "SchNetConfig"),
+    "sevennet": Architecture("workbench.models.backbones.sevennet", "SevenNet", "SevenNetConfig"),
 }
 DEFAULT_ARCHITECTURE = "cgcnn"
