@@ -16,6 +16,7 @@ from torch import nn
 
 from workbench import __version__
 from workbench.errors import WorkbenchError
+from workbench.featurize.config import GraphConfig
 from workbench.models.architectures import ARCHITECTURES
 from workbench.models.heads import HEADS
 
@@ -79,6 +80,13 @@ def needs_triplets(architecture: str) -> bool:
     if architecture not in BACKBONES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BACKBONES)}")
     return getattr(BACKBONES[architecture][0], "needs_triplets", False)
+
+
+def graph_for(architecture: str) -> GraphConfig:
+    """The graph settings of the featurizer a backbone reads: its ``graph`` class attribute
+    where it declares one (SevenNet needs every neighbour within its cutoff), else the
+    defaults."""
+    return getattr(BACKBONES[architecture][0], "graph", None) or GraphConfig()
 
 
 def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size: int) -> dict:
