@@ -109,6 +109,7 @@ def train(
 ) -> None:
     """Train an ensemble on the store's labels, evaluate it, register it in MLflow."""
     from workbench.featurize.featurizer import Featurizer
+    from workbench.models.model import graph_for
     from workbench.train.pipeline import TrainRequest, train_and_register
 
     run = invocation(ctx)
@@ -116,7 +117,8 @@ def train(
     request = TrainRequest(
         target=target, name=name, architecture=_architecture(arch), pooling=pooling, conserve_total=conserve_total,
         champion=champion, device=device, backbone=_backbone_options(backbone or []),
-        featurizer=Featurizer(atom_features=_atom_features(atom_features)), spectrum_latent=spectrum_latent,
+        featurizer=Featurizer(graph_for(arch), atom_features=_atom_features(atom_features)),
+        spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
         workers=jobs, prior=prior,
