@@ -50,9 +50,18 @@ def pool_path() -> Path:
 def replay_settings(objective: list[str], args):
     from workbench.campaign.replay import replay_config
 
-    return replay_config("perov5", objective=objective, batch=args.batch, members=args.members, epochs=args.epochs,
-                         patience=args.patience, initial=args.initial, budget=args.budget, seeds=args.seeds,
-                         first_seed=args.first_seed, device="cpu")
+    config = replay_config("perov5", objective=objective, batch=args.batch, members=args.members,
+                           epochs=args.epochs, patience=args.patience, initial=args.initial, budget=args.budget,
+                           seeds=args.seeds, first_seed=args.first_seed, device="cpu")
+    if args.diversity is None:
+        return config
+    return dataclasses.replace(config, acquisition=dataclasses.replace(config.acquisition, diversity=args.diversity))
+
+
+def record_key(key: str, args) -> str:
+    """Where a run is kept in the JSON: the objective's key, with the diversity when it is
+    not the campaign's default (a comparison, shown in its own table)."""
+    return key if args.diversity is None else f"{key}@diversity={args.diversity:g}"
 
 
 def run_objective(objective: list[str], args) -> dict:
@@ -167,6 +176,35 @@ def section(title: str, result, record: dict, plot: Path) -> list[str]:
     return lines
 
 
+def comparison(records: dict, objectives: dict) -> list[str]:
+    """Per objective, the default policy's run beside runs with another diversity, on the
+    seeds and budget they share (median hits at each point both reached)."""
+    import numpy as np
+
+    lines = []
+    for key in objectives:
+        variants = sorted(name for name in records if name.startswith(f"{key}@"))
+        if key not in records or not variants:
+            continue
+        runs = {name: records[name] for name in [key, *variants]}
+        seeds = set.intersection(*(set(range(run["first_seed"], run["first_seed"] + len(run["hits"])))
+                                   for run in runs.values()))
+        points = sorted(set.intersection(*(set(run["revealed"]) for run in runs.values())))
+        lines += [f"## Diversity on `{records[key]['objective']}`: the default beside other settings", "",
+                  (f"Median hits over seeds {', '.join(map(str, sorted(seeds)))} (the seeds every run has), same "
+                   "start, batches, model and training; only the diversity of the batch differs."), "",
+                  "| diversity | " + " | ".join(str(point) for point in points) + " | minutes |",
+                  "|---|" + "---:|" * (len(points) + 1)]
+        for name, run in runs.items():
+            rows = [run["hits"][seed - run["first_seed"]] for seed in sorted(seeds)]
+            at = [np.median([row[run["revealed"].index(point)] for row in rows]) for point in points]
+            minutes = f"{run['minutes']:.0f}" if run.get("minutes") is not None else ""
+            label = f"{run['settings']['diversity']:g}" + (" (default)" if name == key else "")
+            lines.append(f"| {label} | " + " | ".join(f"{value:g}" for value in at) + f" | {minutes} |")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -182,6 +220,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, help="ensemble members (default: the replay's)")
     parser.add_argument("--epochs", type=int, help="most epochs per member (default: the replay's)")
     parser.add_argument("--patience", type=int, help="early stopping patience (default: the replay's)")
+    parser.add_argument("--diversity", type=float,
+                        help="run the policy with this diversity instead of the campaign's default; kept as a "
+                             "comparison beside the default's run")
     parser.add_argument("--from-log", type=Path,
                         help="with --only: record a run stopped early from its stderr progress lines")
     args = parser.parse_args()
@@ -200,7 +241,7 @@ def main() -> None:
     records = json.loads(record_path.read_text()) if (args.only or args.render) and record_path.exists() else {}
     runs = [] if args.render else [args.only] if args.only else list(objectives)
     for key in runs:
-        records[key] = (partial_record(objectives[key][1], args.from_log, args) if args.from_log
+        records[record_key(key, args)] = (partial_record(objectives[key][1], args.from_log, args) if args.from_log
                         else run_objective(objectives[key][1], args))
 
     lines = ["# Replay: a campaign against random selection on a real labeled pool", "",
@@ -216,6 +257,7 @@ def main() -> None:
         plot = out.with_name(f"{out.stem}{'' if key == 'gap' else '-' + key}.png")
         discovery_plot(result, plot)
         lines += section(objectives[key][0], result, record, plot)
+    lines += comparison(records, objectives)
     table = "\n".join(lines)
     print(table)
     out.write_text(table)
