@@ -88,10 +88,11 @@ def _retrain(round_ref: RoundRef, settings: Settings) -> RoundRef:
 
 
 def _compute(round_ref: RoundRef, settings: Settings) -> RoundRef:
-    """The round's calculations by the ``run-dft`` flow, then the round marked computed."""
+    """The round's calculations by the ``run-dft`` flow (of the structures dispatch queued
+    them on: relaxed ones, if the round relaxed), then the round marked computed."""
     with open_engine(settings.database_url) as engine:
         dft = loop.campaign_config(engine, round_ref.campaign_id).dft
-        structure_ids = loop.round_structures(engine, round_ref.round_id)
+        structure_ids = loop.round_calculation_structures(engine, round_ref.round_id)
     run_dft.with_options(task_runner=task_runner(settings, dft.jobs))(
         structure_ids, preset=dft.preset, threads=dft.threads, wall_time_s=dft.wall_time_s,
         references=dft.references)

@@ -103,7 +103,7 @@ def test_an_invalid_stored_config_gives_way_to_the_corrected_one(engine, alloys)
 
 def test_the_steps_reach_every_status_in_order():
     table = rounds.steps()
-    assert [step.name for step in table] == ["retrain", "predict", "rank", "dispatch", "compute", "ingest"]
+    assert [step.name for step in table] == ["retrain", "predict", "rank", "relax", "dispatch", "compute", "ingest"]
     assert [rounds.step_at(status).reaches for status in list(rounds.RoundStatus)[:-1]] == list(rounds.RoundStatus)[1:]
     assert [step.name for step in table if not step.runs_for(RoundKind.RANDOM)] == ["retrain", "predict"]
     with pytest.raises(ValueError, match="done has no step"):
@@ -120,7 +120,7 @@ def test_a_random_round_passes_the_model_steps_without_work(engine, alloys, sett
     round_ref = resume_round(engine, campaign_id)
     assert (round_ref.number, round_ref.kind, round_ref.status) == (0, RoundKind.RANDOM, "started")
     events = []
-    for status in ("trained", "predicted", "ranked", "dispatched"):
+    for status in ("trained", "predicted", "ranked", "relaxed", "dispatched"):
         round_ref = rounds.run_step(engine, settings, round_ref, on_event=events.append)
         assert round_ref.status == status and _round_row(engine, round_ref.round_id).status == status
     row = _round_row(engine, round_ref.round_id)

@@ -5,6 +5,7 @@ import gzip
 import json
 from importlib.resources import files
 
+import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -13,16 +14,19 @@ from pymatgen.core import Composition
 from pymatgen.entries.computed_entries import ComputedEntry
 from sqlalchemy import select
 
-from tests.dft_helpers import cu3au, targets_of
+from tests.dft_helpers import cu3au, l12, targets_of
 from workbench.io.entries import Entry, Label
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
 from workbench.stability.hull import HullEntry, convex_hull
+from workbench.stability.predicted import derive_predictions, learned_target
 from workbench.stability.store import (
     HullConflict,
     NoElementalReferences,
     level_gaps,
+    levels_with_hull,
     queue_gaps,
+    refresh_hulls,
     update_hull,
 )
 from workbench.store.engine import session_scope
@@ -205,3 +209,58 @@ def test_hull_command(engine, run_cli):
     assert "Au-Cu" in output and "Queued 2 calculations with preset emt" in output
     assert "emt.e_above_hull from 2 emt.energy_per_atom energies: 1 structures (1 new" in output
     assert "no energies at level 'nonesuch'" in run_cli("hull", "--level", "nonesuch", expect=1).output
+
+
+def test_refresh_is_idempotent_and_says_why_a_level_has_no_hull(engine):
+    """What a campaign's ingest calls in its own transaction when new energies arrive."""
+    store_energies(engine, ["Cu", "Au", "CuAu"])
+    with session_scope(engine) as session:
+        assert levels_with_hull(session, ["emt", "nothing"]) == []
+        first = refresh_hulls(session, ["emt", "nothing"])
+    assert first["emt"].new == 3 and "no energies at level 'nothing'" in first["nothing"]
+    ids = store_energies(engine, ["Cu3Au"])
+    with session_scope(engine) as session:
+        assert levels_with_hull(session, ["emt", "nothing"]) == ["emt"]
+        again = refresh_hulls(session, ["emt"])
+    assert (again["emt"].new, again["emt"].updated + again["emt"].unchanged) == (1, 3)
+    with session_scope(engine) as session:
+        assert refresh_hulls(session, ["emt"])["emt"].unchanged == 4
+    assert e_above_hull(engine, ids) == pytest.approx(pymatgen_e_above_hull(["Cu", "Au", "CuAu", "Cu3Au"]), abs=1e-9)
+
+
+def test_predicted_e_above_hull_is_formation_energy_over_the_hull(engine):
+    """Each structure's formation energy, given as if a model predicted it, minus the
+    hull's at its composition is the energy above the hull the store computes from the
+    total energies; a system without phases at the level has its elements at zero."""
+    energies = {name: emt_energy_per_atom(CELLS[name]()) for name in CELLS}
+    formation = {}
+    for name, cell in CELLS.items():
+        composition = Composition(cell().get_chemical_formula())
+        formation[name] = energies[name] - sum(composition.get_atomic_fraction(element) * energies[element.symbol]
+                                               for element in composition)
+    entries = [Entry(row=name, external_id=name, crystal=Crystal.from_ase(CELLS[name]()), labels={
+        "emt.energy_per_atom": Label(TargetKind.SCALAR, energies[name], "eV/atom"),
+        "emt.formation_energy_per_atom": Label(TargetKind.SCALAR, formation[name], "eV/atom")})
+        for name in CELLS]
+    entries.append(Entry(row="Ni3Al", external_id="Ni3Al", crystal=Crystal.from_ase(l12("Ni", "Al"))))
+    import_entries(engine, entries, source="alloys", file="test", options=ReadOptions())
+    with session_scope(engine) as session:
+        ids = dict(session.execute(select(StructureSource.external_id, StructureSource.structure_id)
+                                   .where(StructureSource.source == "alloys")).all())
+    update_hull(engine, "emt")
+    names = list(CELLS)
+    order = [ids[name] for name in [*names, "Ni3Al"]]
+    mean = np.array([formation[name] for name in names] + [-0.05])
+    std = np.linspace(0.01, 0.06, len(order))
+    assert learned_target("emt.e_above_hull") == "emt.formation_energy_per_atom"
+    assert learned_target("emt.band_gap") == "emt.band_gap"
+    derived = derive_predictions(engine, ["emt.e_above_hull"], {"emt.formation_energy_per_atom": (mean, std)}, order)
+    above, spread = derived["emt.e_above_hull"]
+    stored = e_above_hull(engine, ids)
+    assert above[:-1] == pytest.approx([stored[name] for name in names], abs=1e-9)
+    assert above[-1] == pytest.approx(-0.05)  # below the Ni-Al line of the bare elements
+    assert spread == pytest.approx(std)  # the hull is taken as known
+    # Predicted 0.1 eV/atom higher, a candidate lies that much further above the hull.
+    higher = derive_predictions(engine, ["emt.e_above_hull"], {"emt.formation_energy_per_atom": (mean + 0.1, std)},
+                                order)["emt.e_above_hull"][0]
+    assert higher == pytest.approx(above + 0.1)  # against the stored hull, not the predictions

@@ -32,6 +32,7 @@ from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.errors import InputError
 from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from workbench.stability.predicted import learned_target
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig
 
 
@@ -189,6 +190,54 @@ class Screen(_Strict):
     _known_preset = field_validator("preset")(Dft._known_preset.__func__)  # the check of dft.preset
 
 
+class Relax(_Strict):
+    """A relaxation run on each round's batch before its ``dft`` labels (e.g.
+    ``sevennet-relax``, a pre-relaxation with a universal model): each label is computed on
+    the structure the relaxation ended in, from its relaxed geometry; a candidate whose
+    relaxation failed is labeled as stored. Its calculations are in ``calculations`` with
+    their cost, not in the ledger's ``budget``; the round says so in its summary (``relax``)."""
+
+    preset: str
+    jobs: int = Field(1, ge=1)
+
+    @field_validator("preset")
+    @classmethod
+    def _a_relaxation(cls, name: str) -> str:
+        from workbench.dft.presets import PresetError, load_preset
+
+        try:
+            preset = load_preset(name)
+        except PresetError as error:
+            raise ValueError(str(error)) from None
+        if preset.relax is None:
+            raise ValueError(f"preset {name!r} does not relax; use a relaxation preset such as {name}-relax")
+        return name
+
+
+class Decorations(_Strict):
+    """Candidates generated once, when the campaign is first opened: every combination of
+    the ``sites`` choices (``{prototype element: [elements]}``) in ``prototype`` (a stored
+    structure id, ``aflow:<label>`` or a structure file, as ``workbench generate
+    substitute`` takes), stored under ``candidates.source`` with their lineage."""
+
+    prototype: str
+    sites: dict[str, list[str]] = Field(min_length=1)
+    charge_balanced: bool = False
+
+    @field_validator("sites")
+    @classmethod
+    def _elements(cls, sites: dict[str, list[str]]) -> dict[str, list[str]]:
+        from workbench.generate.substitute import ELEMENT_SYMBOLS
+
+        unknown = sorted({element for element in [*sites, *(e for choices in sites.values() for e in choices)]
+                          if element not in ELEMENT_SYMBOLS})
+        if unknown:
+            raise ValueError(f"unknown element {', '.join(map(repr, unknown))}")
+        if any(not choices for choices in sites.values()):
+            raise ValueError("every site needs at least one element")
+        return sites
+
+
 class Stop(_Strict):
     """When to stop besides the budget: after ``rounds`` rounds, after ``hits`` hits."""
 
@@ -213,6 +262,8 @@ class CampaignConfig(_Strict):
     acquisition: Acquisition = Field(default_factory=Acquisition)
     dft: Dft = Field(default_factory=Dft)
     screen: Screen | None = None
+    relax: Relax | None = None
+    generate: list[Decorations] = Field(default_factory=list)
     stop: Stop = Field(default_factory=Stop)
 
     @field_validator("objective")
@@ -232,14 +283,27 @@ class CampaignConfig(_Strict):
                              f"(e.g. 'heat_ref<1.0'), not the window {first}; use 'probability'")
         return acquisition
 
+    @model_validator(mode="after")
+    def _generated_into_a_source(self) -> "CampaignConfig":
+        if self.generate and self.candidates.source is None:
+            raise ValueError("generate needs candidates.source: the label its candidates are stored under")
+        return self
+
     @property
     def parsed_objective(self) -> Objective:
         return parse_objective(self.objective)
 
     @property
+    def learned_targets(self) -> list[str]:
+        """What the models learn for the objective, in its order: each objective target,
+        or for ``<level>.e_above_hull`` the level's formation energy
+        (:func:`workbench.stability.predicted.learned_target`)."""
+        return list(dict.fromkeys(learned_target(target) for target in self.parsed_objective.targets))
+
+    @property
     def modelled_targets(self) -> list[str]:
-        """Objective targets first, then the extra ones."""
-        return list(dict.fromkeys([*self.parsed_objective.targets, *self.targets]))
+        """The learned objective targets first, then the extra ones."""
+        return list(dict.fromkeys([*self.learned_targets, *self.targets]))
 
     def to_document(self) -> dict:
         return self.model_dump(mode="json")

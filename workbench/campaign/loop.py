@@ -30,12 +30,16 @@ from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
+from workbench.dft.workflow import stage_ends
 from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
+from workbench.generate.store import GenerateReport, decorate
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import needs_triplets
 from workbench.settings import Settings
+from workbench.stability.predicted import derive_predictions
+from workbench.stability.store import hull_level, levels_with_hull, refresh_hulls
 from workbench.store.bulk import one_of
 from workbench.store.engine import session_scope
 from workbench.store.queries import structures_where
@@ -82,8 +86,14 @@ def open_campaign(engine: Engine, config: CampaignConfig) -> int:
     """The campaign named in ``config``: created, or found and checked against it.
 
     A stored config that no longer validates (written before a check existed, e.g. naming
-    an unknown DFT preset) could never run its next step: ``config`` replaces it."""
+    an unknown DFT preset) could never run its next step: ``config`` replaces it. A new
+    campaign's ``generate`` section runs first (:func:`generate_candidates`)."""
     document = config.to_document()
+    with session_scope(engine) as session:
+        known = session.scalar(select(Campaign.id).where(Campaign.name == config.name)) is not None
+    if not known:
+        # Before the campaign's row: a start killed here generates again, adding nothing twice.
+        generate_candidates(engine, config)
     with session_scope(engine) as session:
         campaign = session.scalar(select(Campaign).where(Campaign.name == config.name))
         if campaign is None:
@@ -100,6 +110,13 @@ def open_campaign(engine: Engine, config: CampaignConfig) -> int:
         if campaign.status == "finished":
             campaign.status, campaign.finished_at = "active", None
         return campaign.id
+
+
+def generate_candidates(engine: Engine, config: CampaignConfig) -> list[GenerateReport]:
+    """The decorations of the config's ``generate`` section, stored (deduplicated, with
+    their lineage) under ``candidates.source``; running it again adds nothing."""
+    return [decorate(engine, spec.prototype, spec.sites, source=config.candidates.source,
+                     charge_balanced=spec.charge_balanced) for spec in config.generate]
 
 
 def _valid(campaign: Campaign) -> bool:
@@ -159,10 +176,11 @@ def _ledger_keys(engine: Engine, campaign_id: int) -> set[str]:
 
 
 def eligible_candidates(engine: Engine, campaign_id: int, config: CampaignConfig) -> list[int]:
-    """Candidates not labeled for an objective target, not being computed, and not in this
-    campaign's ledger already — all matched by dedup key."""
+    """Candidates not labeled for an objective target (or what a model learns for it), not
+    being computed, and not in this campaign's ledger already — all matched by dedup key."""
     ids = candidate_ids(engine, config)
-    blocked = blocked_keys(engine, config.parsed_objective.targets) | _ledger_keys(engine, campaign_id)
+    labels = [*config.parsed_objective.targets, *config.learned_targets]
+    blocked = blocked_keys(engine, labels) | _ledger_keys(engine, campaign_id)
     with session_scope(engine) as session:
         keys = dict(session.execute(select(Structure.id, Structure.dedup_key).where(one_of(session, Structure.id, ids))).all())
     return [structure_id for structure_id in ids if keys[structure_id] not in blocked]
@@ -212,7 +230,7 @@ def stop_reason(engine: Engine, campaign_id: int, config: CampaignConfig) -> str
 
 
 def _needs_random_round(engine: Engine, config: CampaignConfig) -> bool:
-    counts = labeled_counts(engine, config.parsed_objective.targets)
+    counts = labeled_counts(engine, config.learned_targets)
     return min(counts.values()) < max(config.initial, MIN_LABELS) and config.acquisition.function != RANDOM
 
 
@@ -262,7 +280,7 @@ def screen(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
         return
     with session_scope(engine) as session:
         labeled = session.scalars(select(TargetValue.structure_id).join(TargetDefinition).where(
-            TargetDefinition.name == config.parsed_objective.targets[0]))
+            TargetDefinition.name == config.learned_targets[0]))
         structure_ids = sorted(set(candidate_ids(engine, config)) | set(labeled))
     preset = load_preset(config.screen.preset)
     calculation_ids = queue_calculations(engine, structure_ids, preset)
@@ -299,7 +317,7 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
     with session_scope(engine) as session:
         models = dict(session.get(Round, round_ref.round_id).models or {})
     counts = labeled_counts(engine, config.modelled_targets)
-    first_target = config.parsed_objective.targets[0]
+    first_target = config.learned_targets[0]
     for target in config.modelled_targets:
         if target in models or counts[target] < MIN_LABELS:
             continue
@@ -332,7 +350,7 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
         versions = {target: session.get(ModelVersion, model_version_id) for target, model_version_id in models.items()}
         uris = {target: f"{version.name}/{version.registry_version}" for target, version in versions.items()}
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
-    first_target = config.parsed_objective.targets[0]
+    first_target = config.learned_targets[0]
     with_prior = eligible
     if config.model.prior and first_target in uris:  # its model adds the prior back: it needs its value
         values = prior_values(engine, config.model.prior, eligible)
@@ -417,13 +435,15 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         round_row = session.get(Round, round_ref.round_id)
         models, model_version_id = dict(round_row.models or {}), round_row.model_version_id
     if round_ref.kind is RoundKind.RANDOM:
-        labeled = min(labeled_counts(engine, objective.targets).values())
+        labeled = min(labeled_counts(engine, config.learned_targets).values())
         size = max(1, min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible)))
         policy, predictions = AcquisitionSettings(function=RANDOM, cost_aware=config.acquisition.cost_aware), {}
     else:
         policy = config.acquisition.settings()
         size = min(policy.batch, config.budget - state.spent, len(eligible))
         predictions = _scalar_predictions(engine, models, eligible)
+        # An objective the models do not learn (the energy above the hull) is derived here.
+        predictions = derive_predictions(engine, objective.targets, predictions, eligible)
     costs = expected_costs(engine, load_preset(config.dft.preset), eligible) if policy.cost_aware else None
     plan = plan_batch(
         predictions, objective, policy, size=size, count=len(eligible), costs=costs,
@@ -460,14 +480,54 @@ def round_structures(engine: Engine, round_id: int) -> list[int]:
             Acquisition.round_id == round_id).order_by(Acquisition.batch)))
 
 
+def relax(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> None:
+    """Relax the round's batch with the config's ``relax`` preset (no work without one),
+    and note its calculations and their seconds in the round's summary. They are not
+    acquisitions: the budget does not count them. Repeatable: calculations are unique per
+    structure and preset, and only queued ones run."""
+    config = campaign_config(engine, round_ref.campaign_id)
+    noted = {}
+    if config.relax is not None:
+        preset = load_preset(config.relax.preset)
+        calculation_ids = queue_calculations(engine, round_structures(engine, round_ref.round_id), preset)
+        if on_event:
+            on_event(f"round {round_ref.number}: relaxing {len(calculation_ids)} structures with {preset.name}")
+        run_queued(engine, preset, RunOptions(workdir=settings.dft_dir, jobs=config.relax.jobs),
+                   calculation_ids=calculation_ids, references=False)
+        with session_scope(engine) as session:
+            rows = session.execute(select(Calculation.status, Calculation.wall_time_s).where(
+                one_of(session, Calculation.id, calculation_ids))).all()
+        noted = {"relax": {"preset": preset.name, "calculations": len(rows),
+                           "failed": sum(row.status is CalculationStatus.FAILED for row in rows),
+                           "wall_time_s": float(sum(row.wall_time_s or 0.0 for row in rows))}}
+        if on_event:
+            on_event(f"round {round_ref.number}: relaxed with {preset.name} ({noted['relax']['failed']} failed, "
+                     f"{noted['relax']['wall_time_s']:.0f} s)")
+    with session_scope(engine) as session:
+        round_row = session.get(Round, round_ref.round_id)
+        round_row.summary = {**(round_row.summary or {}), **noted}
+        advance(session, round_ref)
+
+
+def labeled_structures(engine: Engine, config: CampaignConfig, structure_ids: list[int]) -> tuple[list[int], dict[int, dict]]:
+    """The structure each candidate's labels are computed on, and the geometries they start
+    from: where the config's relaxation of it ended (from its relaxed geometry), else the
+    candidate as stored."""
+    ends = stage_ends(engine, config.relax.preset, structure_ids) if config.relax is not None else {}
+    starts = {end: geometry for end, geometry in ends.values() if geometry is not None}
+    return [ends.get(structure_id, (structure_id, None))[0] for structure_id in structure_ids], starts
+
+
 def dispatch(engine: Engine, settings: Settings, round_ref: RoundRef, *,
              on_event: Events | None = None) -> list[int]:
-    """Queue a calculation for every proposed acquisition of the round and link it in
-    the ledger; returns the calculation ids (repeatable: calculations are unique per
-    structure and preset, so a second call finds the same ones)."""
+    """Queue a calculation for every proposed acquisition of the round (on the structure
+    its relaxation ended in, if the round relaxed) and link it in the ledger; returns the
+    calculation ids (repeatable: calculations are unique per structure and preset, so a
+    second call finds the same ones)."""
     config = campaign_config(engine, round_ref.campaign_id)
     structure_ids = round_structures(engine, round_ref.round_id)
-    calculation_ids = queue_calculations(engine, structure_ids, load_preset(config.dft.preset))
+    labeled, starts = labeled_structures(engine, config, structure_ids)
+    calculation_ids = queue_calculations(engine, labeled, load_preset(config.dft.preset), starts=starts)
     by_structure = dict(zip(structure_ids, calculation_ids, strict=True))
     with session_scope(engine) as session:
         for acquisition in session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)):
@@ -478,6 +538,14 @@ def dispatch(engine: Engine, settings: Settings, round_ref: RoundRef, *,
     if on_event:
         on_event(f"round {round_ref.number}: {len(calculation_ids)} calculations queued ({config.dft.preset})")
     return calculation_ids
+
+
+def round_calculation_structures(engine: Engine, round_id: int) -> list[int]:
+    """The structures the round's calculations compute (relaxed ones, if it relaxed)."""
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Calculation.structure_id).join(
+            Acquisition, Acquisition.calculation_id == Calculation.id).where(
+            Acquisition.round_id == round_id).order_by(Acquisition.batch)))
 
 
 def round_calculations(engine: Engine, round_id: int) -> list[int]:
@@ -521,28 +589,44 @@ def _labels(session, structure_ids: list[int], targets: list[str]) -> dict[tuple
     return {(structure_id, name): value for structure_id, name, value in rows}
 
 
+def _hull_levels(session, config: CampaignConfig) -> list[str]:
+    """Levels whose hull the round's new energies change: those the objective is on, and
+    the round's presets where the store has a hull of them already."""
+    computed = [config.dft.preset, *([config.relax.preset] if config.relax is not None else [])]
+    on_objective = [level for level in map(hull_level, config.parsed_objective.targets) if level is not None]
+    return list(dict.fromkeys([*on_objective, *levels_with_hull(session, computed)]))
+
+
 def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> dict:
-    """Record each acquisition's outcome (computed values, hit or not, or why it failed)
-    and close the round with its summary, in one transaction."""
+    """Rewrite the hull of every level the round's energies reach (:func:`_hull_levels`),
+    record each acquisition's outcome on it (computed values of the structure it was
+    labeled on, hit or not, or why it failed) and close the round with its summary, in
+    one transaction."""
     config = campaign_config(engine, round_ref.campaign_id)
     objective = config.parsed_objective
+    targets = list(dict.fromkeys([*objective.targets, *config.modelled_targets]))
     with session_scope(engine) as session:
+        hulls = refresh_hulls(session, _hull_levels(session, config))
         acquisitions = session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)).all()
         calculations = {row.id: row for row in session.scalars(select(Calculation).where(
             Calculation.id.in_([a.calculation_id for a in acquisitions if a.calculation_id])))}
-        labels = _labels(session, [a.structure_id for a in acquisitions], config.modelled_targets)
+        labeled_on = {a.id: calculations[a.calculation_id].structure_id if a.calculation_id in calculations
+                      else a.structure_id for a in acquisitions}
+        labels = _labels(session, list(set(labeled_on.values())), targets)
         hits = failed = 0
         cost = 0.0
         for acquisition in acquisitions:
             calculation = calculations.get(acquisition.calculation_id)
-            computed = {target: labels[(acquisition.structure_id, target)] for target in config.modelled_targets
-                        if (acquisition.structure_id, target) in labels}
+            structure_id = labeled_on[acquisition.id]
+            computed = {target: labels[(structure_id, target)] for target in targets
+                        if (structure_id, target) in labels}
             complete = all(target in computed for target in objective.targets)
             if calculation is not None and calculation.wall_time_s:
                 cost += calculation.wall_time_s
             if complete:
                 hit = bool(objective.holds({target: np.array([computed[target]]) for target in objective.targets})[0])
-                acquisition.outcome = {"computed": computed, "hit": hit}
+                acquisition.outcome = {"computed": computed, "hit": hit} | (
+                    {"structure_id": structure_id} if structure_id != acquisition.structure_id else {})
                 acquisition.status = AcquisitionStatus.LABELED
                 hits += hit
             else:
@@ -552,7 +636,10 @@ def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
                 failed += 1
         round_row = session.get(Round, round_ref.round_id)
         summary = {**(round_row.summary or {}), "acquired": len(acquisitions), "hits": hits, "failed": failed,
-                   "dft_seconds": round(cost, 1)}
+                   "dft_seconds": round(cost, 1)} | ({"hull": {
+                       level: report if isinstance(report, str) else
+                       {"values": report.values, "new": report.new, "updated": report.updated}
+                       for level, report in hulls.items()}} if hulls else {})
         round_row.summary, round_row.finished_at = summary, _now()
         advance(session, round_ref)
     if on_event:

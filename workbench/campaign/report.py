@@ -6,6 +6,8 @@
   std, from the ledger) against what DFT then computed;
 - computed against predicted DOS of the newest candidates, when a spectrum target is
   modelled;
+- for an objective on ``<level>.e_above_hull``, the level's convex hull in the binary
+  systems the campaign chose most in, its computed candidates marked;
 - the ledger: what was chosen, in which round, by which function and score, and what
   came of it;
 - where and when it was written: machine, cores, commit, and the campaign's wall time
@@ -21,6 +23,7 @@ from sqlalchemy import Engine, select
 
 from workbench.campaign.loop import campaign_config, progress, stop_reason
 from workbench.provenance import current
+from workbench.stability.store import binary_hulls, hull_level
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Acquisition,
@@ -39,6 +42,10 @@ from workbench.train.plots import parity_plot, spectrum_overlays
 
 # Spectra shown in the DOS figure (its 2 x 3 panels).
 DOS_PANELS = 6
+# Binary systems shown in the hull figure (its 2 x 2 panels).
+HULL_PANELS = 4
+# A phase this close to the hull (eV/atom) is drawn on it.
+ON_HULL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,41 @@ def _dos_figure(engine: Engine, campaign_id: int, target: str, path: Path) -> Pa
                              title=f"{target}: computed (black) vs predicted before computing")
 
 
+def _hull_figure(engine: Engine, level: str, rows: list[LedgerRow], path: Path) -> Path | None:
+    """Formation energy against composition in the binary systems the campaign computed
+    most candidates in: the hull through the stable phases, every phase at the level, the
+    campaign's candidates (the structures they were labeled on) marked, hits filled."""
+    labeled = {row.outcome.get("structure_id", row.structure_id): bool(row.outcome.get("hit"))
+               for row in rows if row.outcome.get("computed")}
+    with session_scope(engine) as session:
+        hulls = binary_hulls(session, level, labeled, limit=HULL_PANELS)
+    if not hulls:
+        return None
+    columns = min(2, len(hulls))
+    figure = Figure(figsize=(5 * columns, 4 * ((len(hulls) + 1) // 2)))
+    axes = np.atleast_1d(figure.subplots((len(hulls) + 1) // 2, columns, squeeze=False)).ravel()
+    for axis, hull in zip(axes, hulls, strict=False):
+        x, y = np.array(hull.fraction), np.array(hull.formation_energy)
+        on = np.array(hull.e_above_hull) <= ON_HULL
+        order = np.argsort(x[on])
+        axis.plot(x[on][order], y[on][order], "-", color="black", linewidth=1, label="hull")
+        axis.scatter(x, y, s=18, color="0.6", label=f"phases at {level}")
+        ours = np.array([key in labeled for key in hull.keys])
+        hits = np.array([labeled.get(key, False) for key in hull.keys])
+        axis.scatter(x[ours & ~hits], y[ours & ~hits], s=50, facecolors="none", edgecolors="tab:red",
+                     label="campaign's candidates")
+        axis.scatter(x[hits], y[hits], s=60, color="tab:red", marker="*", label="hits")
+        first, second = hull.system.split("-")
+        axis.set(xlabel=f"fraction of {second} (0 = {first})", ylabel="formation energy (eV/atom)",
+                 title=f"{hull.system} at {level}")
+    for axis in axes[len(hulls):]:
+        axis.set_visible(False)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3g}"
 
@@ -185,6 +227,10 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
             figures.append(figure)
     for target in config.modelled_targets:
         figure = _dos_figure(engine, campaign_id, target, out / f"spectra-{target}.png")
+        if figure:
+            figures.append(figure)
+    for level in filter(None, map(hull_level, objective.targets)):
+        figure = _hull_figure(engine, level, rows, out / f"hull-{level}.png")
         if figure:
             figures.append(figure)
     lines += [f"![{figure.stem}]({figure.name})" for figure in figures] + [""]

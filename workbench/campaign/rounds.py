@@ -4,12 +4,14 @@ function that moves a round on.
 A round starts ``started``; each step runs from one status and leaves the round at the
 next::
 
-    started -retrain-> trained -predict-> predicted -rank-> ranked -dispatch-> dispatched
-            -compute-> computed -ingest-> done
+    started -retrain-> trained -predict-> predicted -rank-> ranked -relax-> relaxed
+            -dispatch-> dispatched -compute-> computed -ingest-> done
 
 A step declares the kinds of round it runs for. For a round of another kind it is passed
 without work: a ``random`` round has no model to train or to predict with, so it goes
-from ``started`` to ``predicted`` at once and is ranked at random.
+from ``started`` to ``predicted`` at once and is ranked at random. A step may also have
+nothing to do under a campaign's config (``relax`` without a ``relax`` section): it then
+only moves the round on.
 
 :func:`advance` moves a round on by compare-and-set on ``rounds.status``
 (``UPDATE rounds SET status = <next> WHERE id = ? AND status = <current>``), inside the
@@ -46,6 +48,7 @@ class RoundStatus(enum.StrEnum):
     TRAINED = "trained"
     PREDICTED = "predicted"
     RANKED = "ranked"
+    RELAXED = "relaxed"
     DISPATCHED = "dispatched"
     COMPUTED = "computed"
     DONE = "done"
@@ -102,6 +105,7 @@ def steps() -> tuple[Step, ...]:
         Step("retrain", loop.retrain, RoundStatus.TRAINED, kinds=MODEL_ROUNDS),
         Step("predict", loop.predict, RoundStatus.PREDICTED, kinds=MODEL_ROUNDS),
         Step("rank", loop.rank, RoundStatus.RANKED),
+        Step("relax", loop.relax, RoundStatus.RELAXED),
         Step("dispatch", loop.dispatch, RoundStatus.DISPATCHED),
         Step("compute", loop.compute, RoundStatus.COMPUTED),
         Step("ingest", loop.ingest, RoundStatus.DONE),

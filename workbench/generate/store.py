@@ -18,7 +18,7 @@ from itertools import islice
 
 from sqlalchemy import Engine, select
 
-from workbench.errors import ImportFailed
+from workbench.errors import ImportFailed, InputError
 from workbench.generate.prototypes import Prototype
 from workbench.generate.substitute import ChargeBalance, Substitution
 from workbench.io.entries import Entry
@@ -81,6 +81,23 @@ def store_decorations(
         if on_progress:
             on_progress(len(batch))
     return report
+
+
+def decorate(engine: Engine, prototype: str, sites: dict[str, list[str]], *, source: str = DEFAULT_SOURCE,
+             charge_balanced: bool = False) -> GenerateReport:
+    """Every combination of the ``sites`` choices (``{prototype element: [elements]}``) in
+    the prototype ``prototype`` names (:func:`~workbench.generate.prototypes.resolve_prototype`),
+    stored under ``source``: what a campaign's ``generate`` section runs."""
+    from workbench.generate.prototypes import resolve_prototype
+    from workbench.generate.substitute import explicit_substitutions
+
+    parent = resolve_prototype(engine, prototype)
+    foreign = sorted(set(sites) - set(parent.elements))
+    if foreign:
+        raise InputError(f"site {', '.join(map(repr, foreign))} is not an element of the prototype {prototype} "
+                         f"(its elements: {', '.join(parent.elements)})", field="sites")
+    return store_decorations(engine, parent, explicit_substitutions(sites), source=source,
+                             charge_balance=ChargeBalance() if charge_balanced else None)
 
 
 def _write_batch(engine: Engine, prototype: Prototype, decorations: dict[str, tuple[Substitution, Crystal]],

@@ -73,7 +73,7 @@ def convex_hull(entries: list[HullEntry]) -> Hull:
         if lacking:
             missing[name] = lacking
             continue
-        diagram = PhaseDiagram([phase_entries[index] for index in _within(system, systems)])
+        diagram = PhaseDiagram([phase_entries[index] for index in entries_within(system, systems)])
         for index in systems[system]:
             decomposition, energy = diagram.get_decomp_and_e_above_hull(phase_entries[index])
             points[entries[index].key] = HullPoint(
@@ -83,7 +83,7 @@ def convex_hull(entries: list[HullEntry]) -> Hull:
     return Hull(points, missing)
 
 
-def _within(system: frozenset[str], systems: dict[frozenset[str], list[int]]) -> list[int]:
+def entries_within(system: frozenset[str], systems: dict[frozenset[str], list[int]]) -> list[int]:
     """Indices of the entries whose elements lie within ``system``: looked up by subset
     while the system has fewer subsets than there are systems (100,000 candidates in as
     many ternary systems need not each scan all the others)."""

@@ -14,6 +14,7 @@ competing phases (structures within the system, other than elements) without one
 """
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, insert, select, update
@@ -88,51 +89,84 @@ def level_entries(session: Session, level: str) -> tuple[str, list[HullEntry]]:
 def update_hull(engine: Engine, level: str) -> HullReport:
     """Compute the level's hull and write ``<level>.e_above_hull``, in one transaction."""
     with session_scope(engine) as session:
-        # Two updates at once would both insert the values they find missing.
-        one_writer_at_a_time(session, f"hull {level}")
-        basis, entries = level_entries(session, level)
-        if not any(len(entry.elements) == 1 for entry in entries):
-            elements = sorted({element for entry in entries for element in entry.elements})
-            raise NoElementalReferences(
-                f"level {level!r} has no elemental references: no structure of a single element has "
-                f"{basis}; the hull needs one for each of {', '.join(elements)} "
-                f"(`workbench hull --level {level} --queue` queues them)", field="--level")
-        hull = convex_hull(entries)
-        report = HullReport(level=level, basis=basis, entries=len(entries),
-                            systems_without_hull=hull.missing_elements)
-        target_id = _target_id(session, level)
-        existing = {row.structure_id: row for row in session.execute(
-            select(TargetValue.id, TargetValue.structure_id, TargetValue.value, TargetValue.detail,
-                   TargetValue.source_file).where(TargetValue.target_id == target_id))}
-        new_rows, changed_rows = [], []
-        for key, point in hull.points.items():
-            if not isinstance(key, int):
-                continue  # an element's zero of the formation-energy basis
-            detail = {
-                "basis": basis, "chemical_system": point.chemical_system,
-                "decomposition": [{"structure_id": part, "fraction": fraction}
-                                  for part, fraction in sorted(point.decomposition.items(), key=str)],
-            }
-            report.values += 1
-            previous = existing.get(key)
-            if previous is None:
-                new_rows.append({"structure_id": key, "target_id": target_id, "value": point.e_above_hull,
-                                 "detail": detail, "source_file": HULL_ORIGIN})
-            elif previous.source_file != HULL_ORIGIN:
-                raise HullConflict(
-                    f"structure {key} has a value of {level}.{E_ABOVE_HULL} from "
-                    f"{previous.source_file or 'elsewhere'}; the hull would overwrite it")
-            elif math.isclose(previous.value, point.e_above_hull, rel_tol=1e-9, abs_tol=1e-9) \
-                    and previous.detail == detail:
-                report.unchanged += 1
-            else:
-                changed_rows.append({"id": previous.id, "value": point.e_above_hull, "detail": detail})
-        if new_rows:
-            session.execute(insert(TargetValue), new_rows)
-        if changed_rows:
-            session.execute(update(TargetValue), changed_rows)
-        report.new, report.updated = len(new_rows), len(changed_rows)
+        return write_hull(session, level)
+
+
+def write_hull(session: Session, level: str) -> HullReport:
+    """:func:`update_hull` in the caller's transaction (a campaign's ingest writes the hull
+    and the outcomes judged on it together)."""
+    # Two updates at once would both insert the values they find missing.
+    one_writer_at_a_time(session, f"hull {level}")
+    basis, entries = level_entries(session, level)
+    if not any(len(entry.elements) == 1 for entry in entries):
+        elements = sorted({element for entry in entries for element in entry.elements})
+        raise NoElementalReferences(
+            f"level {level!r} has no elemental references: no structure of a single element has "
+            f"{basis}; the hull needs one for each of {', '.join(elements)} "
+            f"(`workbench hull --level {level} --queue` queues them)", field="--level")
+    hull = convex_hull(entries)
+    report = HullReport(level=level, basis=basis, entries=len(entries),
+                        systems_without_hull=hull.missing_elements)
+    target_id = _target_id(session, level)
+    existing = {row.structure_id: row for row in session.execute(
+        select(TargetValue.id, TargetValue.structure_id, TargetValue.value, TargetValue.detail,
+               TargetValue.source_file).where(TargetValue.target_id == target_id))}
+    new_rows, changed_rows = [], []
+    for key, point in hull.points.items():
+        if not isinstance(key, int):
+            continue  # an element's zero of the formation-energy basis
+        detail = {
+            "basis": basis, "chemical_system": point.chemical_system,
+            "decomposition": [{"structure_id": part, "fraction": fraction}
+                              for part, fraction in sorted(point.decomposition.items(), key=str)],
+        }
+        report.values += 1
+        previous = existing.get(key)
+        if previous is None:
+            new_rows.append({"structure_id": key, "target_id": target_id, "value": point.e_above_hull,
+                             "detail": detail, "source_file": HULL_ORIGIN})
+        elif previous.source_file != HULL_ORIGIN:
+            raise HullConflict(
+                f"structure {key} has a value of {level}.{E_ABOVE_HULL} from "
+                f"{previous.source_file or 'elsewhere'}; the hull would overwrite it")
+        elif math.isclose(previous.value, point.e_above_hull, rel_tol=1e-9, abs_tol=1e-9) \
+                and previous.detail == detail:
+            report.unchanged += 1
+        else:
+            changed_rows.append({"id": previous.id, "value": point.e_above_hull, "detail": detail})
+    if new_rows:
+        session.execute(insert(TargetValue), new_rows)
+    if changed_rows:
+        session.execute(update(TargetValue), changed_rows)
+    report.new, report.updated = len(new_rows), len(changed_rows)
     return report
+
+
+def hull_level(target: str) -> str | None:
+    """The level whose hull ``target`` is (``gpaw-fast`` of ``gpaw-fast.e_above_hull``), or ``None``."""
+    level, _, quantity = target.rpartition(".")
+    return level if level and quantity == E_ABOVE_HULL else None
+
+
+def levels_with_hull(session: Session, levels: Iterable[str]) -> list[str]:
+    """Those of ``levels`` that have a hull target in the store (``workbench hull`` or a
+    campaign wrote ``<level>.e_above_hull`` before)."""
+    names = {f"{level}.{E_ABOVE_HULL}": level for level in levels}
+    return sorted(names[name] for name in session.scalars(
+        select(TargetDefinition.name).where(TargetDefinition.name.in_(names))))
+
+
+def refresh_hulls(session: Session, levels: Iterable[str]) -> dict[str, HullReport | str]:
+    """Rewrite the hull of each level, in the caller's transaction, after new energies
+    arrived: per level its report, or why it has no hull yet (no energies or no
+    elemental reference at the level). Idempotent: values that did not change stay."""
+    reports: dict[str, HullReport | str] = {}
+    for level in dict.fromkeys(levels):
+        try:
+            reports[level] = write_hull(session, level)
+        except InputError as error:
+            reports[level] = str(error)
+    return reports
 
 
 def _target_id(session: Session, level: str) -> int:
@@ -192,3 +226,49 @@ def queue_gaps(engine: Engine, level: str, gaps: list[SystemGaps]) -> QueuedGaps
     phases = [structure_id for gap in gaps for structure_id in gap.missing_phases]
     structure_ids = list(dict.fromkeys([*references.values(), *phases]))
     return QueuedGaps(queue_calculations(engine, structure_ids, preset) if structure_ids else [], unavailable)
+
+
+@dataclass(frozen=True)
+class BinaryHull:
+    """A binary system at a level, for a figure: per entry its key (a structure id, or an
+    element's zero of the formation-energy basis), the fraction of the second element,
+    its formation energy per atom against the system's lowest elemental energies, and its
+    energy above the hull (0 on it)."""
+
+    system: str  # "A-B"
+    keys: list
+    fraction: list[float]
+    formation_energy: list[float]
+    e_above_hull: list[float]
+
+
+def binary_hulls(session: Session, level: str, structure_ids: Iterable[int], *, limit: int) -> list[BinaryHull]:
+    """The hulls of the binary systems ``structure_ids`` lie in at ``level``, the ``limit``
+    systems holding most of them first; systems lacking an element's energy are left out."""
+    try:
+        _, entries = level_entries(session, level)
+    except InputError:  # no energies at the level yet
+        return []
+    chosen = set(structure_ids)
+    counts: dict[frozenset[str], int] = {}
+    for entry in entries:
+        if entry.key in chosen and len(entry.elements) == 2:
+            counts[entry.elements] = counts.get(entry.elements, 0) + 1
+    hulls = []
+    for system in sorted(counts, key=lambda system: (-counts[system], sorted(system))):
+        within = [entry for entry in entries if entry.elements <= system]
+        first, second = sorted(system)
+        references = {element: min((e.energy_per_atom for e in within if e.elements == {element}), default=None)
+                      for element in (first, second)}
+        if None in references.values():
+            continue  # no hull without both elements
+        points = convex_hull(within).points
+        fractions = [entry.composition.get(second, 0.0) / sum(entry.composition.values()) for entry in within]
+        hulls.append(BinaryHull(
+            chemical_system(system), [entry.key for entry in within], fractions,
+            [entry.energy_per_atom - (1 - x) * references[first] - x * references[second]
+             for entry, x in zip(within, fractions, strict=True)],
+            [points[entry.key].e_above_hull for entry in within]))
+        if len(hulls) == limit:
+            break
+    return hulls
