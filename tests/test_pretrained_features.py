@@ -6,8 +6,10 @@ import dataclasses
 import mlflow
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk
 from sqlalchemy import insert
+from torch_geometric.data import Batch
 
 from tests.conftest import charged_perovskite_cifs, perovskite_rows, write_csv
 from workbench.campaign.config import config_from_document
@@ -18,6 +20,9 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.pretrained import PRETRAINED_MODELS
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
+from workbench.models import CrystalModel, ModelConfig, needs_triplets, with_atom_feature_size
+from workbench.models.architectures import ARCHITECTURES
+from workbench.models.model import graph_for
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import Featurizer as FeaturizerRow
@@ -59,6 +64,34 @@ def test_embeddings_are_finite_of_the_declared_width_and_do_not_depend_on_the_ba
     # Two atoms of one element in different surroundings get different vectors.
     nacl, fe2 = together[0].pretrained_embedding, together[1].pretrained_embedding
     assert not np.allclose(nacl[0], nacl[1]) and np.allclose(fe2[0], fe2[1], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def chgnet() -> Featurizer:
+    return Featurizer(atom_features="chgnet")
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_every_backbone_and_head_reads_pretrained_features(chgnet, architecture):
+    """Each head on each backbone that reads ``data.x``, on the graphs that backbone reads,
+    with the same embeddings (they do not depend on our graph)."""
+    featurizer = chgnet
+    backbone = with_atom_feature_size(architecture, {}, featurizer.atom_feature_size)
+    if "atom_feature_size" not in backbone:
+        pytest.skip(f"{architecture} embeds atomic numbers and reads no atom features")
+    crystals = tiny_cells()
+    embedded = featurizer.with_embeddings(crystals, [featurizer.structure_graph(c) for c in crystals])
+    ours = dataclasses.replace(featurizer, graph=graph_for(architecture))
+    graphs = [dataclasses.replace(ours.structure_graph(crystal), pretrained_embedding=graph.pretrained_embedding)
+              for crystal, graph in zip(crystals, embedded, strict=True)]
+    batch = Batch.from_data_list([graph_to_data(graph, ours.feature_table(), triplets=needs_triplets(architecture))
+                                  for graph in graphs])
+    for head, options, shape in (("scalar", {}, (4,)), ("spectrum", {"bins": 8}, (4, 8)),
+                                 ("per_site", {}, (batch.num_nodes,))):
+        torch.manual_seed(0)
+        model = CrystalModel(ModelConfig(architecture, head, "y", ours.key, backbone=backbone, head_options=options))
+        out = model.eval()(batch)
+        assert out.shape == shape and torch.isfinite(out).all(), (architecture, head)
 
 
 def test_the_key_names_model_package_and_weights():
