@@ -54,9 +54,9 @@ import torch
 from ase.io import read as ase_read
 
 from workbench.featurize import Featurizer, featurize_structures
-from workbench.featurize.graph import GraphConfig
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
+from workbench.models.model import graph_for
 from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine
@@ -78,13 +78,17 @@ class Model:
     architecture: str
     description: str
     atom_features: str = "cgcnn"
-    max_neighbors: int = GraphConfig.max_neighbors
+    # None: the neighbours the backbone declares (graph_for), 12 unless it says otherwise.
+    max_neighbors: int | None = None
     # A spectrum head predicting an autoencoder's code of this size (AE-ALIGNN).
     spectrum_latent: int | None = None
     kinds: tuple[TargetKind, ...] = (TargetKind.SCALAR, TargetKind.SPECTRUM, TargetKind.PER_SITE)
 
     def featurizer(self) -> Featurizer:
-        return Featurizer(graph=GraphConfig(max_neighbors=self.max_neighbors), atom_features=self.atom_features)
+        graph = graph_for(self.architecture)
+        if self.max_neighbors is not None:
+            graph = replace(graph, max_neighbors=self.max_neighbors)
+        return Featurizer(graph=graph, atom_features=self.atom_features)
 
 
 MODELS = {model.name: model for model in (
@@ -101,6 +105,8 @@ MODELS = {model.name: model for model in (
           max_neighbors=16, spectrum_latent=12, kinds=(TargetKind.SPECTRUM,)),
     Model("neighbour-mlp", "neighbour-mlp", "the neighbour-MLP baseline of Karaguesian et al. (2021)",
           kinds=(TargetKind.PER_SITE,)),
+    Model("cgcnn-sevennet", "cgcnn", ("CGCNN backbone on pretrained SevenNet-0 atom features (its embedding "
+          "before the CGCNN vector in each atom's features), 12 neighbours"), atom_features="sevennet"),
 )}
 
 
@@ -212,7 +218,11 @@ def run_data_set(data_set: DataSet, models: list[Model], seeds: list[int], quick
         migrate.upgrade(engine)
         import_note = data_set.load(engine, workdir, quick, executor)
         with engine.connect() as connection:
-            structures = connection.exec_driver_sql("SELECT count(*) FROM target_values").scalar_one()
+            # Only the data set's target: a prior's preparation stores other targets too.
+            structures = connection.exec_driver_sql(
+                "SELECT count(*) FROM target_values JOIN target_definitions "
+                "ON target_values.target_id = target_definitions.id WHERE target_definitions.name = ?",
+                (data_set.target,)).scalar_one()
         train = replace(data_set.train, epochs=4) if quick else data_set.train
         commit = git_commit()  # of the code that runs, even if HEAD moves meanwhile
         for model in models:
