@@ -264,3 +264,16 @@ def test_predicted_e_above_hull_is_formation_energy_over_the_hull(engine):
     higher = derive_predictions(engine, ["emt.e_above_hull"], {"emt.formation_energy_per_atom": (mean + 0.1, std)},
                                 order)["emt.e_above_hull"][0]
     assert higher == pytest.approx(above + 0.1)  # against the stored hull, not the predictions
+
+
+def test_dft_run_keeps_an_existing_hull_current(engine, run_cli):
+    """New formation energies from `workbench dft run` rewrite a hull the store has, with no
+    second `workbench hull`; a level without a hull gets none."""
+    store_energies(engine, ["Cu", "Au", "CuAu"], energies={"Cu": None, "Au": None, "CuAu": None})
+    output = run_cli("dft", "run", "--preset", "emt", "--all").output
+    assert "formation energies added" in output and "hull" not in output
+    run_cli("hull", "--level", "emt")
+    ids = store_energies(engine, ["Cu3Au"], energies={"Cu3Au": None})
+    output = run_cli("dft", "run", "--preset", "emt", "--all").output
+    assert "Energies above the emt hull rewritten: 1 new" in output
+    assert "emt.e_above_hull" in targets_of(engine, ids["Cu3Au"])

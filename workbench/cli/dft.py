@@ -58,6 +58,11 @@ def _run_and_report(engine, preset, options, calculation_ids) -> None:
         console.print(f"[yellow]No elemental reference for {element}: {why}")
     console.print(f"{len(report.done)} done, {len(report.failed)} failed, "
                   f"{report.formation_energies} formation energies added")
+    if isinstance(report.hull, str):
+        console.print(f"[yellow]The hull of {preset.name} was not rewritten: {report.hull}")
+    elif report.hull is not None:
+        console.print(f"Energies above the {preset.name} hull rewritten: {report.hull.new} new, "
+                      f"{report.hull.updated} changed")
     for calculation_id, reason in report.failed.items():
         console.print(f"[red]calculation {calculation_id} failed: {reason}")
     if report.failed:

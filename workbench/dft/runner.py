@@ -107,6 +107,9 @@ class RunReport:
     skipped: list[int] = field(default_factory=list)  # claimed by another worker meanwhile
     references_missing: dict[str, str] = field(default_factory=dict)
     formation_energies: int = 0
+    # The preset's hull (a HullReport, or why it has none), rewritten when new formation
+    # energies reach a level that has one.
+    hull: object | None = None
 
 
 Events = Callable[[int, str], None]
@@ -799,7 +802,19 @@ def run_queued(engine: Engine, preset: Preset, options: RunOptions, *,
                     record(calculation_id, status)
     if references:
         report.formation_energies = add_formation_energies(engine, preset.name)
+        if report.formation_energies:
+            report.hull = _refresh_hull(engine, preset.name)
     return report
+
+
+def _refresh_hull(engine: Engine, level: str):
+    """Rewrite ``level``'s energies above the hull if the store has them (``workbench hull``
+    or a campaign wrote them), so they never lag the energies: its ``HullReport`` (or why
+    it has none), or None when the level has no hull."""
+    from workbench.stability.store import levels_with_hull, refresh_hulls
+
+    with session_scope(engine) as session:
+        return refresh_hulls(session, levels_with_hull(session, [level])).get(level)
 
 
 def _reason(engine: Engine, calculation_id: int) -> str:
