@@ -385,45 +385,18 @@ class HullSystem:
 
 def campaign_hulls(engine: Engine, campaign: CampaignView, structure_ids: list[int]) -> list[HullSystem]:
     """For a stability campaign (an objective on ``<level>.e_above_hull``): the hull of each
-    binary system of the structures it chose, the :data:`HULL_SYSTEMS` it chose most in,
-    from the level's energies (:mod:`workbench.stability`)."""
-    from workbench.stability.hull import convex_hull
-    from workbench.stability.store import E_ABOVE_HULL, level_entries
+    binary system of the structures it chose, the :data:`HULL_SYSTEMS` it chose most in
+    (:func:`workbench.stability.store.binary_hulls`, as the campaign's report draws them)."""
+    from workbench.stability.store import binary_hulls, hull_level
 
-    levels = [target.removesuffix(f".{E_ABOVE_HULL}") for target in campaign.targets
-              if target.endswith(f".{E_ABOVE_HULL}")]
+    levels = [level for level in map(hull_level, campaign.targets) if level is not None]
     if not levels:
         return []
-    with session_scope(engine) as session:
-        try:
-            _, entries = level_entries(session, levels[0])
-        except InputError:  # no energies at the level yet
-            return []
     chosen = set(structure_ids)
-    counts: dict[frozenset[str], int] = {}
-    for entry in entries:
-        if entry.key in chosen and len(entry.elements) == 2:
-            counts[entry.elements] = counts.get(entry.elements, 0) + 1
-    systems = sorted(counts, key=lambda system: (-counts[system], sorted(system)))[:HULL_SYSTEMS]
-    hulls = []
-    for system in systems:
-        within = [entry for entry in entries if entry.elements <= system]
-        first, second = sorted(system)
-        references = {element: min((e.energy_per_atom for e in within if e.elements == {element}), default=None)
-                      for element in (first, second)}
-        if None in references.values():
-            continue  # no hull without both elements
-        points = convex_hull(within).points
-        fractions, energies = [], []
-        for entry in within:
-            total = sum(entry.composition.values())
-            fraction = entry.composition.get(second, 0.0) / total
-            fractions.append(fraction)
-            energies.append(entry.energy_per_atom - (1 - fraction) * references[first] - fraction * references[second])
-        hulls.append(HullSystem(f"{first}-{second}", [str(entry.key) for entry in within], fractions, energies,
-                                [points[entry.key].e_above_hull for entry in within],
-                                [entry.key in chosen for entry in within]))
-    return hulls
+    with session_scope(engine) as session:
+        hulls = binary_hulls(session, levels[0], chosen, limit=HULL_SYSTEMS)
+    return [HullSystem(hull.system, [str(key) for key in hull.keys], hull.fraction, hull.formation_energy,
+                       hull.e_above_hull, [key in chosen for key in hull.keys]) for hull in hulls]
 
 
 # -- structure --------------------------------------------------------------------------
