@@ -21,10 +21,17 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, func, select
 
+from workbench.acquire.basis import (
+    PRIOR_RMSE,
+    Basis,
+    RankingBasis,
+    prior_predictions,
+    ranking_basis,
+)
 from workbench.acquire.candidates import blocked_keys
 from workbench.acquire.cost import expected_costs
 from workbench.acquire.objective import Constraint
-from workbench.acquire.plan import AcquisitionSettings, plan_batch
+from workbench.acquire.plan import AcquisitionSettings, BatchPlan, plan_batch
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
@@ -34,8 +41,8 @@ from workbench.dft.workflow import stage_ends
 from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
-from workbench.generate.store import GenerateReport, decorate
 from workbench.featurize.featurizer import Featurizer
+from workbench.generate.store import GenerateReport, decorate
 from workbench.models import needs_triplets
 from workbench.settings import Settings
 from workbench.stability.predicted import derive_predictions
@@ -417,11 +424,45 @@ def _embeddings(engine: Engine, settings: Settings, model_version_id: int, struc
         return model.embed(batch.to(device)).cpu().numpy()
 
 
+def _lean_on_prior(engine: Engine, settings: Settings, config: CampaignConfig, models: dict[str, int],
+                   eligible: list[int], predictions: dict) -> tuple[RankingBasis | None, dict]:
+    """The predictions to rank by: the first objective target's replaced by its prior's
+    line while its model does not beat the line on held-out labels
+    (:func:`~workbench.acquire.basis.ranking_basis`); no basis without a prior."""
+    target = config.parsed_objective.targets[0]
+    if not config.model.prior or target not in models:
+        return None, predictions
+    with session_scope(engine) as session:
+        version = session.get(ModelVersion, models[target])
+        metrics, run_id = dict(version.metrics or {}), version.mlflow_run_id
+    basis = ranking_basis(metrics)
+    if basis.basis is Basis.MODEL:
+        return basis, predictions
+    import mlflow
+
+    line = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.params  # the model's PriorFit
+    values = prior_values(engine, config.model.prior, eligible)
+    prior = np.array([values.get(structure_id, np.nan) for structure_id in eligible])
+    return basis, {**predictions, target: prior_predictions(prior, float(line["prior.slope"]),
+                                                            float(line["prior.intercept"]), metrics[PRIOR_RMSE])}
+
+
+def _basis_summary(basis: RankingBasis | None, plan: BatchPlan) -> dict:
+    """What the round's summary says of the basis; a round ranked by the prior says so in
+    its note, which the report shows."""
+    if basis is None:
+        return {}
+    note = "; ".join(filter(None, [basis.why if basis.basis is Basis.PRIOR else None, plan.note])) or None
+    return {"basis": basis.basis.value, "basis_why": basis.why, "note": note}
+
+
 def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: Events | None = None) -> list[int]:
     """Choose the round's batch with :func:`~workbench.acquire.plan.plan_batch` over the
     stored predictions, and write it to the ledger as ``proposed`` (the plan's reasons and
     any note on tied scores go in the round's summary); returns the chosen structure ids.
-    A round already ranked returns its batch unchanged."""
+    A round already ranked returns its batch unchanged. With a prior, the round ranks by
+    the prior's line until the model beats it (:func:`_lean_on_prior`); the summary's
+    ``basis`` and the ledger rows' ``source`` say so."""
     config = campaign_config(engine, round_ref.campaign_id)
     existing = round_structures(engine, round_ref.round_id)
     if existing:
@@ -434,6 +475,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     with session_scope(engine) as session:
         round_row = session.get(Round, round_ref.round_id)
         models, model_version_id = dict(round_row.models or {}), round_row.model_version_id
+    basis = None
     if round_ref.kind is RoundKind.RANDOM:
         labeled = min(labeled_counts(engine, config.learned_targets).values())
         size = max(1, min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible)))
@@ -441,7 +483,8 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     else:
         policy = config.acquisition.settings()
         size = min(policy.batch, config.budget - state.spent, len(eligible))
-        predictions = _scalar_predictions(engine, models, eligible)
+        basis, predictions = _lean_on_prior(engine, settings, config, models, eligible,
+                                            _scalar_predictions(engine, models, eligible))
         # An objective the models do not learn (the energy above the hull) is derived here.
         predictions = derive_predictions(engine, objective.targets, predictions, eligible)
     costs = expected_costs(engine, load_preset(config.dft.preset), eligible) if policy.cost_aware else None
@@ -456,21 +499,24 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     for pick, position in enumerate(plan.chosen, start=1):
         predicted = {target: {"mean": float(mean[position]), "std": float(std[position])}
                      for target, (mean, std) in predictions.items()}
+        if basis is not None and basis.basis is Basis.PRIOR:
+            predicted[objective.targets[0]]["source"] = Basis.PRIOR.value
         rows.append(Acquisition(
             round_id=round_ref.round_id, structure_id=eligible[position], model_version_id=model_version_id,
             acquisition_function=plan.function, score=float(plan.scores[position]), rank=int(plan.ranks[position]),
             batch=pick, predicted=predicted or None,
             expected_cost_s=None if costs is None else float(costs[position]),
         ))
+    summary = plan.summary() | _basis_summary(basis, plan)
     with session_scope(engine) as session:
         session.add_all(rows)
         round_row = session.get(Round, round_ref.round_id)
-        round_row.summary = {**(round_row.summary or {}), "acquisition": plan.summary()}
+        round_row.summary = {**(round_row.summary or {}), "acquisition": summary}
         advance(session, round_ref)
     chosen_ids = [eligible[position] for position in plan.chosen]
     if on_event:
         on_event(f"round {round_ref.number}: {len(chosen_ids)} of {len(eligible)} candidates chosen by "
-                 f"{plan.function}{'; ' + plan.note if plan.note else ''}")
+                 f"{plan.function}{'; ' + summary['note'] if summary['note'] else ''}")
     return chosen_ids
 
 
