@@ -426,10 +426,10 @@ def _embeddings(engine: Engine, settings: Settings, model_version_id: int, struc
 
 def _lean_on_prior(engine: Engine, settings: Settings, config: CampaignConfig, models: dict[str, int],
                    eligible: list[int], predictions: dict) -> tuple[RankingBasis | None, dict]:
-    """The predictions to rank by: the first objective target's replaced by its prior's
-    line while its model does not beat the line on held-out labels
+    """The predictions to rank by: the first learned target's (whose model has the prior)
+    replaced by its prior's line while its model does not beat the line on held-out labels
     (:func:`~workbench.acquire.basis.ranking_basis`); no basis without a prior."""
-    target = config.parsed_objective.targets[0]
+    target = config.learned_targets[0]
     if not config.model.prior or target not in models:
         return None, predictions
     with session_scope(engine) as session:
@@ -500,7 +500,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         predicted = {target: {"mean": float(mean[position]), "std": float(std[position])}
                      for target, (mean, std) in predictions.items()}
         if basis is not None and basis.basis is Basis.PRIOR:
-            predicted[objective.targets[0]]["source"] = Basis.PRIOR.value
+            predicted[config.learned_targets[0]]["source"] = Basis.PRIOR.value
         rows.append(Acquisition(
             round_id=round_ref.round_id, structure_id=eligible[position], model_version_id=model_version_id,
             acquisition_function=plan.function, score=float(plan.scores[position]), rank=int(plan.ranks[position]),
