@@ -1,5 +1,8 @@
 """Fine-tuning the pretrained SevenNet (7net-0, from the sevenn wheel) as a backbone of our heads."""
 
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -141,3 +144,7 @@ def test_fine_tuned_ensemble_trains_in_workers_registers_and_loads(engine, datab
                  if not torch.equal(weight, pretrained[name])]
         assert any(name.startswith("layers.0_") for name in moved) and any(name.startswith("layers.4_")
                                                                             for name in moved)
+    # The registered model names the package its backbone is built from.
+    mlflow.set_tracking_uri(mlflow_uri)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/heat-7net/{result.registry_version}"))
+    assert "sevenn==" in requirements.read_text()

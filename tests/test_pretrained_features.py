@@ -2,6 +2,7 @@
 their width, the cache under a key that names the weights, and training on them."""
 
 import dataclasses
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -161,6 +162,8 @@ def test_train_a_scalar_target_on_sevennet_features_from_the_command_line(run_cl
     mlflow.set_tracking_uri(mlflow_uri)
     predicted = mlflow.pyfunc.load_model("models:/heat-7net@champion").predict([row["cif"] for row in rows[:3]])
     assert np.isfinite(predicted["mean"].to_numpy(dtype=float)).all()
+    requirements = mlflow.pyfunc.get_model_dependencies("models:/heat-7net@champion")
+    assert "sevenn==" in Path(requirements).read_text()
     run_cli("featurize", "--atom-features", "mace", expect=2)
 
 

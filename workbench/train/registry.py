@@ -25,10 +25,9 @@ from pymatgen.core import Structure as PymatgenStructure
 import workbench
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
-from workbench.featurize.graph import GraphConfig
 from workbench.io.structure_text import parse_structure_text
 from workbench.models import needs_triplets
-from workbench.models.model import MissingPrior, PriorFit
+from workbench.models.model import BACKBONES, MissingPrior, PriorFit
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
 from workbench.train.ensemble import Ensemble
@@ -46,7 +45,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.ensemble = Ensemble.load(Path(context.artifacts["ensemble"]))
         config = json.loads(Path(context.artifacts["featurizer"]).read_text())
-        self.featurizer = Featurizer(GraphConfig(**config["graph"]), config["atom_features"])
+        self.featurizer = Featurizer.from_config(config)
         if self.featurizer.key != self.ensemble.config.featurizer_key:
             raise ValueError("the packaged featurizer does not match the ensemble's")
 
@@ -112,6 +111,15 @@ def use_experiment(settings: Settings, name: str) -> str:
     return experiment.experiment_id
 
 
+def requirements(ensemble: Ensemble, featurizer: Featurizer) -> list[str]:
+    """The packages the pyfunc model needs: the workbench's own, those its backbone declares
+    (``requirements``, e.g. SevenNet's ``sevenn``) and the package of its pretrained atom
+    features."""
+    backbone = BACKBONES[ensemble.config.architecture][0]
+    pretrained = (featurizer.pretrained.package,) if featurizer.pretrained else ()
+    return list(dict.fromkeys([*REQUIREMENTS, *getattr(backbone, "requirements", ()), *pretrained]))
+
+
 def log_ensemble(ensemble: Ensemble, featurizer: Featurizer, name: str, workdir: Path) -> int:
     """Log the ensemble in the active run and register it as a new version of ``name``."""
     ensemble_folder = workdir / "ensemble"
@@ -123,7 +131,7 @@ def log_ensemble(ensemble: Ensemble, featurizer: Featurizer, name: str, workdir:
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # code, not a pickle
         artifacts={"ensemble": str(ensemble_folder), "featurizer": str(featurizer_file)},
         code_paths=[str(Path(workbench.__file__).parent)],
-        pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+        pip_requirements=[f"{package}=={version(package)}" for package in requirements(ensemble, featurizer)],
         registered_model_name=name,
     )
     return int(info.registered_model_version)

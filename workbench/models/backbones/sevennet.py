@@ -85,6 +85,7 @@ class SevenNet(nn.Module):
     """
 
     graph = GRAPH  # what its featurizer must build (workbench.models.model.graph_for)
+    requirements = ("sevenn",)  # what a registered model needs beyond the workbench's own
 
     def __init__(self, config: SevenNetConfig):
         super().__init__()
