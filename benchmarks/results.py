@@ -573,7 +573,8 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             metrics = sorted(set.intersection(*(set(seed["metrics"]) for seed in run["seeds"])))
             lines += [f"### {data_set.name}, `{run['model']}`{seed_count(run)}", "",
                       (f"Commit {commits(run)}, {run['date']}, {run['machine']}; {run['minutes']:.1f} min "
-                       f"for {len(run['seeds'])} seed(s) ({run['featurize_minutes']:.1f} min featurizing)"
+                       f"for {len(run['seeds'])} seed(s) ({run['featurize_minutes']:.1f} min featurizing"
+                       f"{' and computing the prior' if run.get('prepare_note') else ''})"
                        f"{'; quick smoke run' if run['quick'] else ''}"
                        f"{loads(run)}."), "",
                       *([run["prepare_note"], ""] if run.get("prepare_note") else []),
