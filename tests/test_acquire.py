@@ -198,7 +198,7 @@ def test_diverse_batches_are_spread_over_clusters():
         asked.append(list(positions))
         return embeddings[positions]
 
-    spread = plan_batch(predictions, BELOW, AcquisitionSettings(), size=3, embeddings=embed)
+    spread = plan_batch(predictions, BELOW, AcquisitionSettings(diversity=1), size=3, embeddings=embed)
     assert spread.chosen[0] == 0 and len(set(spread.chosen)) == 3
     assert sum(index >= 10 for index in spread.chosen) >= 1
     assert len(asked) == 1 and sorted(asked[0]) == list(range(15))  # a shortlist of 5 x 3

@@ -33,7 +33,9 @@ class AcquisitionSettings:
 
     function: str = "probability"
     batch: int = 6
-    diversity: float = 1.0
+    # 0, the top scores: on the perovskite replay (benchmarks/replay.md) diverse batches
+    # (1) found a median of 4 gap hits in 200 where the top scores found 7.
+    diversity: float = 0.0
     kappa: float = 2.0
     cost_aware: bool = False
 
