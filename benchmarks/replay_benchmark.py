@@ -35,10 +35,11 @@ HEAT_QUANTILE = 0.01
 # What this page said before the replay ran the campaign's policy (git history: 94d497c).
 PREVIOUS = ("Until the replay called the campaign's `plan_batch`, it took the top 25 by probability with no "
             "diversity, a policy no campaign ran; on seeds 0–4 that found a median of 17 hits at 400 for the gap "
-            "window and 37 for the lowest 1 % of heat_ref (commit 94d497c), and on seeds 0–2 at 200 revealed "
-            "8, 8 and 5 gap hits (median 8). The gap section below is the campaign's policy, re-run on seeds 0–2 "
-            "to 200 only (a 2-core machine shared with other work, load average 6–20, so it took 68 min); it "
-            "finds fewer: median 3 at 200 against random's 2. The heat section is still the older policy's run.")
+            "window and 37 for the lowest 1 % of heat_ref (commit 94d497c). The campaign's policy then spread each "
+            "batch out in the model's embedding (diversity 1); on the gap window that found fewer hits than the top "
+            "scores (the comparison at the end of this page), so a campaign's default is now diversity 0. The "
+            "sections below are the campaign's default policy on fewer seeds and a smaller gap budget than before "
+            "(the 2-core machine was shared with other work, load average 8–16).")
 
 
 def pool_path() -> Path:
@@ -89,8 +90,11 @@ def run_objective(objective: list[str], args) -> dict:
         finally:
             engine.dispose()
     policy = config.acquisition
+    from workbench.provenance import source_commit
+
     return result.to_dict() | {
         "minutes": (time.perf_counter() - started) / 60, "first_seed": args.first_seed,
+        "commit": source_commit(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.processes} worker processes "
                    "sharing the cores as torch threads",
         "settings": {"initial": config.initial, "batch": policy.batch, "budget": config.budget,
@@ -153,6 +157,8 @@ def section(title: str, result, record: dict, plot: Path) -> list[str]:
     settings, budget = record["settings"], result.revealed[-1]
     seeds = range(record["first_seed"], record["first_seed"] + len(hits))
     took = f"{record['minutes']:.0f} min" if record.get("minutes") is not None else "time not recorded"
+    if record.get("commit"):
+        took += f", workbench {record['commit']}, finished {record['finished']}"
     stopped = (f" **Stopped after {record['stopped_at']} of {settings['budget']} structures revealed per seed** "
                "(the run was cut short; its curves end there)." if record.get("stopped_at") else "")
     lines = [f"## {title}: `{result.objective}`", "",
