@@ -148,3 +148,14 @@ def test_fine_tuned_ensemble_trains_in_workers_registers_and_loads(engine, datab
     mlflow.set_tracking_uri(mlflow_uri)
     requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/heat-7net/{result.registry_version}"))
     assert "sevenn==" in requirements.read_text()
+
+
+def test_a_campaign_on_sevennet_builds_the_graphs_it_declares():
+    """A campaign's rounds featurize with the graph the architecture declares (all
+    neighbours within SevenNet's cutoff), not the 12-neighbour default it would refuse."""
+    from workbench.campaign.config import config_from_document
+
+    document = {"name": "gaps", "candidates": {"source": "pool"}, "objective": ["dir_gap<2"], "budget": 4}
+    featurizer = config_from_document(document | {"model": {"architecture": "sevennet"}}).model.featurizer()
+    assert featurizer.graph == graph_for("sevennet") == SevenNet.graph
+    assert config_from_document(document).model.featurizer().graph == Featurizer().graph

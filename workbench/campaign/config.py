@@ -128,6 +128,14 @@ class ModelSettings(_Strict):
         return TrainConfig(members=self.members, epochs=self.epochs, patience=self.patience,
                            batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed)
 
+    def featurizer(self):
+        """The featurizer of the rounds' ensembles: the graphs the architecture declares
+        (SevenNet: every neighbour within its cutoff) with these atom features."""
+        from workbench.featurize.featurizer import Featurizer
+        from workbench.models.model import graph_for
+
+        return Featurizer(graph_for(self.architecture), atom_features=self.atom_features)
+
 
 _ACQUISITION = AcquisitionSettings()
 

@@ -41,7 +41,6 @@ from workbench.dft.workflow import stage_ends
 from workbench.errors import InputError, NotFound
 from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
-from workbench.featurize.featurizer import Featurizer
 from workbench.generate.store import GenerateReport, decorate
 from workbench.models import needs_triplets
 from workbench.settings import Settings
@@ -330,7 +329,7 @@ def retrain(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
             continue
         request = TrainRequest(target=target, name=_model_name(config, target),
                                architecture=config.model.architecture,
-                               featurizer=Featurizer(atom_features=config.model.atom_features),
+                               featurizer=config.model.featurizer(),
                                train=config.model.train_config(config.seed * 1000 + round_ref.number),
                                backbone=dict(config.model.backbone), champion=True, device=config.model.device,
                                prior=config.model.prior if target == first_target else None)

@@ -37,6 +37,7 @@ from workbench.featurize.cache import featurize_structures, load_graphs
 from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import CrystalModel, ModelConfig, needs_triplets
+from workbench.models.model import graph_for
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import StructureSource, TargetDefinition, TargetKind, TargetValue
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig, available_cores
@@ -257,7 +258,7 @@ def replay(engine: Engine, config: ReplayConfig, *, featurizer: Featurizer | Non
     """Every seed of ``config``: in this process, in ``jobs`` worker processes (each with
     an equal share of the cores as torch threads; ``on_round`` still hears every round),
     or on ``executor`` (``on_round`` then hears a seed's rounds when it is done)."""
-    featurizer = featurizer or Featurizer()
+    featurizer = featurizer or Featurizer(graph_for(config.architecture))
     ids, values = labeled_pool(engine, config.source, config.objective.targets)
     featurize_structures(engine, featurizer, structure_ids=ids)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
