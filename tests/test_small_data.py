@@ -2,6 +2,7 @@
 validation structures and shrunk towards 1 from fewer, and the record says which."""
 
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import torch
 from ase.build import bulk
 from mlflow import MlflowClient
 from sqlalchemy import select
+from starlette.testclient import TestClient
 
 from tests.dft_helpers import campaign_document, emt_threshold, l12
 from workbench.acquire.basis import Basis, prior_predictions, ranking_basis
 from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
+from workbench.dashboard.app import Dashboard, create_app
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.io.entries import Entry, Label
@@ -173,6 +176,10 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
         assert row.predicted[target]["std"] == pytest.approx(version.metrics["prior.rmse"])
     # The exact prior knows the hits: every pick of the guided round is one.
     assert summary["hits"] == 4
+    # The dashboard's rounds table says which basis ranked the round, and why on hover.
+    page = TestClient(create_app(Dashboard(engine))).get("/campaigns/leaning")
+    assert page.status_code == 200
+    assert re.search(r'<td title="[^"]*does not beat its prior&#39;s alone[^"]*">prior</td>', page.text)
 
 
 @pytest.mark.slow
