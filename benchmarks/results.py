@@ -453,6 +453,10 @@ def mean(run: dict, key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+# Decimals of the aim table: enough to see which side of a bound a mean lies.
+AIM_DIGITS = {"mae": 4, "coverage_2std": 3, "spearman_error_std": 3}
+
+
 def aim_check(data_set: DataSet, entries: list[dict]) -> tuple[list[str], str]:
     """A table of each row's seed means against ``data_set.aim`` and a sentence on it."""
     issue, unit, mae_at_most, (low, high), rho_at_least = data_set.aim
@@ -467,7 +471,7 @@ def aim_check(data_set: DataSet, entries: list[dict]) -> tuple[list[str], str]:
         for key, check in checks.items():
             value = mean(run, key)
             passed = passed and value is not None and check(value)
-            cells.append("–" if value is None else f"{value:.3g} {'✓' if check(value) else '✗'}")
+            cells.append("–" if value is None else f"{value:.{AIM_DIGITS[key]}f} {'✓' if check(value) else '✗'}")
         if passed:
             met.append(f"`{run['model']}`")
         lines.append(f"| `{run['model']}` | {len(run['seeds'])} | " + " | ".join(cells) + " |")
