@@ -19,6 +19,7 @@ from tests.dft_helpers import campaign_document, emt_threshold, l12
 from workbench.acquire.basis import Basis, prior_predictions, ranking_basis
 from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
+from workbench.campaign.report import write_report
 from workbench.dashboard.app import Dashboard, create_app
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
@@ -30,6 +31,7 @@ from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Acquisition,
+    Campaign,
     ModelVersion,
     Round,
     TargetDefinition,
@@ -180,6 +182,12 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
     page = TestClient(create_app(Dashboard(engine))).get("/campaigns/leaning")
     assert page.status_code == 200
     assert re.search(r'<td title="[^"]*does not beat its prior&#39;s alone[^"]*">prior</td>', page.text)
+    # The report says what ranked the round, and the guided rounds' hit rate beside the random one's.
+    with session_scope(engine) as session:
+        campaign_id = session.scalar(select(Campaign.id).where(Campaign.name == "leaning"))
+    text = write_report(engine, campaign_id, tmp_path / "report").read_text()
+    assert "| 1 | done | probability (prior) |" in text
+    assert re.search(r"Hit rate: model-guided rounds 4 of 4 chosen \(100%\), random rounds \d+ of 10", text)
 
 
 @pytest.mark.slow

@@ -103,6 +103,24 @@ def discovery_curve(rows: list[LedgerRow], path: Path, *, title: str) -> Path:
     return path
 
 
+def hit_rates(rows: list[LedgerRow]) -> str | None:
+    """The model-guided rounds' hit rate beside the random rounds' (the pool's base rate as
+    far as it has been seen), per candidate chosen (a failed calculation counts as no
+    hit); None until both kinds of round have chosen some."""
+    chosen = {"random": [row for row in rows if row.function == "random"],
+              "guided": [row for row in rows if row.function != "random"]}
+    if not all(chosen.values()):
+        return None
+    hits = {kind: sum(bool(row.outcome.get("hit")) for row in group) for kind, group in chosen.items()}
+    rates = {kind: hits[kind] / len(group) for kind, group in chosen.items()}
+    failed = sum(row.status == "failed" for row in chosen["guided"])
+    ratio = (f"{rates['guided'] / rates['random']:.1f} times the random rounds' rate" if rates["random"]
+             else "the random rounds found none")
+    return (f"Hit rate: model-guided rounds {hits['guided']} of {len(chosen['guided'])} chosen "
+            f"({rates['guided']:.0%}{f', {failed} failed' if failed else ''}), random rounds {hits['random']} of "
+            f"{len(chosen['random'])} ({rates['random']:.0%}): {ratio}.")
+
+
 def _parity(rows: list[LedgerRow], target: str, path: Path) -> Path | None:
     chosen = [row for row in rows if target in row.predicted and target in row.outcome.get("computed", {})]
     if not chosen:
@@ -186,6 +204,14 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3g}"
 
 
+def _chosen_by(round_row: Round, function: str) -> str:
+    """What ranked a round: random, or the function over the model's or the prior's predictions."""
+    if round_row.kind is RoundKind.RANDOM:
+        return "random"
+    basis = ((round_row.summary or {}).get("acquisition") or {}).get("basis")
+    return f"{function} ({basis})" if basis else function
+
+
 def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
     """Write ``out/report.md`` and its figures; returns the markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +224,7 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
         status = campaign.status
         rounds = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
         round_lines = [
-            f"| {r.number} | {r.status} | {'random' if r.kind is RoundKind.RANDOM else config.acquisition.function} "
+            f"| {r.number} | {r.status} | {_chosen_by(r, config.acquisition.function)} "
             f"| {', '.join(f'{t}: {v}' for t, v in (r.models or {}).items())} | {(r.summary or {}).get('acquired', '')} "
             f"| {(r.summary or {}).get('hits', '')} | {(r.summary or {}).get('failed', '')} "
             f"| {(r.summary or {}).get('dft_seconds', '')} |"
@@ -219,6 +245,7 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
          f"batches of {config.acquisition.batch}."), "",
         (f"Status: **{status}** ({stop_reason(engine, campaign_id, config) or 'more rounds to run'}). "
          f"{state.spent} of {config.budget} calculations spent, **{state.hits} hits**."), "",
+        *([rates, ""] if (rates := hit_rates(rows)) else []),
     ]
     figures = [discovery_curve(rows, out / "discovery.png", title=str(objective))] if rows else []
     for target in objective.targets:
