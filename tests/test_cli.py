@@ -32,6 +32,7 @@ def test_sql_and_status_start_without_heavy_libraries(database_url, tmp_path):
         run = f"from workbench.cli import app\ntry:\n    app({argv!r})\nexcept SystemExit as end:\n    assert not end.code"
         loaded = modules_after(run, env)
         assert not loaded & set(HEAVY), argv
+        assert "numpy" not in loaded, argv  # status counts in plain SQL, without the ORM's array columns
 
 
 def test_a_project_error_is_a_message_and_an_exit_code(run_cli):

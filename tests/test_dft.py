@@ -25,6 +25,7 @@ from workbench.dft.runner import (
 )
 from workbench.errors import ReadOnlyViolation
 from workbench.store.engine import session_scope
+from workbench.store.queries import store_status
 from workbench.store.schema import Calculation, CalculationAttempt, CalculationStatus, TargetValue
 
 EMT = BUILTIN_PRESETS["emt"]
@@ -186,6 +187,9 @@ def test_cli_runs_status_and_retry(run_cli, engine):
     run_cli("dft", "run", "--preset", "emt", "--ids", f"{ids['Cu']},{ids['Si']}", expect=2)
     shown = run_cli("dft", "status").output
     assert "done" in shown and "crash" in shown
+    store = store_status(engine)  # the store's counts, in plain SQL
+    assert store.calculations == {"done": 1, "failed": 1} and store.structures == 2
+    assert store.sources == {"elemental-reference": 2, "test": 2} and store.targets["emt.energy"] == 1
     run_cli("dft", "retry", "--preset", "emt", "--reason", "crash", expect=2)
     silicon, _ = calculation_of(engine, ids["Si"], "emt")
     shown = run_cli("dft", "show", silicon.id).output

@@ -103,6 +103,7 @@ def test_status_counts(engine, predicted_store):
     status = store_status(engine)
     assert (status.structures, status.models, status.predictions) == (4, 2, 8)
     assert status.targets == {"dos": 0, "gap": 1}
+    assert status.sources == {} and status.calculations == {}  # stored without an import or a calculation
 
 
 def test_sql_cli_formats(run_cli, predicted_store):
