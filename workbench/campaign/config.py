@@ -54,6 +54,15 @@ class Candidates(_Strict):
         return self
 
 
+def _one_of(table, what: str):
+    """A field check: the value must be a key of ``table`` (the registry that names them)."""
+    def check(cls, name: str) -> str:
+        if name not in table:
+            raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+        return name
+    return classmethod(check)
+
+
 class ModelSettings(_Strict):
     """The ensembles retrained every round (one per target); training defaults from
     ``workbench.train.config.CAMPAIGN_TRAINING``. ``prior``: a stored scalar target (e.g.
@@ -72,19 +81,8 @@ class ModelSettings(_Strict):
     device: str = "auto"
     prior: str | None = None
 
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, name: str) -> str:
-        if name not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-        return name
-
-    @field_validator("atom_features")
-    @classmethod
-    def _known_atom_features(cls, name: str) -> str:
-        if name not in ATOM_FEATURES:
-            raise ValueError(f"unknown atom features {name!r}; choose one of {', '.join(ATOM_FEATURES)}")
-        return name
+    _known_architecture = field_validator("architecture")(_one_of(ARCHITECTURES, "architecture"))
+    _known_atom_features = field_validator("atom_features")(_one_of(ATOM_FEATURES, "atom features"))
 
     # The checks below import torch: only when a config is read, not with this module.
 
