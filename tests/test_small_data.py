@@ -1,5 +1,5 @@
 """Small-data behaviour (issue 17): the spread's scale is fitted only from enough
-validation structures and shrunk towards 1 from fewer, and the record says which."""
+validation structures and pulled towards the no-skill scale from fewer, and the record says which."""
 
 import math
 import re
@@ -40,7 +40,13 @@ from workbench.store.schema import (
 )
 from workbench.structures.crystal import Crystal
 from workbench.train.config import TrainConfig
-from workbench.train.ensemble import CalibrationMethod, calibration, fit_std_scale, train_ensemble
+from workbench.train.ensemble import (
+    CalibrationMethod,
+    calibration,
+    fit_std_scale,
+    no_skill_error,
+    train_ensemble,
+)
 from workbench.train.pipeline import TrainRequest, train_and_register
 from workbench.train.registry import download_ensemble
 
@@ -67,18 +73,25 @@ def _graphs(count: int, label: float) -> list:
     return data
 
 
-def test_the_scale_is_shrunk_in_its_log_below_enough_labels():
-    few = calibration(9.0, 2, 20)
+def test_the_scale_is_pulled_towards_the_no_skill_scale_in_its_log_below_enough_labels():
+    few = calibration(900.0, 2, 20, no_skill_scale=4.0)
     assert few.method is CalibrationMethod.SHRUNK
     assert few.weight == pytest.approx(2 / 22)
-    assert few.std_scale == pytest.approx(9.0 ** (2 / 22))  # 1.22, not 9
-    assert calibration(1 / 9, 2, 20).std_scale == pytest.approx(1 / few.std_scale)  # too wide: pulled alike
-    enough = calibration(9.0, 20, 20)
-    assert (enough.method, enough.weight, enough.std_scale) == (CalibrationMethod.CALIBRATED, 1.0, 9.0)
+    assert few.std_scale == pytest.approx(900.0 ** (2 / 22) * 4.0 ** (20 / 22))  # 6.2, not 900
+    assert calibration(1 / 900, 2, 20, no_skill_scale=1 / 4).std_scale == pytest.approx(1 / few.std_scale)
+    enough = calibration(900.0, 20, 20, no_skill_scale=4.0)
+    assert (enough.method, enough.weight, enough.std_scale) == (CalibrationMethod.CALIBRATED, 1.0, 900.0)
+
+
+def test_the_no_skill_error_compares_each_bin_with_its_own_mean():
+    spectra = [torch.tensor([[0.0, 10.0]]), torch.tensor([[2.0, 10.0]])]  # only the first bin varies
+    assert no_skill_error(spectra) == pytest.approx(np.sqrt(0.5))
+    sites = [torch.tensor([1.0, -1.0]), torch.tensor([1.0, -1.0, 1.0, -1.0])]  # varying numbers of sites
+    assert no_skill_error(sites) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(("validation", "method"), [(2, CalibrationMethod.SHRUNK), (24, CalibrationMethod.CALIBRATED)])
-def test_a_tiny_validation_set_keeps_the_spread_near_its_raw_size(validation, method):
+def test_a_tiny_validation_set_keeps_the_spread_near_the_no_skill_error(validation, method):
     train, held_out = _graphs(4, 10.0), _graphs(validation, 1000.0)  # far from what the members learnt
     config = ModelConfig("cgcnn", "scalar", "e", FEATURIZER.key, backbone=SMALL)
     ensemble, _ = train_ensemble(config, TargetKind.SCALAR, train, held_out, UNTRAINED,
@@ -90,9 +103,12 @@ def test_a_tiny_validation_set_keeps_the_spread_near_its_raw_size(validation, me
     record = ensemble.calibration
     assert record.method is method and record.validation_labels == validation
     assert record.fitted_scale == pytest.approx(fitted, rel=1e-4)
+    # Labels 10, 11, 12, 10: the training mean misses them by 0.83 on average (RMS).
+    no_skill_scale = no_skill_error([item.y for item in train]) / np.sqrt(np.mean(std**2))
+    assert record.no_skill_scale == pytest.approx(no_skill_scale, rel=1e-4)
     if method is CalibrationMethod.SHRUNK:
-        assert record.std_scale == pytest.approx(fitted ** (2 / 22), rel=1e-4)
-        assert record.std_scale < 2.0  # near 1, where the fit alone said > 100
+        assert record.std_scale == pytest.approx(fitted ** (2 / 22) * no_skill_scale ** (20 / 22), rel=1e-4)
+        assert record.std_scale < fitted / 10  # where the fit alone said > 100
     else:
         assert record.std_scale == pytest.approx(fitted, rel=1e-4)
 
@@ -116,7 +132,8 @@ def test_the_run_and_the_saved_model_say_the_scale_was_shrunk(engine, settings, 
     assert run.data.params["calibration.validation_labels"] == "2"
     assert run.data.metrics["calibration.weight"] == pytest.approx(2 / 22)
     assert run.data.metrics["calibration.std_scale"] == pytest.approx(
-        run.data.metrics["calibration.fitted_scale"] ** (2 / 22), rel=1e-5)
+        run.data.metrics["calibration.fitted_scale"] ** (2 / 22)
+        * run.data.metrics["calibration.no_skill_scale"] ** (20 / 22), rel=1e-5)
     with session_scope(engine) as session:
         stored = session.scalar(select(ModelVersion.metrics).where(ModelVersion.id == result.model_version_id))
     assert stored["calibration.weight"] == pytest.approx(2 / 22)

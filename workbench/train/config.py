@@ -16,9 +16,11 @@ from dataclasses import dataclass
 class TrainConfig:
     """How each ensemble member is trained (member i uses seed ``seed + i``), and how the
     ensemble's spread is calibrated after: ``calibration_labels`` validation structures or
-    more fit its scale as it comes; with fewer, ``n``, the fitted scale is shrunk towards 1
-    (its log times ``n / (n + calibration_labels)``), since the mean squared z-score of a
-    handful of structures is mostly noise (:func:`workbench.train.ensemble.calibration`)."""
+    more fit its scale as it comes; with fewer, ``n``, the fitted scale's log is pulled
+    towards that of the no-skill scale (at which the spread matches the error of predicting
+    the training mean) with the weight ``n / (n + calibration_labels)``, since the mean
+    squared z-score of a handful of structures is mostly noise
+    (:func:`workbench.train.ensemble.calibration`)."""
 
     members: int = 4
     epochs: int = 60

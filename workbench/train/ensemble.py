@@ -58,25 +58,38 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean(z**2))) or 1.0
 
 
+def no_skill_error(labels: list[torch.Tensor]) -> float:
+    """The RMS error of predicting the training mean: what a model that learnt nothing else
+    achieves. Labels of one shape (scalars, spectra) are compared with the mean at each
+    position (bin); labels whose shape varies (per-site arrays) with the mean of all values."""
+    if len({tuple(label.shape) for label in labels}) == 1:
+        stacked = torch.stack(labels).double()
+        return float(((stacked - stacked.mean(dim=0)) ** 2).mean().sqrt())
+    return float(torch.cat([label.reshape(-1) for label in labels]).double().std(unbiased=False))
+
+
 class CalibrationMethod(enum.StrEnum):
     CALIBRATED = "calibrated"  # enough validation structures: the fitted scale as it is
-    SHRUNK = "shrunk"  # too few: the fitted scale pulled towards 1
+    SHRUNK = "shrunk"  # too few: the fitted scale pulled towards the no-skill scale
 
 
 @dataclass(frozen=True)
 class Calibration:
     """How the spread's scale was set: ``fitted_scale`` (:func:`fit_std_scale` on
-    ``validation_labels`` structures), the ``weight`` its log kept, and the ``std_scale``
-    used, ``fitted_scale ** weight``."""
+    ``validation_labels`` structures), ``no_skill_scale`` (the scale at which the spread's
+    RMS equals :func:`no_skill_error`), the ``weight`` the fitted scale's log kept, and the
+    ``std_scale`` used, ``fitted_scale ** weight * no_skill_scale ** (1 - weight)``."""
 
     method: CalibrationMethod
     validation_labels: int
     fitted_scale: float
     weight: float
+    # Ensembles saved before it was recorded were shrunk towards 1.
+    no_skill_scale: float = 1.0
 
     @property
     def std_scale(self) -> float:
-        return float(self.fitted_scale ** self.weight)
+        return float(self.fitted_scale ** self.weight * self.no_skill_scale ** (1.0 - self.weight))
 
     def params(self) -> dict[str, str | int]:
         """What an MLflow run records as parameters."""
@@ -85,28 +98,33 @@ class Calibration:
     def metrics(self) -> dict[str, float]:
         """What an MLflow run (and the model's row in the store) records as metrics."""
         return {"calibration.fitted_scale": self.fitted_scale, "calibration.weight": self.weight,
-                "calibration.std_scale": self.std_scale}
+                "calibration.no_skill_scale": self.no_skill_scale, "calibration.std_scale": self.std_scale}
 
     def to_document(self) -> dict:
         return {"method": self.method.value, "validation_labels": self.validation_labels,
-                "fitted_scale": self.fitted_scale, "weight": self.weight}
+                "fitted_scale": self.fitted_scale, "weight": self.weight, "no_skill_scale": self.no_skill_scale}
 
     @classmethod
     def from_document(cls, document: dict) -> "Calibration":
         return cls(CalibrationMethod(document["method"]), int(document["validation_labels"]),
-                   float(document["fitted_scale"]), float(document["weight"]))
+                   float(document["fitted_scale"]), float(document["weight"]),
+                   float(document.get("no_skill_scale", 1.0)))
 
 
-def calibration(fitted_scale: float, validation_labels: int, enough: int) -> Calibration:
+def calibration(fitted_scale: float, validation_labels: int, enough: int, no_skill_scale: float) -> Calibration:
     """The fitted scale as it is from ``enough`` validation structures on; from fewer,
-    ``n``, its log shrunk by the weight ``n / (n + enough)``, as if ``enough`` more
-    structures had agreed with the raw spread. In the log, so that a few wild z-scores
-    (members that agree with each other far more closely than with one label) cannot blow
-    the scale up, and a spread too wide is pulled in the same way as one too narrow."""
+    ``n``, its log is pulled towards the log of ``no_skill_scale`` with the weight
+    ``n / (n + enough)``, as if ``enough`` more structures had been predicted no better
+    than by the training mean. In the log, so that a few wild z-scores (members that agree
+    with each other far more closely than with one label) cannot blow the scale up.
+    Towards the no-skill scale, not 1, because the raw spread is the one thing known to be
+    wrong: every full calibration on record fitted scales of 5 to 37 (docs/results.md), so
+    a model that has seen a handful of labels is taken to know as little as their mean
+    until its validation errors say otherwise."""
     if validation_labels >= enough:
-        return Calibration(CalibrationMethod.CALIBRATED, validation_labels, fitted_scale, 1.0)
+        return Calibration(CalibrationMethod.CALIBRATED, validation_labels, fitted_scale, 1.0, no_skill_scale)
     weight = validation_labels / (validation_labels + enough)
-    return Calibration(CalibrationMethod.SHRUNK, validation_labels, fitted_scale, weight)
+    return Calibration(CalibrationMethod.SHRUNK, validation_labels, fitted_scale, weight, no_skill_scale)
 
 
 class Ensemble:
@@ -144,14 +162,20 @@ class Ensemble:
         std = stacked.std(dim=0, unbiased=False) if len(outputs) > 1 else torch.zeros_like(stacked[0])
         return stacked.mean(dim=0), std * self.std_scale
 
-    def calibrate(self, validation: list[CrystalGraphData], *, enough: int,
+    def calibrate(self, validation: list[CrystalGraphData], *, enough: int, no_skill_error: float,
                   device: torch.device | None = None) -> Calibration:
         """Fit ``std_scale`` to the errors on ``validation`` (left as is without a spread),
-        shrunk towards 1 with fewer than ``enough`` structures (:func:`calibration`)."""
+        pulled towards the scale whose spread matches ``no_skill_error`` (the error of
+        predicting the training mean, :func:`no_skill_error`) with fewer than ``enough``
+        structures (:func:`calibration`)."""
         self.std_scale = 1.0
         mean, std = self.predict(validation, device=device)
         y = torch.cat([item.y.reshape(-1) for item in validation])
-        self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation), enough)
+        spread = std.reshape(-1).double()
+        spread_rms = float(spread[spread > 0].pow(2).mean().sqrt()) if (spread > 0).any() else 0.0
+        no_skill_scale = no_skill_error / spread_rms if spread_rms > 0 and no_skill_error > 0 else 1.0
+        self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation), enough,
+                                       no_skill_scale)
         self.std_scale = self.calibration.std_scale
         return self.calibration
 
@@ -203,8 +227,9 @@ def train_ensemble(
     finishes (with its index and history).
 
     With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
-    the validation errors, shrunk towards 1 below ``config.calibration_labels`` validation
-    structures (:meth:`Ensemble.calibrate`).
+    the validation errors; below ``config.calibration_labels`` validation structures, pulled
+    towards the scale at which it matches the error of predicting the training labels'
+    mean (:meth:`Ensemble.calibrate`).
 
     A model with a prior (``model_config.prior``) adds it to its output, so its target
     scaling is fitted to the residuals it learns, and the loss is that of the sum.
@@ -222,7 +247,8 @@ def train_ensemble(
         torch.manual_seed(config.seed + index)
         models.append(CrystalModel(model_config))
     shared = spec.pretrain(models[0].head, train, validation, config, device)
-    scaling = spec.target_scaling(_residuals(models[0], train))
+    residuals = _residuals(models[0], train)
+    scaling = spec.target_scaling(residuals)
     jobs = []
     for index, model in enumerate(models):
         spec.prepare_member(model, shared, scaling)
@@ -249,7 +275,8 @@ def train_ensemble(
     members, histories = (list(part) for part in zip(*results, strict=True))
     ensemble = Ensemble(members, shared=shared)
     if calibrate and validation:
-        ensemble.calibrate(validation, enough=config.calibration_labels, device=device)
+        ensemble.calibrate(validation, enough=config.calibration_labels,
+                           no_skill_error=no_skill_error([item.y for item in residuals]), device=device)
     return ensemble, histories
 
 
