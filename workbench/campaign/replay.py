@@ -11,6 +11,13 @@ weighed by expected DFT cost when the policy asks), revealing it as if DFT had c
 it. Random selection runs beside it from the same initial set. A hit is a revealed
 structure whose true labels meet the objective.
 
+With a prior (``model.prior``), the first objective target's ensemble learns the residual
+against the prior's line, fitted on the round's training part, and the round ranks as a
+campaign round does (:mod:`workbench.acquire.basis`): by the line alone until the model
+beats it. A campaign compares the two on its test split; the replay has none and compares
+them on its held-out part (the same tenth that stops training early and calibrates the
+spread).
+
 Seeds are independent: they run in ``jobs`` worker processes of this machine, or on an
 executor (e.g. a Dask client's ``get_executor()``).
 """
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
+from workbench.acquire.basis import MODEL_MAE, PRIOR_RMSE, Basis, prior_predictions, ranking_basis
 from workbench.acquire.cost import expected_costs
 from workbench.acquire.objective import Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings, plan_batch
@@ -34,14 +42,16 @@ from workbench.campaign.config import CampaignConfig, ModelSettings
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
 from workbench.featurize.cache import featurize_structures, load_graphs
+from workbench.featurize.config import ATOM_FEATURES
 from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
-from workbench.models import CrystalModel, ModelConfig, needs_triplets
-from workbench.models.model import graph_for
+from workbench.models import CrystalModel, ModelConfig, needs_triplets, with_atom_feature_size
+from workbench.models.model import PriorFit, graph_for
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import StructureSource, TargetDefinition, TargetKind, TargetValue
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig, available_cores
 from workbench.train.ensemble import Ensemble, pick_device, train_ensemble
+from workbench.train.pipeline import attach_prior, prior_metrics
 
 # Share of the revealed structures each round holds out for early stopping and for
 # calibrating the ensemble's spread.
@@ -56,7 +66,8 @@ class ReplayConfig:
     """A replay; everything but the pool and objective defaults to a campaign's defaults
     (``ModelSettings``, ``CAMPAIGN_TRAINING``, ``AcquisitionSettings``) but for the batch
     (:data:`REPLAY_ACQUISITION`). ``preset``: the DFT preset whose expected costs a cost-aware
-    policy weighs."""
+    policy weighs. ``prior``: a stored scalar target whose line the first objective
+    target's ensemble learns the residual of, as with a campaign's ``model.prior``."""
 
     source: str
     objective: Objective
@@ -65,19 +76,32 @@ class ReplayConfig:
     seeds: int = 5
     first_seed: int = 0
     architecture: str = _CAMPAIGN_MODEL.architecture
+    atom_features: str = _CAMPAIGN_MODEL.atom_features
     backbone: dict = field(default_factory=dict)
+    prior: str | None = None
     train: TrainConfig = CAMPAIGN_TRAINING
     acquisition: AcquisitionSettings = REPLAY_ACQUISITION
     preset: str | None = None
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.atom_features not in ATOM_FEATURES:
+            raise InputError(f"unknown atom features {self.atom_features!r}; choose one of {', '.join(ATOM_FEATURES)}",
+                             field="atom_features")
+
+    def featurizer(self) -> Featurizer:
+        """The campaign's featurizer (``ModelSettings.featurizer``): the graphs the
+        architecture declares, with these atom features."""
+        return Featurizer(graph_for(self.architecture), atom_features=self.atom_features)
+
 
 def replay_config(source: str, *, objective: list[str] | None = None, campaign: CampaignConfig | None = None,
                   batch: int | None = None, architecture: str | None = None, members: int | None = None,
                   epochs: int | None = None, patience: int | None = None, **fields) -> ReplayConfig:
-    """The replay of ``campaign`` (its objective, acquisition policy and batch, model,
-    training and DFT preset), or of a campaign's defaults; each argument given replaces
-    the corresponding setting, ``fields`` (``initial``, ``budget``, ``seeds``, ...) those of
+    """The replay of ``campaign`` (its objective, acquisition policy and batch, model with
+    its atom features and prior, training and DFT preset), or of a campaign's defaults;
+    each argument given replaces the corresponding setting, ``fields`` (``initial``,
+    ``budget``, ``seeds``, ``atom_features``, ``prior`` (``None``: none), ...) those of
     :class:`ReplayConfig`."""
     objective = objective or (campaign.objective if campaign else None)
     if not objective:
@@ -85,6 +109,7 @@ def replay_config(source: str, *, objective: list[str] | None = None, campaign: 
     base = ReplayConfig(source=source, objective=parse_objective(objective))
     if campaign is not None:
         base = dataclasses.replace(base, architecture=campaign.model.architecture,
+                                   atom_features=campaign.model.atom_features, prior=campaign.model.prior,
                                    backbone=dict(campaign.model.backbone),
                                    train=campaign.model.train_config(seed=0),
                                    acquisition=campaign.acquisition.settings(), preset=campaign.dft.preset)
@@ -97,7 +122,9 @@ def replay_config(source: str, *, objective: list[str] | None = None, campaign: 
 
 @dataclass
 class ReplayResult:
-    """Hits after the initial set and after every batch, per seed, for both strategies."""
+    """Hits after the initial set and after every batch, per seed, for both strategies, and
+    per seed what each round ranked by (``bases``: ``"model"``, or ``"prior"`` while the
+    model did not beat its prior's line; empty in records from before it was kept)."""
 
     objective: str
     pool: int
@@ -105,6 +132,7 @@ class ReplayResult:
     revealed: list[int]  # structures revealed at each point of the curves
     hits: list[list[int]] = field(default_factory=list)
     random_hits: list[list[int]] = field(default_factory=list)
+    bases: list[list[str]] = field(default_factory=list)
 
     @property
     def hits_at_budget(self) -> list[int]:
@@ -148,12 +176,14 @@ def labeled_pool(engine: Engine, source: str, targets: list[str]) -> tuple[list[
 
 @dataclass
 class _Pool:
-    """The labeled pool as every seed reads it."""
+    """The labeled pool as every seed reads it; with a prior, each structure's value of it
+    (``prior``, also on its graph as ``data.prior``)."""
 
     values: dict[str, np.ndarray]
     meets: np.ndarray
     data: list[CrystalGraphData]
     costs: np.ndarray | None
+    prior: np.ndarray | None
 
 
 def _load_pool(engine: Engine, config: ReplayConfig, featurizer: Featurizer) -> _Pool:
@@ -167,12 +197,30 @@ def _load_pool(engine: Engine, config: ReplayConfig, featurizer: Featurizer) -> 
     table = featurizer.feature_table()
     triplets = needs_triplets(config.architecture)
     costs = expected_costs(engine, load_preset(config.preset), ids) if config.acquisition.cost_aware else None
-    return _Pool(values, config.objective.holds(values), [graph_to_data(graphs[i], table, triplets=triplets)
-                                                          for i in ids], costs)
+    data = [graph_to_data(graphs[i], table, triplets=triplets) for i in ids]
+    prior = None
+    if config.prior:  # every structure needs it, as every campaign candidate does: refused if one lacks it
+        attach_prior(engine, config.prior, ids, data, target=targets[0], kind=TargetKind.SCALAR)
+        prior = np.array([item.prior.item() for item in data])
+    return _Pool(values, config.objective.holds(values), data, costs, prior)
+
+
+@dataclass
+class _Fit:
+    """A round's ensemble for one target; with a prior, its line and the held-out
+    ``metrics`` that :func:`~workbench.acquire.basis.ranking_basis` compares (the model's
+    MAE, the line's MAE and RMSE)."""
+
+    ensemble: Ensemble
+    line: PriorFit | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _fit(pool: _Pool, target: str, train_positions: np.ndarray, model_config: ModelConfig, config: TrainConfig,
-         rng: np.random.Generator, device: torch.device) -> Ensemble:
+         rng: np.random.Generator, device: torch.device, prior: str | None) -> _Fit:
+    """The ensemble trained on all but a held-out tenth of ``train_positions``; with
+    ``prior``, on the residual of the prior's line fitted on that training part, and the
+    model and the line measured on the held-out part."""
     shuffled = rng.permutation(train_positions)
     held_out = max(1, int(len(shuffled) * VALIDATION_FRACTION))
     labeled = []
@@ -180,9 +228,18 @@ def _fit(pool: _Pool, target: str, train_positions: np.ndarray, model_config: Mo
         item = pool.data[position].clone()
         item.y = torch.tensor([pool.values[target][position]], dtype=torch.float32)
         labeled.append(item)
-    ensemble, _ = train_ensemble(model_config, TargetKind.SCALAR, labeled[held_out:], labeled[:held_out],
-                                 config, device=device)
-    return ensemble
+    train, validation = labeled[held_out:], labeled[:held_out]
+    line = None
+    if prior:
+        training = shuffled[held_out:]
+        line = PriorFit.fit(prior, pool.prior[training], pool.values[target][training])
+        model_config = dataclasses.replace(model_config, prior=asdict(line))
+    ensemble, _ = train_ensemble(model_config, TargetKind.SCALAR, train, validation, config, device=device)
+    if line is None:
+        return _Fit(ensemble)
+    mean, _ = ensemble.predict(validation, device=device)
+    error = np.abs(mean.numpy() - pool.values[target][shuffled[:held_out]])
+    return _Fit(ensemble, line, {MODEL_MAE: float(error.mean()), **prior_metrics(line, validation)})
 
 
 @torch.no_grad()
@@ -192,28 +249,43 @@ def _embed(model: CrystalModel, items: list[CrystalGraphData], device: torch.dev
     return model.to(device).eval().embed(Batch.from_data_list(items).to(device)).cpu().numpy()
 
 
-def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer_key: str, seed: int,
-                 on_round: RoundCallback | None) -> tuple[list[int], list[int]]:
-    """One seed: the campaign's curve of hits, and random selection's."""
+SeedCurves = tuple[list[int], list[int], list[str]]  # the campaign's hits, random selection's, each round's basis
+
+
+def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer: Featurizer, seed: int,
+                 on_round: RoundCallback | None) -> SeedCurves:
+    """One seed: the campaign's curve of hits, random selection's, and what each round
+    ranked by (a campaign round's choice: :func:`~workbench.acquire.basis.ranking_basis`)."""
     targets = config.objective.targets
     first = config.objective.constraints[0]
     device = pick_device(config.device)
-    model_configs = {target: ModelConfig(config.architecture, "scalar", target, featurizer_key,
-                                         backbone=dict(config.backbone)) for target in targets}
+    backbone = with_atom_feature_size(config.architecture, config.backbone, featurizer.atom_feature_size)
+    model_configs = {target: ModelConfig(config.architecture, "scalar", target, featurizer.key,
+                                         backbone=dict(backbone)) for target in targets}
     count = len(pool.meets)
     rng = np.random.default_rng(seed)
     order = rng.permutation(count)
     random_curve = [int(pool.meets[order[:revealed]].sum()) for revealed in checkpoints(config)]
     revealed = list(order[: config.initial])
     curve = [int(pool.meets[revealed].sum())]
+    bases = []
     needs_best = SCORE_FUNCTIONS[config.acquisition.function].needs_best_label
     while len(revealed) < config.budget:
         hidden = np.setdiff1d(np.arange(count), revealed)
         train_config = dataclasses.replace(config.train, seed=seed * 1000 + len(revealed))
-        ensembles = {target: _fit(pool, target, np.array(revealed), model_configs[target], train_config, rng, device)
-                     for target in targets}
+        # As a campaign's retrain: the prior is the first objective target's only.
+        fits = {target: _fit(pool, target, np.array(revealed), model_configs[target], train_config, rng, device,
+                             prior=config.prior if target == first.target else None) for target in targets}
+        ensembles = {target: fit.ensemble for target, fit in fits.items()}
+        leading = fits[first.target]
+        basis = ranking_basis(leading.metrics).basis
+        bases.append(basis.value)
         predictions = {}
         for target, ensemble in ensembles.items():
+            if target == first.target and basis is Basis.PRIOR:
+                predictions[target] = prior_predictions(pool.prior[hidden], leading.line.slope,
+                                                        leading.line.intercept, leading.metrics[PRIOR_RMSE])
+                continue
             mean, std = ensemble.predict([pool.data[position] for position in hidden], device=device)
             predictions[target] = (mean.numpy(), std.numpy())
         known = pool.values[first.target][revealed]
@@ -228,11 +300,11 @@ def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer_key: str, seed: i
         curve.append(int(pool.meets[revealed].sum()))
         if on_round:
             on_round(seed, len(revealed), curve[-1])
-    return curve, random_curve
+    return curve, random_curve, bases
 
 
 def _replay_seed_in_worker(database_url: str, config: ReplayConfig, featurizer: Featurizer, seed: int,
-                           events=None) -> tuple[list[int], list[int]]:
+                           events=None) -> SeedCurves:
     """:func:`_replay_seed` in a worker: the pool read from the store at ``database_url``,
     each round posted to the queue ``events`` if given."""
     engine = make_engine(database_url)
@@ -240,7 +312,7 @@ def _replay_seed_in_worker(database_url: str, config: ReplayConfig, featurizer: 
         pool = _load_pool(engine, config, featurizer)
     finally:
         engine.dispose()
-    return _replay_seed(pool, config, featurizer.key, seed, _Post(events) if events is not None else None)
+    return _replay_seed(pool, config, featurizer, seed, _Post(events) if events is not None else None)
 
 
 @dataclass(frozen=True)
@@ -257,25 +329,27 @@ def replay(engine: Engine, config: ReplayConfig, *, featurizer: Featurizer | Non
            on_round: RoundCallback | None = None, jobs: int = 1, executor: Executor | None = None) -> ReplayResult:
     """Every seed of ``config``: in this process, in ``jobs`` worker processes (each with
     an equal share of the cores as torch threads; ``on_round`` still hears every round),
-    or on ``executor`` (``on_round`` then hears a seed's rounds when it is done)."""
-    featurizer = featurizer or Featurizer(graph_for(config.architecture))
+    or on ``executor`` (``on_round`` then hears a seed's rounds when it is done). The
+    graphs are ``featurizer``'s, by default the campaign's (:meth:`ReplayConfig.featurizer`)."""
+    featurizer = featurizer or config.featurizer()
     ids, values = labeled_pool(engine, config.source, config.objective.targets)
     featurize_structures(engine, featurizer, structure_ids=ids)
     seeds = list(range(config.first_seed, config.first_seed + config.seeds))
     if executor is None and min(jobs, len(seeds)) <= 1:
         pool = _load_pool(engine, config, featurizer)
-        curves = [_replay_seed(pool, config, featurizer.key, seed, on_round) for seed in seeds]
+        curves = [_replay_seed(pool, config, featurizer, seed, on_round) for seed in seeds]
     else:
         url = engine.url.render_as_string(hide_password=False)
         _load_pool(engine, config, featurizer)  # bad settings fail here, before any worker starts
         curves = (_on_executor(executor, url, config, featurizer, seeds, on_round) if executor is not None
                   else _in_processes(min(jobs, len(seeds)), url, config, featurizer, seeds, on_round))
     return ReplayResult(str(config.objective), len(ids), int(config.objective.holds(values).sum()), checkpoints(config),
-                        [curve for curve, _ in curves], [random_curve for _, random_curve in curves])
+                        [curve for curve, _, _ in curves], [random_curve for _, random_curve, _ in curves],
+                        [bases for _, _, bases in curves])
 
 
 def _on_executor(executor: Executor, url: str, config: ReplayConfig, featurizer: Featurizer, seeds: list[int],
-                 on_round: RoundCallback | None) -> list[tuple[list[int], list[int]]]:
+                 on_round: RoundCallback | None) -> list[SeedCurves]:
     futures = [executor.submit(_replay_seed_in_worker, url, config, featurizer, seed) for seed in seeds]
     curves = []
     for seed, future in zip(seeds, futures, strict=True):
@@ -287,7 +361,7 @@ def _on_executor(executor: Executor, url: str, config: ReplayConfig, featurizer:
 
 
 def _in_processes(workers: int, url: str, config: ReplayConfig, featurizer: Featurizer, seeds: list[int],
-                  on_round: RoundCallback | None) -> list[tuple[list[int], list[int]]]:
+                  on_round: RoundCallback | None) -> list[SeedCurves]:
     """The seeds in a pool of ``workers`` fresh processes ("spawn": safe with CUDA and with
     torch's threads); their rounds come back through a queue for ``on_round``."""
     context = multiprocessing.get_context("spawn")
