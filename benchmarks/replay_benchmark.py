@@ -15,6 +15,11 @@ seeds. ``--only gap|heat`` re-runs one objective and keeps the other's latest ru
 JSON beside ``--out``; ``--render`` only rewrites the markdown and plots from that JSON;
 ``--from-log LOG`` records a run that was stopped before its budget from the progress
 lines it wrote on stderr (the curves end at the last point every seed reached).
+``--prior COLUMN`` imports that column of the pool (e.g. ``heat_all``) as a target and
+replays a campaign with it as ``model.prior`` (the first objective target learns its
+residual; a round ranks by the prior's line until the model beats it); ``--atom-features``
+replays another featurizer's atom features. Such runs, like ``--diversity``, are kept
+beside the default's run and get their own section.
 """
 
 import argparse
@@ -22,13 +27,17 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
+
 REPO = Path(__file__).resolve().parent.parent
+POOL_TARGETS = ["dir_gap", "heat_ref"]
 GAP_OBJECTIVE = ["1.5<=dir_gap<=3", "heat_ref<1.0"]
 # The "lowest 1 % of heat_ref" objective: below this quantile of the pool.
 HEAT_QUANTILE = 0.01
@@ -51,18 +60,31 @@ def pool_path() -> Path:
 def replay_settings(objective: list[str], args):
     from workbench.campaign.replay import replay_config
 
+    model = {"prior": args.prior} | ({"atom_features": args.atom_features} if args.atom_features else {})
     config = replay_config("perov5", objective=objective, batch=args.batch, members=args.members,
                            epochs=args.epochs, patience=args.patience, initial=args.initial, budget=args.budget,
-                           seeds=args.seeds, first_seed=args.first_seed, device="cpu")
+                           seeds=args.seeds, first_seed=args.first_seed, device="cpu", **model)
     if args.diversity is None:
         return config
     return dataclasses.replace(config, acquisition=dataclasses.replace(config.acquisition, diversity=args.diversity))
 
 
 def record_key(key: str, args) -> str:
-    """Where a run is kept in the JSON: the objective's key, with the diversity when it is
-    not the campaign's default (a comparison, shown in its own table)."""
-    return key if args.diversity is None else f"{key}@diversity={args.diversity:g}"
+    """Where a run is kept in the JSON: the objective's key, with each setting that is not
+    the campaign's default (diversity, prior, atom features): a comparison, shown beside the
+    default's run."""
+    variant = [f"diversity={args.diversity:g}" if args.diversity is not None else "",
+               f"prior={args.prior}" if args.prior else "",
+               f"atom_features={args.atom_features}" if args.atom_features not in (None, DEFAULT_ATOM_FEATURES) else ""]
+    return "@".join([key, *filter(None, variant)])
+
+
+def run_settings(config) -> dict:
+    """What a record keeps of the replay's settings."""
+    policy = config.acquisition
+    return {"initial": config.initial, "batch": policy.batch, "budget": config.budget, "function": policy.function,
+            "diversity": policy.diversity, "cost_aware": policy.cost_aware, "architecture": config.architecture,
+            "atom_features": config.atom_features, "prior": config.prior, **dataclasses.asdict(config.train)}
 
 
 def run_objective(objective: list[str], args) -> dict:
@@ -77,9 +99,10 @@ def run_objective(objective: list[str], args) -> dict:
         url = f"sqlite:///{scratch}/store.db"
         environment = os.environ | {"WORKBENCH_DATABASE_URL": url, "WORKBENCH_HOME": scratch}
         workbench = str(Path(sys.executable).parent / "workbench")
+        columns = list(dict.fromkeys([*POOL_TARGETS, *filter(None, [config.prior])]))  # the prior: a pool column
+        targets = [option for column in columns for option in ("--target", f"{column}={column}")]
         for command in ([workbench, "init"],
-                        [workbench, "import", str(pool_path()), "--source", "perov5", "--target", "dir_gap=dir_gap",
-                         "--target", "heat_ref=heat_ref"],
+                        [workbench, "import", str(pool_path()), "--source", "perov5", *targets],
                         [workbench, "featurize"]):
             subprocess.run(command, env=environment, check=True, capture_output=True)
         engine = make_engine(url)
@@ -89,7 +112,6 @@ def run_objective(objective: list[str], args) -> dict:
                                 f"seed {seed}: {revealed} revealed, {hits} hits", file=sys.stderr, flush=True))
         finally:
             engine.dispose()
-    policy = config.acquisition
     from workbench.provenance import source_commit
 
     return result.to_dict() | {
@@ -97,9 +119,7 @@ def run_objective(objective: list[str], args) -> dict:
         "commit": source_commit(), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.processes} worker processes "
                    "sharing the cores as torch threads",
-        "settings": {"initial": config.initial, "batch": policy.batch, "budget": config.budget,
-                     "function": policy.function, "diversity": policy.diversity, "cost_aware": policy.cost_aware,
-                     "architecture": config.architecture, **dataclasses.asdict(config.train)}}
+        "settings": run_settings(config)}
 
 
 def partial_record(objective: list[str], log: Path, args) -> dict:
@@ -127,7 +147,6 @@ def partial_record(objective: list[str], log: Path, args) -> dict:
         order = np.random.default_rng(seed).permutation(len(meets))  # as replay() draws it
         random_hits.append([int(meets[order[:count]].sum()) for count in revealed])
         hits.append([random_hits[-1][0], *(rounds[seed][point] for point in reached)])
-    policy = config.acquisition
     return {"objective": str(config.objective), "pool": len(meets), "hits_in_pool": int(meets.sum()),
             "revealed": revealed, "hits": hits, "random_hits": random_hits,
             "hits_at_budget": [curve[-1] for curve in hits],
@@ -135,10 +154,7 @@ def partial_record(objective: list[str], log: Path, args) -> dict:
             "first_seed": args.first_seed, "stopped_at": revealed[-1],
             "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, {args.processes} "
                        "worker processes",
-            "settings": {"initial": config.initial, "batch": policy.batch, "budget": config.budget,
-                         "function": policy.function, "diversity": policy.diversity,
-                         "cost_aware": policy.cost_aware, "architecture": config.architecture,
-                         **dataclasses.asdict(config.train)}}
+            "settings": run_settings(config)}
 
 
 def _policy(settings: dict) -> str:
@@ -148,6 +164,34 @@ def _policy(settings: dict) -> str:
     spread = f"spread out in the embedding (diversity {settings['diversity']:g})" if settings["diversity"] else \
         "no diversity"
     return f"{settings['function']}, {spread}{', per expected second' if settings['cost_aware'] else ''}"
+
+
+def _model(settings: dict, bases: list[list[str]]) -> str:
+    """The ensembles a record trained: architecture, atom features, and the prior with how
+    many rounds ranked by its line (records from before these were kept: the defaults)."""
+    atom_features = settings.get("atom_features", DEFAULT_ATOM_FEATURES)
+    text = (f"{settings['architecture'].upper()} ensembles of {settings['members']} per target on {atom_features} "
+            "atom features")
+    if settings.get("prior"):
+        rounds = [basis for seed in bases for basis in seed]  # none in a record read from a log
+        counted = f": {rounds.count('prior')} of {len(rounds)} rounds over all seeds" if rounds else ""
+        text += (f", the first target's learning the residual of the line of `{settings['prior']}` (ranked by the "
+                 f"line until the model beat it on the held-out tenth{counted})")
+    return text
+
+
+def _variant(settings: dict) -> str:
+    """How a run's settings read in a comparison: diversity, prior, atom features."""
+    atom_features = settings.get("atom_features", DEFAULT_ATOM_FEATURES)
+    return ", ".join([f"diversity {settings['diversity']:g}",
+                      *([f"prior {settings['prior']}"] if settings.get("prior") else []),
+                      *([f"{atom_features} atom features"] if atom_features != DEFAULT_ATOM_FEATURES else [])])
+
+
+def _own_section(settings: dict) -> bool:
+    """Whether a variant's run gets a section of its own: one with another model (a prior,
+    other atom features); a variant of the policy alone is compared in a table."""
+    return bool(settings.get("prior")) or settings.get("atom_features", DEFAULT_ATOM_FEATURES) != DEFAULT_ATOM_FEATURES
 
 
 def section(title: str, result, record: dict, plot: Path) -> list[str]:
@@ -164,8 +208,7 @@ def section(title: str, result, record: dict, plot: Path) -> list[str]:
     lines = [f"## {title}: `{result.objective}`", "",
              (f"{result.hits_in_pool} of the {result.pool} structures are hits. Start {settings['initial']} random, "
               f"batches of {settings['batch']} by {_policy(settings)}, budget {budget}; "
-              f"{settings['architecture'].upper()} ensembles of "
-              f"{settings['members']} per target, at most {settings['epochs']} epochs (patience "
+              f"{_model(settings, result.bases)}; at most {settings['epochs']} epochs (patience "
               f"{settings['patience']}), batches of {settings['batch_size']} at learning rate "
               f"{settings['learning_rate']:g}. {record['machine']}; {took}.{stopped}"), "",
              f"| seed | campaign hits at {budget} | random hits at {budget} |", "|---:|---:|---:|"]
@@ -183,8 +226,8 @@ def section(title: str, result, record: dict, plot: Path) -> list[str]:
 
 
 def comparison(records: dict, objectives: dict) -> list[str]:
-    """Per objective, the default policy's run beside runs with another diversity, on the
-    seeds and budget they share (median hits at each point both reached)."""
+    """Per objective, the default's run beside runs with other settings (diversity, prior,
+    atom features), on the seeds and budget they share (median hits at each point all reached)."""
     import numpy as np
 
     lines = []
@@ -196,16 +239,16 @@ def comparison(records: dict, objectives: dict) -> list[str]:
         seeds = set.intersection(*(set(range(run["first_seed"], run["first_seed"] + len(run["hits"])))
                                    for run in runs.values()))
         points = sorted(set.intersection(*(set(run["revealed"]) for run in runs.values())))
-        lines += [f"## Diversity on `{records[key]['objective']}`: the default beside other settings", "",
+        lines += [f"## Other settings on `{records[key]['objective']}`: the default beside them", "",
                   (f"Median hits over seeds {', '.join(map(str, sorted(seeds)))} (the seeds every run has), same "
-                   "start, batches, model and training; only the diversity of the batch differs."), "",
-                  "| diversity | " + " | ".join(str(point) for point in points) + " | minutes |",
+                   "start, batches and training; only the settings in the first column differ."), "",
+                  "| settings | " + " | ".join(str(point) for point in points) + " | minutes |",
                   "|---|" + "---:|" * (len(points) + 1)]
         for name, run in runs.items():
             rows = [run["hits"][seed - run["first_seed"]] for seed in sorted(seeds)]
             at = [np.median([row[run["revealed"].index(point)] for row in rows]) for point in points]
             minutes = f"{run['minutes']:.0f}" if run.get("minutes") is not None else ""
-            label = f"{run['settings']['diversity']:g}" + (" (default)" if name == key else "")
+            label = _variant(run["settings"]) + (" (default)" if name == key else "")
             lines.append(f"| {label} | " + " | ".join(f"{value:g}" for value in at) + f" | {minutes} |")
         lines.append("")
     return lines
@@ -229,6 +272,12 @@ def main() -> None:
     parser.add_argument("--diversity", type=float,
                         help="run the policy with this diversity instead of the campaign's default; kept as a "
                              "comparison beside the default's run")
+    parser.add_argument("--prior", metavar="TARGET",
+                        help="replay with this column of the pool (imported as a target of that name, e.g. "
+                             "heat_all) as the campaign's model.prior; kept beside the default's run")
+    parser.add_argument("--atom-features", choices=list(ATOM_FEATURES),
+                        help=f"atom features of the ensembles (default: a campaign's, {DEFAULT_ATOM_FEATURES}); "
+                             "others are kept beside the default's run")
     parser.add_argument("--from-log", type=Path,
                         help="with --only: record a run stopped early from its stderr progress lines")
     args = parser.parse_args()
@@ -238,7 +287,10 @@ def main() -> None:
 
     from workbench.campaign.replay import ReplayResult, discovery_plot
 
-    quantile = float(np.quantile(pd.read_csv(pool_path())["heat_ref"], HEAT_QUANTILE))
+    pool = pd.read_csv(pool_path())
+    if args.prior and args.prior not in pool.columns:
+        parser.error(f"--prior {args.prior!r} is not a column of {pool_path()}; its columns are {', '.join(pool.columns)}")
+    quantile = float(np.quantile(pool["heat_ref"], HEAT_QUANTILE))
     objectives = {"gap": ("Band gap window and stability", GAP_OBJECTIVE),
                   "heat": ("Lowest 1 % of heat_ref", [f"heat_ref<={quantile:.4f}"])}
     out = args.out or REPO / "benchmarks" / "replay.md"
@@ -256,13 +308,16 @@ def main() -> None:
               "campaign's acquisition policy through `plan_batch`, the function a campaign round calls, over "
               "ensembles (one per target) retrained every round, their spread calibrated on a held-out tenth; "
               "random selection from the same start beside it."), "", PREVIOUS, ""]
-    for key in (key for key in objectives if key in records):
-        record = records[key]
-        result = ReplayResult(record["objective"], record["pool"], record["hits_in_pool"], record["revealed"],
-                              record["hits"], record["random_hits"])
-        plot = out.with_name(f"{out.stem}{'' if key == 'gap' else '-' + key}.png")
-        discovery_plot(result, plot)
-        lines += section(objectives[key][0], result, record, plot)
+    for key, (title, _) in objectives.items():
+        variants = sorted(name for name in records if name.startswith(f"{key}@") and _own_section(records[name]["settings"]))
+        for name in [name for name in [key, *variants] if name in records]:
+            record = records[name]
+            result = ReplayResult(record["objective"], record["pool"], record["hits_in_pool"], record["revealed"],
+                                  record["hits"], record["random_hits"], record.get("bases", []))
+            plot = out.with_name(f"{out.stem}{'' if name == 'gap' else '-' + re.sub(r'[^A-Za-z0-9_.]+', '-', name)}.png")
+            discovery_plot(result, plot)
+            lines += section(title if name == key else f"{title} ({_variant(record['settings'])})", result, record,
+                             plot)
     lines += comparison(records, objectives)
     table = "\n".join(lines)
     print(table)
