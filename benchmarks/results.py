@@ -62,7 +62,7 @@ from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.entries import Entry
 from workbench.io.importer import import_entries, import_file
 from workbench.io.readers import ReadOptions
-from workbench.models.model import PriorFit, graph_for
+from workbench.models.model import graph_for
 from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine, session_scope
@@ -70,7 +70,13 @@ from workbench.store.schema import Structure, TargetKind
 from workbench.structures.crystal import Crystal
 from workbench.train.config import TrainConfig
 from workbench.train.dataset import load_labeled_graphs
-from workbench.train.pipeline import TrainRequest, attach_prior, prior_metrics, train_and_register
+from workbench.train.pipeline import (
+    TrainRequest,
+    attach_prior,
+    fit_prior,
+    prior_metrics,
+    train_and_register,
+)
 from workbench.train.splits import grouped_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,14 +131,17 @@ MODELS = {model.name: model for model in (
           max_neighbors=16, spectrum_latent=12, kinds=(TargetKind.SPECTRUM,)),
     Model("neighbour-mlp", "neighbour-mlp", "the neighbour-MLP baseline of Karaguesian et al. (2021)",
           kinds=(TargetKind.PER_SITE,)),
-    Model("sevennet-prior", "cgcnn", ("the prior alone, zero-shot: the least-squares line of the target on "
-          "SevenNet-0's formation energy per atom, fitted on the training split; nothing trained"),
+    Model("sevennet-prior", "cgcnn", ("the prior alone, zero-shot: the target's fit on SevenNet-0's formation "
+          "energy per atom (a line) and on element counts (ridge weights, penalty by leave-one-out error), "
+          "fitted on the training split; nothing trained"),
           prior=SEVENNET_PRIOR, trains=False, kinds=(TargetKind.SCALAR,)),
-    Model("cgcnn-prior", "cgcnn", ("CGCNN ensemble learning the residual of the target against that line "
+    Model("cgcnn-prior", "cgcnn", ("CGCNN ensemble learning the residual of the target against that fit "
           "(`--prior sevennet.formation_energy_per_atom`), 12 neighbours"),
           prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,)),
     Model("cgcnn-sevennet", "cgcnn", ("CGCNN backbone on pretrained SevenNet-0 atom features (its embedding "
           "before the CGCNN vector in each atom's features), 12 neighbours"), atom_features="sevennet"),
+    Model("cgcnn-sevennet-prior", "cgcnn", ("both: CGCNN on SevenNet-0 atom features learning the residual "
+          "against the prior's fit"), atom_features="sevennet", prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,)),
 )}
 
 
@@ -272,21 +281,22 @@ def prepare_prior(engine, settings: Settings, prior: str) -> str:
 
 
 def evaluate_prior(engine, request: TrainRequest) -> dict[str, float]:
-    """The prior alone on ``request``'s test split: its line fitted on the training split,
-    on the same split and graphs as ``train_and_register`` (``mae``, ``rmse``, the line)."""
+    """The prior alone on ``request``'s test split: its fit (line and element weights) on
+    the training split, on the same split and graphs as ``train_and_register`` (``mae``,
+    ``rmse``, the line, the ridge penalty the element weights were fitted with)."""
     labeled = load_labeled_graphs(engine, request.target, request.featurizer)
     attach_prior(engine, request.prior, labeled.structure_ids, labeled.data, target=request.target,
                  kind=labeled.kind)
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
     train, test = labeled.subset(split.train), labeled.subset(split.test)
-    fit = PriorFit.fit(request.prior, np.array([item.prior.item() for item in train]),
-                       np.array([item.y.item() for item in train]))
+    fit = fit_prior(request.prior, train, per_atom=request.pooling == "mean")
     metrics = prior_metrics(fit, test)
     # How much of the target's variation the prior follows, on the test split.
     correlation = np.corrcoef([item.prior.item() for item in test], [item.y.item() for item in test])[0, 1]
     return {"mae": metrics["prior.mae"], "rmse": metrics["prior.rmse"], "prior.slope": fit.slope,
-            "prior.intercept": fit.intercept, "prior.pearson_r": float(correlation), "parameters": 2.0}
+            "prior.intercept": fit.intercept, "prior.penalty": fit.penalty, "prior.pearson_r": float(correlation),
+            "parameters": float(2 + len(fit.element_weights))}
 
 
 def load_average() -> str:

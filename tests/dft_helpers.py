@@ -76,11 +76,25 @@ def l12(major: str, minor: str):
     return atoms
 
 
-def emt_threshold() -> float:
-    """The lower quartile of the alloys' EMT energy per atom: about 10 hits in the pool."""
+def b2(first: str, second: str) -> Atoms:
+    """B2 (CsCl) ``first``-``second`` at the volume per atom of their fcc average."""
+    a = ((LATTICE[first] ** 3 + LATTICE[second] ** 3) / 4) ** (1 / 3)  # two atoms of a^3/4 each
+    return Atoms([first, second], scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=[a, a, a], pbc=True)
+
+
+def l10(first: str, second: str) -> Atoms:
+    """L1_0 ``first``-``second`` (fcc-based, ideal c/a) in its 2-atom tetragonal cell."""
+    a = (LATTICE[first] + LATTICE[second]) / 2
+    return Atoms([first, second], scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]],
+                 cell=[a / np.sqrt(2), a / np.sqrt(2), a], pbc=True)
+
+
+def emt_threshold(crystals: list[Atoms] | None = None) -> float:
+    """The lower quartile of the EMT energy per atom of ``crystals`` (default: the 42
+    L1_2 alloys, about 10 hits in the pool)."""
     energies = []
-    for a, b in permutations(LATTICE, 2):
-        atoms = l12(a, b)
+    for atoms in crystals or [l12(a, b) for a, b in permutations(LATTICE, 2)]:
+        atoms = atoms.copy()
         atoms.calc = EMT()
         energies.append(atoms.get_potential_energy() / len(atoms))
     return float(np.quantile(energies, 0.25))

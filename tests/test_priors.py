@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from ase.calculators.emt import EMT
 from mlflow import MlflowClient
 from pymatgen.io.ase import AseAtomsAdaptor
@@ -23,7 +24,8 @@ from workbench.errors import InputError, NotFound
 from workbench.io.entries import Entry, Label
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
-from workbench.models.model import MissingPrior, PriorFit
+from workbench.models.model import MissingPrior
+from workbench.models.prior import PriorFit, composition_of
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
@@ -79,11 +81,47 @@ def alloys_with_prior(engine, tmp_path) -> dict[str, int]:
     return ids
 
 
-def test_the_prior_fit_is_the_least_squares_line():
+def test_the_prior_fit_is_the_least_squares_line_where_composition_adds_nothing():
+    rng = np.random.default_rng(0)
     prior = np.linspace(-4, -2, 30)
-    fit = PriorFit.fit("emt.energy_per_atom", prior, 3.0 * prior - 1.0)
-    assert (fit.slope, fit.intercept) == (pytest.approx(3.0), pytest.approx(-1.0))
-    assert fit(np.array([0.0, 1.0])) == pytest.approx([-1.0, 2.0])
+    compositions = [{"Cu": float(rng.integers(1, 4)), "Au": float(rng.integers(1, 4))} for _ in prior]
+    fit = PriorFit.fit("emt.energy_per_atom", prior, 3.0 * prior - 1.0, compositions, per_atom=False)
+    assert (fit.slope, fit.intercept) == (pytest.approx(3.0, rel=1e-3), pytest.approx(-1.0, abs=1e-2))
+    assert fit(np.array([0.0, 1.0]), [{"Cu": 1.0}, {"Au": 2.0}]) == pytest.approx([-1.0, 2.0], abs=1e-2)
+    # A fit saved before the element weights existed is the line alone.
+    assert PriorFit(target="x", slope=3.0, intercept=-1.0)(np.array([1.0]), [{"Cu": 1.0}]) == pytest.approx([2.0])
+
+
+def test_the_prior_fit_learns_the_references_the_two_levels_do_not_share():
+    """The target is the prior plus a reference energy per atom of each element (as a data
+    set's formation energies differ from a potential's): the line alone cannot follow it,
+    the element weights do."""
+    rng = np.random.default_rng(1)
+    references = {"Ba": 0.3, "Ti": -0.2, "O": 0.1, "Sr": 0.25, "Zr": -0.4}
+    compositions = [{"Ba" if rng.random() < 0.5 else "Sr": 1.0, "Ti" if rng.random() < 0.5 else "Zr": 1.0, "O": 3.0}
+                    for _ in range(80)]
+    prior = rng.normal(-1.0, 0.3, 80)
+    y = 5 * prior + np.array([sum(references[e] * n for e, n in c.items()) for c in compositions])
+    fit = PriorFit.fit("sevennet.formation_energy_per_atom", prior[:60], y[:60], compositions[:60], per_atom=False)
+    line = np.polyfit(prior[:60], y[:60], 1)
+    fitted_error = np.abs(fit(prior[60:], compositions[60:]) - y[60:]).mean()
+    assert fitted_error < 0.02 < np.abs(np.polyval(line, prior[60:]) - y[60:]).mean()
+    assert fit.slope == pytest.approx(5.0, rel=0.01)
+    # What an MLflow run records gives the same fit back.
+    assert PriorFit.from_params({key: str(value) for key, value in fit.params().items()}) == fit
+
+
+@pytest.mark.parametrize("per_atom", [False, True])
+def test_the_models_prior_term_is_the_fit_over_a_batch(per_atom):
+    from torch_geometric.data import Batch, Data
+
+    fit = PriorFit("p", 2.0, 0.5, {"Cu": 0.1, "Au": -0.3}, per_atom=per_atom)
+    cells = [[29, 29, 79], [79], [29, 13]]  # Al has no weight: it adds nothing
+    batch = Batch.from_data_list([Data(atomic_numbers=torch.tensor(cell), num_nodes=len(cell)) for cell in cells])
+    prior = torch.tensor([1.0, -1.0, 0.0])
+    term = fit.term(prior, batch.atomic_numbers, batch.batch, 3)
+    expected = fit(prior.numpy(), [composition_of(cell) for cell in cells])
+    np.testing.assert_allclose(term.numpy(), expected, rtol=1e-6)
 
 
 @pytest.mark.slow

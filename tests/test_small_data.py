@@ -4,6 +4,7 @@ validation structures and pulled towards the no-skill scale from fewer, and the 
 import math
 import re
 import tempfile
+from itertools import combinations
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,15 @@ from mlflow import MlflowClient
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from tests.dft_helpers import campaign_document, emt_threshold, l12
+from tests.dft_helpers import (
+    LATTICE,
+    b2,
+    campaign_document,
+    emt_threshold,
+    l10,
+    l12,
+    store_crystals,
+)
 from workbench.acquire.basis import Basis, prior_predictions, ranking_basis
 from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
@@ -27,6 +36,7 @@ from workbench.io.entries import Entry, Label
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
+from workbench.models.prior import PriorFit
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
@@ -34,6 +44,7 @@ from workbench.store.schema import (
     Campaign,
     ModelVersion,
     Round,
+    Structure,
     TargetDefinition,
     TargetKind,
     TargetValue,
@@ -152,9 +163,10 @@ def test_the_prior_ranks_until_the_model_beats_it_on_held_out_labels():
     assert beaten.basis is Basis.MODEL and "0.1" in beaten.why and "0.2" in beaten.why
     assert ranking_basis({"mae": 0.30}).basis is Basis.MODEL  # no prior
     assert ranking_basis({"prior.mae": 0.2, "prior.rmse": 0.25}).basis is Basis.MODEL  # no held-out labels
-    mean, std = prior_predictions(np.array([1.0, np.nan]), 2.0, 0.5, 0.3)
-    np.testing.assert_allclose(mean, [2.5, np.nan])
-    np.testing.assert_allclose(std, [0.3, 0.3])
+    fit = PriorFit("p", 2.0, 0.5, {"Cu": 0.1})
+    mean, std = prior_predictions(fit, np.array([1.0, 1.0, np.nan]), [{"Au": 1.0}, {"Cu": 2.0}, {"Cu": 1.0}], 0.3)
+    np.testing.assert_allclose(mean, [2.5, 2.7, np.nan])
+    np.testing.assert_allclose(std, [0.3, 0.3, 0.3])
 
 
 def _guided_round(engine, settings, document: dict) -> tuple[dict, list[Acquisition], ModelVersion]:
@@ -183,15 +195,16 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
     assert version.metrics["mae"] >= version.metrics["prior.mae"]
     assert summary["acquisition"]["basis"] == "prior"
     assert "does not beat its prior's alone" in summary["acquisition"]["note"]
-    run = MlflowClient(settings.mlflow_tracking_uri).get_run(version.mlflow_run_id).data.params
-    slope, intercept = float(run["prior.slope"]), float(run["prior.intercept"])
+    fit = PriorFit.from_params(MlflowClient(settings.mlflow_tracking_uri).get_run(version.mlflow_run_id).data.params)
     with session_scope(engine) as session:
         prior = {row.structure_id: row.value for row in session.execute(
             select(TargetValue.structure_id, TargetValue.value).join(TargetDefinition)
             .where(TargetDefinition.name == "emt.energy_per_atom"))}
+        compositions = dict(session.execute(select(Structure.id, Structure.composition)).all())
     for row in rows:
         assert row.predicted[target]["source"] == "prior"
-        assert row.predicted[target]["mean"] == pytest.approx(slope * prior[row.structure_id] + intercept)
+        assert row.predicted[target]["mean"] == pytest.approx(
+            fit(np.array([prior[row.structure_id]]), [compositions[row.structure_id]])[0])
         assert row.predicted[target]["std"] == pytest.approx(version.metrics["prior.rmse"])
     # The exact prior knows the hits: every pick of the guided round is one.
     assert summary["hits"] == 4
@@ -209,16 +222,21 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_a_model_that_beats_its_prior_ranks_the_batch(engine, settings, alloys):
-    """A prior that knows nothing (0 for every alloy: its line is the training labels'
-    mean), beaten by the model. On the one held-out label of the 10 it learns from,
-    whether so small a model beats the mean is chance (with seeds 1 and 3 it does not: the
-    reason for leaning on the prior); the random round of seed 4 leaves a split where it
-    does, 0.004 against 0.010 eV/atom."""
-    import_entries(engine, [Entry(row=name, external_id=name, crystal=Crystal.from_ase(l12(name[:2], name[3:])),
-                                  labels={"flat.value": Label(TargetKind.SCALAR, 0.0, "eV")}) for name in alloys],
-                   source="test", file="tests", options=ReadOptions())
+def test_a_model_that_beats_its_prior_ranks_the_batch(engine, settings):
+    """A prior that knows nothing (0 for every crystal), whose fit is then the element
+    weights alone, over B2 and L1_0 polymorphs of each pair of metals: composition cannot
+    tell the two apart, the model's neighbours can. On the one held-out label of the 10
+    it learns from, whether so small a model wins is still chance (with seeds 1, 2, 6, 7 it
+    does not: the reason for leaning on the prior); seed 4 leaves a split where it does,
+    0.005 against 0.22 eV/atom."""
+    crystals = {f"{a}{b}-{name}": build(a, b) for a, b in combinations(LATTICE, 2)
+                for name, build in (("B2", b2), ("L10", l10))}
+    store_crystals(engine, crystals)
+    import_entries(engine, [Entry(row=name, external_id=name, crystal=Crystal.from_ase(atoms),
+                                  labels={"flat.value": Label(TargetKind.SCALAR, 0.0, "eV")})
+                            for name, atoms in crystals.items()], source="test", file="tests", options=ReadOptions())
     document = campaign_document("beaten", 14, model={**TINY_MODEL, "epochs": 60, "patience": 60, "prior": "flat.value"},
+                                 objective=[f"emt.energy_per_atom<={emt_threshold(list(crystals.values())):.4f}"],
                                  acquisition={"batch": 4, "diversity": 0}, seed=4)
     summary, rows, version = _guided_round(engine, settings, document)
     assert version.metrics["mae"] < version.metrics["prior.mae"]

@@ -1,18 +1,23 @@
 """What a round ranks by: the model's predictions, or those of its prior alone.
 
 A model trained with a prior (``model.prior``) learns the residual of its target against
-the prior's least-squares line. From a few tens of labels that residual model can be
-worse than the line by itself; until it beats the line on held-out labels, acquisition
-leans on the prior: the line applied to each candidate's stored prior value, with the
-line's held-out RMSE as every candidate's spread. Pure functions of plain data, so that a
+the prior's fit (:class:`~workbench.models.prior.PriorFit`: a line in the prior plus
+element weights). From a few tens of labels that residual model can be worse than the fit
+by itself; until it beats the fit on held-out labels, acquisition leans on the prior: the
+fit applied to each candidate's stored prior value and composition, with the fit's
+held-out RMSE as every candidate's spread. Pure functions of plain data, so that a
 replay can make the same choice the campaign made.
 """
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the fit only passes through: no torch to import here
+    from workbench.models.prior import PriorFit
 
 # The held-out metrics the training run records for a model with a prior
 # (workbench.train.pipeline.prior_metrics) and for the model itself.
@@ -47,10 +52,10 @@ def ranking_basis(metrics: Mapping[str, float | None]) -> RankingBasis:
                                      f"({prior:.3g}): ranked by the prior")
 
 
-def prior_predictions(prior_values: np.ndarray, slope: float, intercept: float,
+def prior_predictions(fit: "PriorFit", prior_values: np.ndarray, compositions: Sequence[Mapping[str, float]],
                       rmse: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, std)`` of the prior's line over the candidates: ``slope * value +
-    intercept``, and its held-out ``rmse`` as everyone's spread (NaN where a candidate has
+    """``(mean, std)`` of the prior's fit over the candidates (their prior values and
+    compositions), and its held-out ``rmse`` as everyone's spread (NaN where a candidate has
     no prior value: it scores last)."""
-    mean = slope * np.asarray(prior_values, dtype=float) + intercept
+    mean = fit(prior_values, compositions)
     return mean, np.full_like(mean, rmse)

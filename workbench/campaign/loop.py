@@ -43,6 +43,7 @@ from workbench.featurize.cache import load_graphs
 from workbench.featurize.data import graph_to_data
 from workbench.generate.store import GenerateReport, decorate
 from workbench.models import needs_triplets
+from workbench.models.prior import PriorFit
 from workbench.settings import Settings
 from workbench.stability.predicted import derive_predictions
 from workbench.stability.store import hull_level, levels_with_hull, refresh_hulls
@@ -426,7 +427,7 @@ def _embeddings(engine: Engine, settings: Settings, model_version_id: int, struc
 def _lean_on_prior(engine: Engine, settings: Settings, config: CampaignConfig, models: dict[str, int],
                    eligible: list[int], predictions: dict) -> tuple[RankingBasis | None, dict]:
     """The predictions to rank by: the first learned target's (whose model has the prior)
-    replaced by its prior's line while its model does not beat the line on held-out labels
+    replaced by its prior's fit while its model does not beat the fit on held-out labels
     (:func:`~workbench.acquire.basis.ranking_basis`); no basis without a prior."""
     target = config.learned_targets[0]
     if not config.model.prior or target not in models:
@@ -439,11 +440,14 @@ def _lean_on_prior(engine: Engine, settings: Settings, config: CampaignConfig, m
         return basis, predictions
     import mlflow
 
-    line = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.params  # the model's PriorFit
+    fit = PriorFit.from_params(mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.params)
     values = prior_values(engine, config.model.prior, eligible)
     prior = np.array([values.get(structure_id, np.nan) for structure_id in eligible])
-    return basis, {**predictions, target: prior_predictions(prior, float(line["prior.slope"]),
-                                                            float(line["prior.intercept"]), metrics[PRIOR_RMSE])}
+    with session_scope(engine) as session:
+        compositions = dict(session.execute(select(Structure.id, Structure.composition)
+                                            .where(one_of(session, Structure.id, eligible))).all())
+    return basis, {**predictions, target: prior_predictions(fit, prior, [compositions[i] for i in eligible],
+                                                            metrics[PRIOR_RMSE])}
 
 
 def _basis_summary(basis: RankingBasis | None, plan: BatchPlan) -> dict:

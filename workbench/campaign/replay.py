@@ -12,8 +12,8 @@ it. Random selection runs beside it from the same initial set. A hit is a reveal
 structure whose true labels meet the objective.
 
 With a prior (``model.prior``), the first objective target's ensemble learns the residual
-against the prior's line, fitted on the round's training part, and the round ranks as a
-campaign round does (:mod:`workbench.acquire.basis`): by the line alone until the model
+against the prior's fit, fitted on the round's training part, and the round ranks as a
+campaign round does (:mod:`workbench.acquire.basis`): by the fit alone until the model
 beats it. A campaign compares the two on its test split; the replay has none and compares
 them on its held-out part (the same tenth that stops training early and calibrates the
 spread).
@@ -46,12 +46,13 @@ from workbench.featurize.config import ATOM_FEATURES
 from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import CrystalModel, ModelConfig, needs_triplets, with_atom_feature_size
-from workbench.models.model import PriorFit, graph_for
+from workbench.models.model import graph_for
+from workbench.models.prior import PriorFit, composition_of
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import StructureSource, TargetDefinition, TargetKind, TargetValue
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig, available_cores
 from workbench.train.ensemble import Ensemble, pick_device, train_ensemble
-from workbench.train.pipeline import attach_prior, prior_metrics
+from workbench.train.pipeline import attach_prior, fit_prior, prior_metrics
 
 # Share of the revealed structures each round holds out for early stopping and for
 # calibrating the ensemble's spread.
@@ -66,7 +67,7 @@ class ReplayConfig:
     """A replay; everything but the pool and objective defaults to a campaign's defaults
     (``ModelSettings``, ``CAMPAIGN_TRAINING``, ``AcquisitionSettings``) but for the batch
     (:data:`REPLAY_ACQUISITION`). ``preset``: the DFT preset whose expected costs a cost-aware
-    policy weighs. ``prior``: a stored scalar target whose line the first objective
+    policy weighs. ``prior``: a stored scalar target whose fit the first objective
     target's ensemble learns the residual of, as with a campaign's ``model.prior``."""
 
     source: str
@@ -124,7 +125,7 @@ def replay_config(source: str, *, objective: list[str] | None = None, campaign: 
 class ReplayResult:
     """Hits after the initial set and after every batch, per seed, for both strategies, and
     per seed what each round ranked by (``bases``: ``"model"``, or ``"prior"`` while the
-    model did not beat its prior's line; empty in records from before it was kept)."""
+    model did not beat its prior's fit; empty in records from before it was kept)."""
 
     objective: str
     pool: int
@@ -184,6 +185,7 @@ class _Pool:
     data: list[CrystalGraphData]
     costs: np.ndarray | None
     prior: np.ndarray | None
+    compositions: list[dict[str, float]]
 
 
 def _load_pool(engine: Engine, config: ReplayConfig, featurizer: Featurizer) -> _Pool:
@@ -202,25 +204,26 @@ def _load_pool(engine: Engine, config: ReplayConfig, featurizer: Featurizer) -> 
     if config.prior:  # every structure needs it, as every campaign candidate does: refused if one lacks it
         attach_prior(engine, config.prior, ids, data, target=targets[0], kind=TargetKind.SCALAR)
         prior = np.array([item.prior.item() for item in data])
-    return _Pool(values, config.objective.holds(values), data, costs, prior)
+    return _Pool(values, config.objective.holds(values), data, costs, prior,
+                 [composition_of(item.atomic_numbers.tolist()) for item in data] if config.prior else [])
 
 
 @dataclass
 class _Fit:
-    """A round's ensemble for one target; with a prior, its line and the held-out
+    """A round's ensemble for one target; with a prior, its fit and the held-out
     ``metrics`` that :func:`~workbench.acquire.basis.ranking_basis` compares (the model's
-    MAE, the line's MAE and RMSE)."""
+    MAE, the fit's MAE and RMSE)."""
 
     ensemble: Ensemble
-    line: PriorFit | None = None
+    prior_fit: PriorFit | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _fit(pool: _Pool, target: str, train_positions: np.ndarray, model_config: ModelConfig, config: TrainConfig,
          rng: np.random.Generator, device: torch.device, prior: str | None) -> _Fit:
     """The ensemble trained on all but a held-out tenth of ``train_positions``; with
-    ``prior``, on the residual of the prior's line fitted on that training part, and the
-    model and the line measured on the held-out part."""
+    ``prior``, on the residual of the prior's fit fitted on that training part, and the
+    model and the fit measured on the held-out part."""
     shuffled = rng.permutation(train_positions)
     held_out = max(1, int(len(shuffled) * VALIDATION_FRACTION))
     labeled = []
@@ -229,17 +232,16 @@ def _fit(pool: _Pool, target: str, train_positions: np.ndarray, model_config: Mo
         item.y = torch.tensor([pool.values[target][position]], dtype=torch.float32)
         labeled.append(item)
     train, validation = labeled[held_out:], labeled[:held_out]
-    line = None
+    prior_fit = None
     if prior:
-        training = shuffled[held_out:]
-        line = PriorFit.fit(prior, pool.prior[training], pool.values[target][training])
-        model_config = dataclasses.replace(model_config, prior=asdict(line))
+        prior_fit = fit_prior(prior, train, per_atom=True)  # a campaign's scalar heads pool by mean, as the replay's do
+        model_config = dataclasses.replace(model_config, prior=asdict(prior_fit))
     ensemble, _ = train_ensemble(model_config, TargetKind.SCALAR, train, validation, config, device=device)
-    if line is None:
+    if prior_fit is None:
         return _Fit(ensemble)
     mean, _ = ensemble.predict(validation, device=device)
     error = np.abs(mean.numpy() - pool.values[target][shuffled[:held_out]])
-    return _Fit(ensemble, line, {MODEL_MAE: float(error.mean()), **prior_metrics(line, validation)})
+    return _Fit(ensemble, prior_fit, {MODEL_MAE: float(error.mean()), **prior_metrics(prior_fit, validation)})
 
 
 @torch.no_grad()
@@ -283,8 +285,9 @@ def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer: Featurizer, seed
         predictions = {}
         for target, ensemble in ensembles.items():
             if target == first.target and basis is Basis.PRIOR:
-                predictions[target] = prior_predictions(pool.prior[hidden], leading.line.slope,
-                                                        leading.line.intercept, leading.metrics[PRIOR_RMSE])
+                predictions[target] = prior_predictions(leading.prior_fit, pool.prior[hidden],
+                                                        [pool.compositions[position] for position in hidden],
+                                                        leading.metrics[PRIOR_RMSE])
                 continue
             mean, std = ensemble.predict([pool.data[position] for position in hidden], device=device)
             predictions[target] = (mean.numpy(), std.numpy())

@@ -1,7 +1,7 @@
 """A model is a backbone plus a head, with its target scaling and the featurizer it expects.
 
 Predictions come out in the target's units: the model keeps the shift and scale it was
-trained with as buffers, and the linear fit of its prior (if it learns a residual) in its
+trained with as buffers, and the fit of its prior (if it learns a residual) in its
 config, so a saved model needs nothing else to be used than its input graphs (which then
 carry the prior's value as ``data.prior``). A saved file
 holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` reads it).
@@ -10,7 +10,6 @@ holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +18,7 @@ from workbench.errors import WorkbenchError
 from workbench.featurize.config import GraphConfig
 from workbench.models.architectures import ARCHITECTURES
 from workbench.models.heads import HEADS
+from workbench.models.prior import PriorFit
 
 SAVE_FORMAT = 1
 # Name -> (backbone class, its config class), loaded from the light registry of names.
@@ -37,9 +37,9 @@ class ModelConfig:
         backbone: keyword arguments of the backbone's config.
         head_options: keyword arguments of the head (pooling, bins, site_size, ...).
         prior: for a model that learns the residual of a scalar target against a stored
-            prior target, that target and the linear fit of it, ``{"target", "slope",
-            "intercept"}`` (:class:`PriorFit`); the prediction adds ``slope * prior +
-            intercept`` back, so the input graphs must carry ``data.prior``.
+            prior target, the fit of the target on it and on composition, as a dict of
+            :class:`~workbench.models.prior.PriorFit`'s fields; the prediction adds the fit
+            back, so the input graphs must carry ``data.prior``.
     """
 
     architecture: str
@@ -49,25 +49,6 @@ class ModelConfig:
     backbone: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
     prior: dict | None = None
-
-
-@dataclass(frozen=True)
-class PriorFit:
-    """``slope * prior + intercept``: the least-squares line of a target against a prior
-    target, fitted on the training split."""
-
-    target: str
-    slope: float
-    intercept: float
-
-    @classmethod
-    def fit(cls, target: str, prior: np.ndarray, y: np.ndarray) -> "PriorFit":
-        design = np.column_stack([np.asarray(prior, dtype=float), np.ones(len(prior))])
-        (slope, intercept), *_ = np.linalg.lstsq(design, np.asarray(y, dtype=float), rcond=None)
-        return cls(target, float(slope), float(intercept))
-
-    def __call__(self, prior):
-        return self.slope * prior + self.intercept
 
 
 class MissingPrior(WorkbenchError, ValueError):
@@ -139,7 +120,8 @@ class CrystalModel(nn.Module):
         if values is None:
             raise MissingPrior(f"model for target {self.config.target!r} adds its prior {prior.target!r} back: "
                                "its input graphs need that target's value (data.prior)")
-        return prior(values.reshape(-1).float())
+        values = values.reshape(-1).float()
+        return prior.term(values, data.atomic_numbers, _batch_vector(data), len(values))
 
     def embed(self, data) -> torch.Tensor:
         """The pooled crystal representation ``(B, F)`` the head reads (for diversity)."""

@@ -6,8 +6,8 @@ ensemble, evaluate it beside the baselines on the test split, record everything 
 MLflow run, register the ensemble, and record the version in ``model_versions``.
 
 With a ``prior`` (a stored scalar target, e.g. ``sevennet.formation_energy_per_atom``),
-the ensemble learns the residual of the target against the least-squares line of the
-prior fitted on the training split; the line is saved in every member's config and
+the ensemble learns the residual of the target against its fit on the prior and on
+composition, fitted on the training split; the fit is saved in every member's config and
 added back wherever the model predicts, which then needs the prior's stored value.
 """
 
@@ -29,7 +29,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.models.architectures import DEFAULT_ARCHITECTURE
-from workbench.models.model import PriorFit
+from workbench.models.prior import PriorFit, composition_of
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
 from workbench.store.engine import session_scope
@@ -75,8 +75,9 @@ class TrainRequest:
     ``atom_feature_size`` comes from the featurizer (``Featurizer(atom_features="ofm")``
     for OCrystalNet, or for OGCNN with ``cgcnn``). ``workers``: processes that train the
     members side by side (default: one per available core, at most one per member).
-    ``prior``: a stored scalar target whose linear fit the ensemble learns the residual
-    of (scalar targets only; every labeled structure needs its value)."""
+    ``prior``: a stored scalar target; the ensemble learns the residual of the target
+    against its fit on that target and on composition (:class:`~workbench.models.prior.PriorFit`;
+    scalar targets only; every labeled structure needs its value)."""
 
     target: str
     name: str
@@ -130,7 +131,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
     backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer.atom_feature_size)
     spec = KINDS[labeled.kind]
-    prior = _fit_prior(request.prior, train) if request.prior else None
+    prior = fit_prior(request.prior, train, per_atom=request.pooling == "mean") if request.prior else None
     model_config = ModelConfig(request.architecture, spec.head, request.target, featurizer.key, backbone=backbone,
                                head_options=spec.head_options(definition, request),
                                prior=asdict(prior) if prior else None)
@@ -149,7 +150,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
             **{f"graph.{key}": value for key, value in asdict(featurizer.graph).items()},
             **{f"head.{key}": value for key, value in model_config.head_options.items()},
             **{f"backbone.{key}": value for key, value in model_config.backbone.items()},
-            **({f"prior.{key}": value for key, value in asdict(prior).items()} if prior else {}),
+            **(prior.params() if prior else {}),
             **(ensemble.calibration.params() if ensemble.calibration else {"calibration.method": "none"}),
         })
         for member, history in enumerate(histories):
@@ -223,18 +224,25 @@ def attach_prior(engine: Engine, prior: str, structure_ids: list[int], data: lis
         item.prior = torch.tensor([values[structure_id]], dtype=torch.float32)
 
 
-def _fit_prior(prior: str, train: list) -> PriorFit:
+def fit_prior(prior: str, train: list, *, per_atom: bool) -> PriorFit:
+    """The fit of the labels of the graphs ``train`` on their ``data.prior`` and their
+    compositions (:class:`~workbench.models.prior.PriorFit`); ``per_atom`` for a target
+    pooled by mean."""
     return PriorFit.fit(prior, np.array([item.prior.item() for item in train]),
-                        np.array([item.y.item() for item in train]))
+                        np.array([item.y.item() for item in train]), _compositions(train), per_atom=per_atom)
 
 
 def prior_metrics(prior: PriorFit, test: list) -> dict[str, float]:
-    """The prior alone on the test split (its linear fit): ``prior.mae``, ``prior.rmse``.
+    """The prior alone on the test split (its fit): ``prior.mae``, ``prior.rmse``.
     The model's own metrics (``mae``, ...) are those of the prior plus the residual it
     learnt; their error is also the residual model's error on the residuals."""
     y = np.array([item.y.item() for item in test])
-    errors = prior(np.array([item.prior.item() for item in test])) - y
+    errors = prior(np.array([item.prior.item() for item in test]), _compositions(test)) - y
     return {"prior.mae": float(np.mean(np.abs(errors))), "prior.rmse": float(np.sqrt(np.mean(errors**2)))}
+
+
+def _compositions(data: list) -> list[dict[str, float]]:
+    return [composition_of(item.atomic_numbers.tolist()) for item in data]
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -27,7 +27,8 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.io.structure_text import parse_structure_text
 from workbench.models import needs_triplets
-from workbench.models.model import BACKBONES, MissingPrior, PriorFit
+from workbench.models.model import BACKBONES, MissingPrior
+from workbench.models.prior import PriorFit
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
 from workbench.train.ensemble import Ensemble
