@@ -66,8 +66,8 @@ def _one_of(table, what: str):
 class ModelSettings(_Strict):
     """The ensembles retrained every round (one per target); training defaults from
     ``workbench.train.config.CAMPAIGN_TRAINING``. ``prior``: a stored scalar target (e.g.
-    ``sevennet.formation_energy_per_atom``) whose linear fit the first objective target's
-    ensemble learns the residual of (``workbench train --prior``); every candidate needs
+    ``sevennet.formation_energy_per_atom``) whose fit (with element weights) the first
+    objective target's ensemble learns the residual of (``workbench train --prior``); every candidate needs
     its value (``screen`` computes it over the pool)."""
 
     architecture: str = DEFAULT_ARCHITECTURE

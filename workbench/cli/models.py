@@ -100,8 +100,8 @@ def train(
     conserve_total: Annotated[bool, typer.Option(help="Per-site targets: values sum to 0 per structure.")]
     = False,
     prior: Annotated[str | None, typer.Option(
-        help="Scalar targets: learn the residual against a linear fit of this stored scalar target "
-             "(e.g. sevennet.formation_energy_per_atom), added back when predicting.")] = None,
+        help="Scalar targets: learn the residual against a fit of this stored scalar target and of "
+             "composition (e.g. sevennet.formation_energy_per_atom), added back when predicting.")] = None,
     champion: Annotated[bool, typer.Option(help="Make this version the champion.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     jobs: Annotated[int, typer.Option(
