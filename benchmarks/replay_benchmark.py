@@ -15,14 +15,17 @@ seeds. ``--only gap|heat`` re-runs one objective and keeps the other's latest ru
 JSON beside ``--out``; ``--render`` only rewrites the markdown and plots from that JSON;
 ``--from-log LOG`` records a run that was stopped before its budget from the progress
 lines it wrote on stderr (the curves end at the last point every seed reached).
-``--prior COLUMN`` imports that column of the pool (e.g. ``heat_all``) as a target and
-replays a campaign with it as ``model.prior`` (the first objective target learns its
-residual; a round ranks by the prior's line until the model beats it); ``--atom-features``
+``--prior TARGET`` replays a campaign with ``model.prior``: a column of the pool (e.g.
+``heat_all``, imported as a target), or a calculator preset's target (e.g.
+``sevennet.energy_per_atom``), computed over the pool first with ``workbench dft run
+--preset sevennet --all``, as a campaign's screen would (the first objective target learns
+the residual of the prior's fit; a round ranks by the fit until the model beats it); ``--atom-features``
 replays another featurizer's atom features. Such runs, like ``--diversity``, are kept
 beside the default's run and get their own section.
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -55,6 +58,22 @@ def pool_path() -> Path:
     from workbench.settings import Settings
 
     return Settings().data_dir / "perov5" / "labeled_val.csv"
+
+
+def pool_columns() -> list[str]:
+    with pool_path().open(newline="") as handle:
+        return next(csv.reader(handle))
+
+
+def prior_preset(prior: str) -> str:
+    """The calculator preset whose target ``prior`` is (``<preset>.<quantity>``); refuses
+    one that names no preset."""
+    from workbench.dft.presets import load_preset
+
+    preset, _, quantity = prior.partition(".")
+    if not quantity:
+        raise ValueError("a preset's target reads <preset>.<quantity>")
+    return load_preset(preset).name
 
 
 def replay_settings(objective: list[str], args):
@@ -99,11 +118,15 @@ def run_objective(objective: list[str], args) -> dict:
         url = f"sqlite:///{scratch}/store.db"
         environment = os.environ | {"WORKBENCH_DATABASE_URL": url, "WORKBENCH_HOME": scratch}
         workbench = str(Path(sys.executable).parent / "workbench")
-        columns = list(dict.fromkeys([*POOL_TARGETS, *filter(None, [config.prior])]))  # the prior: a pool column
+        from_pool = config.prior in pool_columns()
+        columns = list(dict.fromkeys([*POOL_TARGETS, *([config.prior] if from_pool else [])]))
         targets = [option for column in columns for option in ("--target", f"{column}={column}")]
-        for command in ([workbench, "init"],
-                        [workbench, "import", str(pool_path()), "--source", "perov5", *targets],
-                        [workbench, "featurize"]):
+        commands = [[workbench, "init"], [workbench, "import", str(pool_path()), "--source", "perov5", *targets],
+                    [workbench, "featurize"]]
+        if config.prior and not from_pool:  # a calculator's target: its preset runs over the pool first
+            commands.append([workbench, "dft", "run", "--preset", prior_preset(config.prior), "--all",
+                             "--jobs", str(args.processes)])
+        for command in commands:
             subprocess.run(command, env=environment, check=True, capture_output=True)
         engine = make_engine(url)
         try:
@@ -273,8 +296,9 @@ def main() -> None:
                         help="run the policy with this diversity instead of the campaign's default; kept as a "
                              "comparison beside the default's run")
     parser.add_argument("--prior", metavar="TARGET",
-                        help="replay with this column of the pool (imported as a target of that name, e.g. "
-                             "heat_all) as the campaign's model.prior; kept beside the default's run")
+                        help="replay with this target as the campaign's model.prior: a column of the pool (e.g. "
+                             "heat_all) or a preset's target computed over the pool first (e.g. "
+                             "sevennet.energy_per_atom); kept beside the default's run")
     parser.add_argument("--atom-features", choices=list(ATOM_FEATURES),
                         help=f"atom features of the ensembles (default: a campaign's, {DEFAULT_ATOM_FEATURES}); "
                              "others are kept beside the default's run")
@@ -289,7 +313,11 @@ def main() -> None:
 
     pool = pd.read_csv(pool_path())
     if args.prior and args.prior not in pool.columns:
-        parser.error(f"--prior {args.prior!r} is not a column of {pool_path()}; its columns are {', '.join(pool.columns)}")
+        try:
+            prior_preset(args.prior)
+        except ValueError as error:
+            parser.error(f"--prior {args.prior!r} is neither a column of {pool_path()} ({', '.join(pool.columns)}) "
+                         f"nor a preset's target: {error}")
     quantile = float(np.quantile(pool["heat_ref"], HEAT_QUANTILE))
     objectives = {"gap": ("Band gap window and stability", GAP_OBJECTIVE),
                   "heat": ("Lowest 1 % of heat_ref", [f"heat_ref<={quantile:.4f}"])}
