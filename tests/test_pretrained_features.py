@@ -144,6 +144,21 @@ def test_the_campaign_config_takes_atom_features():
         config_from_document(document | {"model": {"atom_features": "mace"}})
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_atom_features_a_backbone_would_ignore_are_refused(engine, tmp_path):
+    """SchNet embeds atomic numbers: asking it for SevenNet features would spend minutes
+    computing embeddings nothing reads."""
+    document = {"name": "gaps", "candidates": {"source": "pool"}, "objective": ["dir_gap<2"], "budget": 4}
+    refused = "schnet embeds atomic numbers and reads no atom features: atom features 'sevennet'"
+    with pytest.raises(InputError, match=refused):
+        config_from_document(document | {"model": {"architecture": "schnet", "atom_features": "sevennet"}})
+    settings = Settings(home=tmp_path, database_url=str(engine.url), mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    request = TrainRequest(target="y", name="y", architecture="schnet", featurizer=Featurizer(atom_features="sevennet"))
+    with pytest.raises(InputError, match=refused):
+        train_and_register(engine, settings, request)
+    assert config_from_document(document | {"model": {"architecture": "schnet"}}).model.architecture == "schnet"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_train_a_scalar_target_on_sevennet_features_from_the_command_line(run_cli, tmp_path, mlflow_uri,

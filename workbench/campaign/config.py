@@ -101,6 +101,13 @@ class ModelSettings(_Strict):
                              f"its options are {', '.join(sorted(known))}")
         return options
 
+    @model_validator(mode="after")
+    def _atom_features_are_read(self) -> "ModelSettings":
+        from workbench.models.model import check_atom_features
+
+        check_atom_features(self.architecture, self.atom_features)
+        return self
+
     @field_validator("prior")
     @classmethod
     def _prior_is_a_target_name(cls, name: str | None) -> str | None:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from workbench import __version__
-from workbench.errors import WorkbenchError
-from workbench.featurize.config import GraphConfig
+from workbench.errors import InputError, WorkbenchError
+from workbench.featurize.config import DEFAULT_ATOM_FEATURES, GraphConfig
 from workbench.models.architectures import ARCHITECTURES
 from workbench.models.heads import HEADS
 from workbench.models.prior import PriorFit
@@ -70,13 +70,28 @@ def graph_for(architecture: str) -> GraphConfig:
     return getattr(BACKBONES[architecture][0], "graph", None) or GraphConfig()
 
 
+def reads_atom_features(architecture: str) -> bool:
+    """Whether the backbone reads the featurizer's atom features (``data.x``): its config
+    has an ``atom_feature_size``; SchNet and SevenNet embed atomic numbers instead."""
+    return "atom_feature_size" in {option.name for option in fields(BACKBONES[architecture][1])}
+
+
+def check_atom_features(architecture: str, atom_features: str) -> None:
+    """Refuse atom features other than the default for a backbone that does not read them,
+    rather than featurize (SevenNet or CHGNet embeddings cost minutes) for nothing."""
+    if atom_features != DEFAULT_ATOM_FEATURES and not reads_atom_features(architecture):
+        raise InputError(f"{architecture} embeds atomic numbers and reads no atom features: "
+                         f"atom features {atom_features!r} would be computed and ignored; use an architecture "
+                         f"that reads them ({', '.join(name for name in BACKBONES if reads_atom_features(name))})",
+                         field="atom_features")
+
+
 def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size: int) -> dict:
     """The backbone options with ``atom_feature_size`` set to the featurizer's (the width of
     its ``data.x``), for a backbone that reads atom features; others are left as given
     (SchNet embeds atomic numbers). This is what makes OGCNN ``cgcnn`` on the ``ofm``
     featurizer."""
-    config_class = BACKBONES[architecture][1]
-    if "atom_feature_size" not in {option.name for option in fields(config_class)}:
+    if not reads_atom_features(architecture):
         return dict(backbone)
     return {**backbone, "atom_feature_size": atom_feature_size}
 

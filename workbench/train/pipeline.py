@@ -29,6 +29,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.models.architectures import DEFAULT_ARCHITECTURE
+from workbench.models.model import check_atom_features
 from workbench.models.prior import PriorFit, composition_of
 from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates, one_of
@@ -115,6 +116,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     ensemble's members in parallel (e.g. on a Dask cluster), else ``request.workers``
     processes here do. ``on_epoch`` and ``on_member`` report progress
     (:func:`~workbench.train.ensemble.train_ensemble`)."""
+    check_atom_features(request.architecture, request.featurizer.atom_features)
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
