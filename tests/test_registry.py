@@ -157,6 +157,14 @@ def test_replay_against_a_labeled_pool(run_cli, rows, tmp_path):
                   "--seeds", "1", "--device", "cpu", "--plot", plot, "--json").stdout
     result = json.loads(out[out.index("{"):])
     assert result["objective"] == "heat_ref<=1" and result["revealed"] == [20, 30]
+    # As a campaign with model.prior (here the stored gap, a poor but real prior of heat_ref).
+    out = run_cli("replay", "--source", "pool", "--objective", "heat_ref<1.0", "--prior", "dir_gap",
+                  "--initial", "20", "--batch", "10", "--budget", "30", "--seeds", "1", "--members", "1",
+                  "--epochs", "2", "--device", "cpu", "--plot", plot, "--json").stdout
+    assert json.loads(out[out.index("{"):])["bases"][0][0] in ("model", "prior")
+    run_cli("replay", "--source", "pool", "--objective", "heat_ref<1", "--atom-features", "mace", expect=2)
+    run_cli("replay", "--source", "pool", "--objective", "heat_ref<1", "--arch", "schnet", "--atom-features", "ofm",
+            expect=1)
     run_cli("replay", "--source", "pool", expect=2)  # no objective anywhere
     run_cli("replay", "--source", "pool", "--objective", "heat_ref<<1", expect=2)
     run_cli("replay", "--source", "nowhere", "--objective", "heat_ref<1", expect=1)

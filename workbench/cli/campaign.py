@@ -93,6 +93,11 @@ def replay(
     budget: Annotated[int, typer.Option(help="Structures revealed in all.")] = 400,
     seeds: Annotated[int, typer.Option(help="Independent replays.")] = 5,
     arch: Annotated[str | None, typer.Option(help="Backbone of the ensembles (default: the campaign's).")] = None,
+    atom_features: Annotated[str | None, typer.Option(
+        help="Atom features of the ensembles, e.g. sevennet (default: the campaign's).")] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="Stored scalar target whose fit the first objective target learns the residual of, as a campaign's "
+             "model.prior (default: the --config campaign's); every pool structure needs its value.")] = None,
     members: Annotated[int | None, typer.Option(
         help=f"Ensemble members per target and round (default: {CAMPAIGN_TRAINING.members}, as a campaign).")] = None,
     epochs: Annotated[int | None, typer.Option(
@@ -118,7 +123,8 @@ def replay(
         replay_settings = replay_config(
             source, objective=objective, campaign=load_config(config) if config is not None else None, batch=batch,
             architecture=arch, members=members, epochs=epochs, patience=patience, initial=initial, budget=budget,
-            seeds=seeds, device=device)
+            seeds=seeds, device=device, **({"atom_features": atom_features} if atom_features else {}),
+            **({"prior": prior} if prior else {}))
     except (InputError, ObjectiveError) as error:
         raise typer.BadParameter(str(error)) from None
     with progress_bar() as (progress, _):
