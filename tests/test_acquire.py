@@ -275,5 +275,8 @@ def test_ensembles_calibrate_their_spread_and_keep_it(tmp_path):
     torch.testing.assert_close(std, raw_std * scale)
     ensemble.save(tmp_path / "ensemble")
     torch.testing.assert_close(Ensemble.load(tmp_path / "ensemble").predict(data)[1], std)
+    # As saved before the calibration was recorded: the scale alone, read as a calibration.
+    torch.save({"std_scale": 2.5}, tmp_path / "ensemble" / CALIBRATION_FILE)
+    assert Ensemble.load(tmp_path / "ensemble").calibration.std_scale == 2.5
     (tmp_path / "ensemble" / CALIBRATION_FILE).unlink()  # as saved before calibration existed
     assert Ensemble.load(tmp_path / "ensemble").std_scale == 1.0

@@ -129,23 +129,26 @@ def calibration(fitted_scale: float, validation_labels: int, enough: int, no_ski
 
 class Ensemble:
     """Members that share a config and target scaling; predicts mean and std (the members'
-    spread times ``std_scale``, fitted on held-out data by :func:`train_ensemble`, which
-    ``calibration`` records; ``None`` when uncalibrated).
+    spread times ``std_scale``, which the ``calibration`` fitted on held-out data by
+    :func:`train_ensemble` sets; 1 when uncalibrated, ``calibration`` ``None``).
 
     ``shared``: the part the members' kind fitted for all of them before training them
     (a latent spectrum head's autoencoder, whose decoder each member carries), kept after
     training to report on it alone (not saved: the members hold all they need to
     predict)."""
 
-    def __init__(self, members: list[CrystalModel], std_scale: float = 1.0,
-                 shared: torch.nn.Module | None = None, calibration: Calibration | None = None):
+    def __init__(self, members: list[CrystalModel], shared: torch.nn.Module | None = None,
+                 calibration: Calibration | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
-        self.std_scale = std_scale
         self.shared = shared
         self.calibration = calibration
+
+    @property
+    def std_scale(self) -> float:
+        return self.calibration.std_scale if self.calibration else 1.0
 
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -168,7 +171,7 @@ class Ensemble:
         pulled towards the scale whose spread matches ``no_skill_error`` (the error of
         predicting the training mean, :func:`no_skill_error`) with fewer than ``enough``
         structures (:func:`calibration`)."""
-        self.std_scale = 1.0
+        self.calibration = None  # the raw spread
         mean, std = self.predict(validation, device=device)
         y = torch.cat([item.y.reshape(-1) for item in validation])
         spread = std.reshape(-1).double()
@@ -176,7 +179,6 @@ class Ensemble:
         no_skill_scale = no_skill_error / spread_rms if spread_rms > 0 and no_skill_error > 0 else 1.0
         self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation), enough,
                                        no_skill_scale)
-        self.std_scale = self.calibration.std_scale
         return self.calibration
 
     def save(self, folder: Path) -> list[Path]:
@@ -184,6 +186,7 @@ class Ensemble:
         paths = [folder / f"member_{index}.pt" for index in range(len(self.members))]
         for member, path in zip(self.members, paths, strict=True):
             member.save(path)
+        # The scale too, for readers from before the record (it is derived from the record).
         torch.save({"std_scale": self.std_scale,
                     "calibration": None if self.calibration is None else self.calibration.to_document()},
                    folder / CALIBRATION_FILE)
@@ -194,10 +197,12 @@ class Ensemble:
         paths = sorted(folder.glob("member_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
         file = folder / CALIBRATION_FILE
         # Ensembles saved before calibration existed have no file: their raw spread; those
-        # saved before it was recorded, only the scale.
+        # saved before it was recorded, only the scale, fitted on labels not counted (0).
         saved = torch.load(file, weights_only=True) if file.exists() else {"std_scale": 1.0}
         recorded = saved.get("calibration")
-        return cls([CrystalModel.load(path) for path in paths], saved["std_scale"],
+        if recorded is None and saved["std_scale"] != 1.0:
+            recorded = Calibration(CalibrationMethod.CALIBRATED, 0, float(saved["std_scale"]), 1.0).to_document()
+        return cls([CrystalModel.load(path) for path in paths],
                    calibration=None if recorded is None else Calibration.from_document(recorded))
 
 
