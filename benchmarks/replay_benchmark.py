@@ -191,15 +191,15 @@ def _policy(settings: dict) -> str:
 
 def _model(settings: dict, bases: list[list[str]]) -> str:
     """The ensembles a record trained: architecture, atom features, and the prior with how
-    many rounds ranked by its line (records from before these were kept: the defaults)."""
+    many rounds ranked by its fit (records from before these were kept: the defaults)."""
     atom_features = settings.get("atom_features", DEFAULT_ATOM_FEATURES)
     text = (f"{settings['architecture'].upper()} ensembles of {settings['members']} per target on {atom_features} "
             "atom features")
     if settings.get("prior"):
         rounds = [basis for seed in bases for basis in seed]  # none in a record read from a log
         counted = f": {rounds.count('prior')} of {len(rounds)} rounds over all seeds" if rounds else ""
-        text += (f", the first target's learning the residual of the line of `{settings['prior']}` (ranked by the "
-                 f"line until the model beat it on the held-out tenth{counted})")
+        text += (f", the first target's learning the residual of the fit (line and element weights) of "
+                 f"`{settings['prior']}` (ranked by the fit until the model beat it on the held-out tenth{counted})")
     return text
 
 
