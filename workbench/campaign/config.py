@@ -136,10 +136,9 @@ class ModelSettings(_Strict):
     def featurizer(self):
         """The featurizer of the rounds' ensembles: the graphs the architecture declares
         (SevenNet: every neighbour within its cutoff) with these atom features."""
-        from workbench.featurize.featurizer import Featurizer
-        from workbench.models.model import graph_for
+        from workbench.models.model import featurizer_for
 
-        return Featurizer(graph_for(self.architecture), atom_features=self.atom_features)
+        return featurizer_for(self.architecture, self.atom_features)
 
 
 _ACQUISITION = AcquisitionSettings()

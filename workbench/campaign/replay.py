@@ -46,7 +46,7 @@ from workbench.featurize.config import ATOM_FEATURES
 from workbench.featurize.data import CrystalGraphData, graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import CrystalModel, ModelConfig, needs_triplets, with_atom_feature_size
-from workbench.models.model import check_atom_features, graph_for
+from workbench.models.model import featurizer_for
 from workbench.models.prior import PriorFit, composition_of
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import StructureSource, TargetDefinition, TargetKind, TargetValue
@@ -93,7 +93,7 @@ class ReplayConfig:
     def featurizer(self) -> Featurizer:
         """The campaign's featurizer (``ModelSettings.featurizer``): the graphs the
         architecture declares, with these atom features."""
-        return Featurizer(graph_for(self.architecture), atom_features=self.atom_features)
+        return featurizer_for(self.architecture, self.atom_features)
 
 
 def replay_config(source: str, *, objective: list[str] | None = None, campaign: CampaignConfig | None = None,
@@ -334,7 +334,6 @@ def replay(engine: Engine, config: ReplayConfig, *, featurizer: Featurizer | Non
     an equal share of the cores as torch threads; ``on_round`` still hears every round),
     or on ``executor`` (``on_round`` then hears a seed's rounds when it is done). The
     graphs are ``featurizer``'s, by default the campaign's (:meth:`ReplayConfig.featurizer`)."""
-    check_atom_features(config.architecture, config.atom_features)
     featurizer = featurizer or config.featurizer()
     ids, values = labeled_pool(engine, config.source, config.objective.targets)
     featurize_structures(engine, featurizer, structure_ids=ids)

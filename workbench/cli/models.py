@@ -108,8 +108,7 @@ def train(
         help="Worker processes for featurizing and for training the members side by side.")] = DEFAULT_JOBS,
 ) -> None:
     """Train an ensemble on the store's labels, evaluate it, register it in MLflow."""
-    from workbench.featurize.featurizer import Featurizer
-    from workbench.models.model import graph_for
+    from workbench.models.model import featurizer_for
     from workbench.train.pipeline import TrainRequest, train_and_register
 
     run = invocation(ctx)
@@ -117,7 +116,7 @@ def train(
     request = TrainRequest(
         target=target, name=name, architecture=_architecture(arch), pooling=pooling, conserve_total=conserve_total,
         champion=champion, device=device, backbone=_backbone_options(backbone or []),
-        featurizer=Featurizer(graph_for(arch), atom_features=_atom_features(atom_features)),
+        featurizer=featurizer_for(arch, _atom_features(atom_features)),
         spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
                           learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),

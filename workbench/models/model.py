@@ -86,6 +86,15 @@ def check_atom_features(architecture: str, atom_features: str) -> None:
                          field="atom_features")
 
 
+def featurizer_for(architecture: str, atom_features: str = DEFAULT_ATOM_FEATURES):
+    """The featurizer a backbone reads: the graphs it declares (:func:`graph_for`) with
+    these atom features, refused where it would ignore them (:func:`check_atom_features`)."""
+    from workbench.featurize.featurizer import Featurizer
+
+    check_atom_features(architecture, atom_features)
+    return Featurizer(graph_for(architecture), atom_features=atom_features)
+
+
 def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size: int) -> dict:
     """The backbone options with ``atom_feature_size`` set to the featurizer's (the width of
     its ``data.x``), for a backbone that reads atom features; others are left as given
