@@ -9,6 +9,8 @@ import torch
 from mlflow import MlflowClient
 
 from tests.conftest import charged_perovskite_cifs, perovskite_rows, write_csv
+from tests.dft_helpers import campaign_document
+from workbench.campaign.config import config_from_document
 from workbench.errors import InputError
 from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.importer import import_file
@@ -132,3 +134,11 @@ def test_per_site_targets_refuse_latent_neighbours(engine, settings, tmp_path):
                            workers=1, train=TrainConfig(members=2, epochs=1, latent_neighbours=NEIGHBOURS))
     with pytest.raises(InputError, match="'charges' is a per_site target: its spread is per site"):
         train_and_register(engine, settings, request)
+
+
+def test_a_campaign_config_passes_latent_neighbours_to_its_rounds():
+    config = config_from_document(campaign_document("x", 10, model={"latent_neighbours": 10}))
+    assert config.model.train_config(seed=3).latent_neighbours == 10
+    assert config_from_document(campaign_document("x", 10)).model.train_config(seed=3).latent_neighbours == 0
+    with pytest.raises(InputError, match="model.latent_neighbours: "):
+        config_from_document(campaign_document("x", 10, model={"latent_neighbours": -1}))
