@@ -147,6 +147,9 @@ MODELS = {model.name: model for model in (
           "before the CGCNN vector in each atom's features), 12 neighbours"), atom_features="sevennet"),
     Model("cgcnn-sevennet-prior", "cgcnn", ("both: CGCNN on SevenNet-0 atom features learning the residual "
           "against the prior's fit"), atom_features="sevennet", prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,)),
+    Model("cgcnn-prior-neighbours", "cgcnn", ("`cgcnn-prior` whose spread also weighs each crystal's mean "
+          "distance to its 10 nearest training crystals in the members' embedding (`--latent-neighbours 10`)"),
+          prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,), train=(("latent_neighbours", 10),)),
     Model("cgcnn-chgnet", "cgcnn", ("CGCNN backbone on pretrained CHGNet 0.3.0 atom features (its 64 atom "
           "features after the last atom convolution, before the CGCNN vector in each atom's features), "
           "12 neighbours"), atom_features="chgnet"),

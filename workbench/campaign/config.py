@@ -68,7 +68,10 @@ class ModelSettings(_Strict):
     ``workbench.train.config.CAMPAIGN_TRAINING``. ``prior``: a stored scalar target (e.g.
     ``sevennet.formation_energy_per_atom``) whose fit (with element weights) the first
     objective target's ensemble learns the residual of (``workbench train --prior``); every candidate needs
-    its value (``screen`` computes it over the pool)."""
+    its value (``screen`` computes it over the pool). ``latent_neighbours``: k > 0 adds
+    each candidate's distance to its k nearest labeled crystals in the members' embedding
+    to the spread, once a round's validation split is large enough to weigh it
+    (``TrainConfig.latent_neighbours``)."""
 
     architecture: str = DEFAULT_ARCHITECTURE
     atom_features: str = DEFAULT_ATOM_FEATURES
@@ -77,6 +80,7 @@ class ModelSettings(_Strict):
     patience: int = Field(CAMPAIGN_TRAINING.patience, ge=1)
     batch_size: int = Field(CAMPAIGN_TRAINING.batch_size, ge=1)
     learning_rate: float = Field(CAMPAIGN_TRAINING.learning_rate, gt=0)
+    latent_neighbours: int = Field(CAMPAIGN_TRAINING.latent_neighbours, ge=0)
     backbone: dict = Field(default_factory=dict)
     device: str = "auto"
     prior: str | None = None
@@ -131,7 +135,8 @@ class ModelSettings(_Strict):
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(members=self.members, epochs=self.epochs, patience=self.patience,
-                           batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed)
+                           batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed,
+                           latent_neighbours=self.latent_neighbours)
 
     def featurizer(self):
         """The featurizer of the rounds' ensembles: the graphs the architecture declares

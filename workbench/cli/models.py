@@ -95,6 +95,10 @@ def train(
     batch_size: Annotated[int, typer.Option()] = TrainConfig.batch_size,
     learning_rate: Annotated[float, typer.Option()] = TrainConfig.learning_rate,
     bootstrap: Annotated[bool, typer.Option(help="Train each member on a bootstrap sample.")] = False,
+    latent_neighbours: Annotated[int, typer.Option(
+        help="Scalar and spectrum targets: add each crystal's mean distance to its K nearest training crystals "
+             "in the members' embedding to the spread, weighed on the validation split (0: off).",
+        min=0)] = TrainConfig.latent_neighbours,
     seed: Annotated[int, typer.Option(help="Seed of member 0 (member i uses seed + i).")] = 0,
     pooling: Annotated[str, typer.Option(help="Scalar targets: mean (intensive) or sum (extensive).")] = "mean",
     conserve_total: Annotated[bool, typer.Option(help="Per-site targets: values sum to 0 per structure.")]
@@ -119,7 +123,8 @@ def train(
         featurizer=featurizer_for(arch, _atom_features(atom_features)),
         spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
-                          learning_rate=learning_rate, bootstrap=bootstrap, seed=seed),
+                          learning_rate=learning_rate, bootstrap=bootstrap, seed=seed,
+                          latent_neighbours=latent_neighbours),
         workers=jobs, prior=prior,
     )
     ensemble = EnsembleProgress(members, epochs)

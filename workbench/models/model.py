@@ -127,8 +127,17 @@ class CrystalModel(nn.Module):
 
     def forward(self, data) -> torch.Tensor:
         """Predictions in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
+        return self._predict(data, self.backbone(data))
+
+    def predict_and_embed(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictions and the pooled representation ``(B, F)`` of :meth:`embed`, from
+        one pass through the backbone."""
+        atom_features = self.backbone(data)
+        return self._predict(data, atom_features), self.head.embed(atom_features, _batch_vector(data))
+
+    def _predict(self, data, atom_features: torch.Tensor) -> torch.Tensor:
         batch = _batch_vector(data)
-        raw = self.head(self.backbone(data), batch)
+        raw = self.head(atom_features, batch)
         return self.head.constrain(raw * self.target_scale + self.target_shift, batch, data) + self.prior_term(data)
 
     @property

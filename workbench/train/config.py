@@ -20,7 +20,9 @@ class TrainConfig:
     towards that of the no-skill scale (at which the spread matches the error of predicting
     the training mean) with the weight ``n / (n + calibration_labels)``, since the mean
     squared z-score of a handful of structures is mostly noise
-    (:func:`workbench.train.ensemble.calibration`)."""
+    (:func:`workbench.train.ensemble.calibration`). With ``latent_neighbours`` and enough
+    validation structures, the calibration also weighs each crystal's distance to the
+    training crystals into the spread (:func:`workbench.train.ensemble.fit_spread_scales`)."""
 
     members: int = 4
     epochs: int = 60
@@ -32,6 +34,10 @@ class TrainConfig:
     seed: int = 0
     # Twenty Gaussian z-scores fix the scale to about 16 %; the demo's two gave ±5.9 μB on 2.35.
     calibration_labels: int = 20
+    # k > 0: a crystal's mean distance to its k nearest training crystals in the members'
+    # embedding joins the spread, weighed against it on the validation split
+    # (workbench.train.neighbours); 0: the members' disagreement alone.
+    latent_neighbours: int = 0
 
 
 # With 45 training structures, batches of 64 meant one optimiser step per epoch; batches

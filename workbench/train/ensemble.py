@@ -1,6 +1,7 @@
 """Deep ensembles: M members from different seeds (optionally bootstrapped), each trained
 with early stopping on a validation split; their spread, scaled to fit the validation
-errors, is the uncertainty."""
+errors, is the uncertainty, optionally beside each crystal's distance to the training
+crystals in the members' embedding (:mod:`workbench.train.neighbours`)."""
 
 import copy
 import enum
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
@@ -21,6 +23,7 @@ from workbench.models import CrystalModel, ModelConfig
 from workbench.store.schema import TargetKind
 from workbench.train.config import TrainConfig, available_cores
 from workbench.train.kinds import KINDS
+from workbench.train.neighbours import LatentNeighbours
 
 
 @dataclass
@@ -58,6 +61,26 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean(z**2))) or 1.0
 
 
+def fit_spread_scales(y: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                      distance: np.ndarray) -> tuple[float, float]:
+    """The factors ``(a, b)`` that make ``N(mean, a² std² + b² distance²)`` most likely
+    for held-out ``y`` (``distance``: each value's distance to the training crystals,
+    :class:`~workbench.train.neighbours.LatentNeighbours`). ``b`` near 0 says the
+    distance adds nothing the spread does not already say."""
+    y, mean, std, distance = (np.asarray(array, dtype=float).reshape(-1) for array in (y, mean, std, distance))
+    squared_error = (y - mean) ** 2
+    floor = 1e-12 * max(float(np.mean(squared_error)), 1e-12)
+
+    def negative_log_likelihood(log_scales: np.ndarray) -> float:
+        variance = np.exp(2 * log_scales[0]) * std**2 + np.exp(2 * log_scales[1]) * distance**2 + floor
+        return float(np.sum(np.log(variance) + squared_error / variance))
+
+    # Each alone fitted first: the optimum lies between them and the two halves' corner.
+    start = [np.log(max(fit_std_scale(y, mean, part), 1e-6) / np.sqrt(2)) for part in (std, distance)]
+    result = minimize(negative_log_likelihood, np.array(start), method="L-BFGS-B", bounds=[(-30.0, 30.0)] * 2)
+    return float(np.exp(result.x[0])), float(np.exp(result.x[1]))
+
+
 def no_skill_error(labels: list[torch.Tensor]) -> float:
     """The RMS error of predicting the training mean: what a model that learnt nothing else
     achieves. Labels of one shape (scalars, spectra) are compared with the mean at each
@@ -78,7 +101,10 @@ class Calibration:
     """How the spread's scale was set: ``fitted_scale`` (:func:`fit_std_scale` on
     ``validation_labels`` structures), ``no_skill_scale`` (the scale at which the spread's
     RMS equals :func:`no_skill_error`), the ``weight`` the fitted scale's log kept, and the
-    ``std_scale`` used, ``fitted_scale ** weight * no_skill_scale ** (1 - weight)``."""
+    ``std_scale`` used, ``fitted_scale ** weight * no_skill_scale ** (1 - weight)``; with
+    latent neighbours and enough validation structures, ``distance_scale``, the factor of
+    each crystal's distance to the training crystals, fitted with the other
+    (:func:`fit_spread_scales`)."""
 
     method: CalibrationMethod
     validation_labels: int
@@ -86,6 +112,8 @@ class Calibration:
     weight: float
     # Ensembles saved before it was recorded were shrunk towards 1.
     no_skill_scale: float = 1.0
+    # The factor of the distance to the training crystals in the spread (0: not used).
+    distance_scale: float = 0.0
 
     @property
     def std_scale(self) -> float:
@@ -98,17 +126,19 @@ class Calibration:
     def metrics(self) -> dict[str, float]:
         """What an MLflow run (and the model's row in the store) records as metrics."""
         return {"calibration.fitted_scale": self.fitted_scale, "calibration.weight": self.weight,
-                "calibration.no_skill_scale": self.no_skill_scale, "calibration.std_scale": self.std_scale}
+                "calibration.no_skill_scale": self.no_skill_scale, "calibration.std_scale": self.std_scale,
+                "calibration.distance_scale": self.distance_scale}
 
     def to_document(self) -> dict:
         return {"method": self.method.value, "validation_labels": self.validation_labels,
-                "fitted_scale": self.fitted_scale, "weight": self.weight, "no_skill_scale": self.no_skill_scale}
+                "fitted_scale": self.fitted_scale, "weight": self.weight, "no_skill_scale": self.no_skill_scale,
+                "distance_scale": self.distance_scale}
 
     @classmethod
     def from_document(cls, document: dict) -> "Calibration":
         return cls(CalibrationMethod(document["method"]), int(document["validation_labels"]),
                    float(document["fitted_scale"]), float(document["weight"]),
-                   float(document.get("no_skill_scale", 1.0)))
+                   float(document.get("no_skill_scale", 1.0)), float(document.get("distance_scale", 0.0)))
 
 
 def calibration(fitted_scale: float, validation_labels: int, enough: int, no_skill_scale: float) -> Calibration:
@@ -132,19 +162,25 @@ class Ensemble:
     spread times ``std_scale``, which the ``calibration`` fitted on held-out data by
     :func:`train_ensemble` sets; 1 when uncalibrated, ``calibration`` ``None``).
 
+    ``neighbours``: the training crystals in the members' embedding
+    (:class:`~workbench.train.neighbours.LatentNeighbours`); where the calibration gave
+    their distance a weight, the std is ``sqrt((std_scale spread)² + (distance_scale
+    distance)²)``, one distance per crystal (scalar and spectrum targets).
+
     ``shared``: the part the members' kind fitted for all of them before training them
     (a latent spectrum head's autoencoder, whose decoder each member carries), kept after
     training to report on it alone (not saved: the members hold all they need to
     predict)."""
 
     def __init__(self, members: list[CrystalModel], shared: torch.nn.Module | None = None,
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, neighbours: LatentNeighbours | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = members
         self.config: ModelConfig = members[0].config
         self.shared = shared
         self.calibration = calibration
+        self.neighbours = neighbours
 
     @property
     def std_scale(self) -> float:
@@ -153,32 +189,63 @@ class Ensemble:
     @torch.no_grad()
     def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std over members, in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``."""
+        """Mean and std over members, in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``; the
+        std includes the distance term where the calibration weighed one in."""
+        stacked, embeddings = self._outputs(data, batch_size, device, embed=self._uses_distance)
+        std = stacked.std(dim=0, unbiased=False) if len(stacked) > 1 else torch.zeros_like(stacked[0])
+        std = std * self.std_scale
+        if self._uses_distance:
+            distance = self.neighbours.distance(embeddings) * self.calibration.distance_scale
+            std = torch.sqrt(std**2 + distance.reshape(-1, *[1] * (std.dim() - 1)) ** 2)
+        return stacked.mean(dim=0), std
+
+    @torch.no_grad()
+    def embed(self, data: list[CrystalGraphData], *, batch_size: int = 128,
+              device: torch.device | None = None) -> torch.Tensor:
+        """The members' pooled representations side by side: ``(B, members * F)``."""
+        return self._outputs(data, batch_size, device, embed=True)[1]
+
+    @property
+    def _uses_distance(self) -> bool:
+        return self.neighbours is not None and self.calibration is not None and self.calibration.distance_scale > 0
+
+    def _outputs(self, data: list[CrystalGraphData], batch_size: int, device: torch.device | None,
+                 embed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each member's predictions ``(members, ...)`` and, with ``embed``, their
+        embeddings side by side, from one pass through each member."""
         device = device or torch.device("cpu")
-        outputs = []
+        predictions, embeddings = [], []
         for member in self.members:
             member.to(device).eval()
-            parts = [member(batch.to(device)).float().cpu()
+            parts = [member.predict_and_embed(batch.to(device)) if embed else (member(batch.to(device)), None)
                      for batch in DataLoader(data, batch_size=batch_size, shuffle=False)]
-            outputs.append(torch.cat(parts))
-        stacked = torch.stack(outputs)
-        std = stacked.std(dim=0, unbiased=False) if len(outputs) > 1 else torch.zeros_like(stacked[0])
-        return stacked.mean(dim=0), std * self.std_scale
+            predictions.append(torch.cat([prediction.float().cpu() for prediction, _ in parts]))
+            if embed:
+                embeddings.append(torch.cat([embedding.float().cpu() for _, embedding in parts]))
+        return torch.stack(predictions), torch.cat(embeddings, dim=1) if embed else None
 
     def calibrate(self, validation: list[CrystalGraphData], *, enough: int, no_skill_error: float,
                   device: torch.device | None = None) -> Calibration:
         """Fit ``std_scale`` to the errors on ``validation`` (left as is without a spread),
         pulled towards the scale whose spread matches ``no_skill_error`` (the error of
         predicting the training mean, :func:`no_skill_error`) with fewer than ``enough``
-        structures (:func:`calibration`)."""
+        structures (:func:`calibration`). With ``neighbours`` and ``enough`` structures or
+        more, fit it together with ``distance_scale`` (:func:`fit_spread_scales`)."""
         self.calibration = None  # the raw spread
         mean, std = self.predict(validation, device=device)
         y = torch.cat([item.y.reshape(-1) for item in validation])
         spread = std.reshape(-1).double()
         spread_rms = float(spread[spread > 0].pow(2).mean().sqrt()) if (spread > 0).any() else 0.0
         no_skill_scale = no_skill_error / spread_rms if spread_rms > 0 and no_skill_error > 0 else 1.0
-        self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation), enough,
-                                       no_skill_scale)
+        if self.neighbours is not None and len(validation) >= enough:
+            distance = self.neighbours.distance(self.embed(validation, device=device))
+            distance = distance.reshape(-1, *[1] * (std.dim() - 1)).expand_as(std)
+            std_scale, distance_scale = fit_spread_scales(y.numpy(), mean.numpy(), std.numpy(), distance.numpy())
+            self.calibration = Calibration(CalibrationMethod.CALIBRATED, len(validation), std_scale, 1.0,
+                                           no_skill_scale, distance_scale)
+        else:  # a handful of labels cannot weigh two terms
+            self.calibration = calibration(fit_std_scale(y.numpy(), mean.numpy(), std.numpy()), len(validation),
+                                           enough, no_skill_scale)
         return self.calibration
 
     def save(self, folder: Path) -> list[Path]:
@@ -188,7 +255,8 @@ class Ensemble:
             member.save(path)
         # The scale too, for readers from before the record (it is derived from the record).
         torch.save({"std_scale": self.std_scale,
-                    "calibration": None if self.calibration is None else self.calibration.to_document()},
+                    "calibration": None if self.calibration is None else self.calibration.to_document(),
+                    "neighbours": None if self.neighbours is None else self.neighbours.to_document()},
                    folder / CALIBRATION_FILE)
         return paths
 
@@ -202,8 +270,10 @@ class Ensemble:
         recorded = saved.get("calibration")
         if recorded is None and saved["std_scale"] != 1.0:
             recorded = Calibration(CalibrationMethod.CALIBRATED, 0, float(saved["std_scale"]), 1.0).to_document()
+        neighbours = saved.get("neighbours")
         return cls([CrystalModel.load(path) for path in paths],
-                   calibration=None if recorded is None else Calibration.from_document(recorded))
+                   calibration=None if recorded is None else Calibration.from_document(recorded),
+                   neighbours=None if neighbours is None else LatentNeighbours.from_document(neighbours))
 
 
 def train_ensemble(
@@ -231,10 +301,13 @@ def train_ensemble(
     else one after the other in this process. ``on_member`` is called as each member
     finishes (with its index and history).
 
-    With ``calibrate`` (and a validation split), the members' spread is then scaled to fit
-    the validation errors; below ``config.calibration_labels`` validation structures, pulled
-    towards the scale at which it matches the error of predicting the training labels'
-    mean (:meth:`Ensemble.calibrate`).
+    With ``config.latent_neighbours`` (k), the ensemble keeps the training structures'
+    embeddings (:class:`~workbench.train.neighbours.LatentNeighbours`). With ``calibrate``
+    (and a validation split), the members' spread is then scaled to fit the validation
+    errors, beside the distance to the k nearest training crystals where there are
+    neighbours; below ``config.calibration_labels`` validation structures, the spread alone,
+    pulled towards the scale at which it matches the error of predicting the training
+    labels' mean (:meth:`Ensemble.calibrate`).
 
     A model with a prior (``model_config.prior``) adds it to its output, so its target
     scaling is fitted to the residuals it learns, and the loss is that of the sum.
@@ -279,6 +352,8 @@ def train_ensemble(
                 on_member(index, results[-1][1])
     members, histories = (list(part) for part in zip(*results, strict=True))
     ensemble = Ensemble(members, shared=shared)
+    if config.latent_neighbours:
+        ensemble.neighbours = LatentNeighbours.fit(ensemble.embed(train, device=device), config.latent_neighbours)
     if calibrate and validation:
         ensemble.calibrate(validation, enough=config.calibration_labels,
                            no_skill_error=no_skill_error([item.y for item in residuals]), device=device)

@@ -41,11 +41,15 @@ class TargetKindSpec(ABC):
         array_valued: stored in ``predictions.mean_array``/``std_array`` (else in the
             ``mean``/``std`` columns).
         plot_file: the figure :meth:`plot` writes.
+        one_row_per_crystal: its predictions have a row per crystal (not per site), so that
+            a crystal's distance to the training crystals can join its spread
+            (``TrainConfig.latent_neighbours``).
     """
 
     kind: ClassVar[TargetKind]
     head: ClassVar[str]
     array_valued: ClassVar[bool] = True
+    one_row_per_crystal: ClassVar[bool] = True
     plot_file: ClassVar[str] = "parity.png"
 
     @abstractmethod
@@ -176,6 +180,7 @@ class PerSiteKind(TargetKindSpec):
     kind = TargetKind.PER_SITE
     head = "per_site"
     plot_file = "parity_by_element.png"
+    one_row_per_crystal = False
 
     def head_options(self, definition, request):
         return {"site_size": int(np.prod(definition.site_shape or [1])), "conserve_total": request.conserve_total}

@@ -125,6 +125,10 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     if len(labeled.data) < 10:
         raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
     definition = _definition(engine, request.target)
+    if request.train.latent_neighbours and not KINDS[labeled.kind].one_row_per_crystal:
+        raise InputError(f"target {request.target!r} is a {labeled.kind.value} target: its spread is per site, and "
+                         "latent neighbours give one distance per crystal (scalar and spectrum targets only)",
+                         field="latent_neighbours")
     if request.prior:
         attach_prior(engine, request.prior, labeled.structure_ids, labeled.data, target=request.target,
                      kind=labeled.kind)
