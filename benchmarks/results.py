@@ -521,12 +521,13 @@ def loads(run: dict) -> str:
     return f"; load average at the end of each seed: {', '.join(recorded)}" if recorded else ""
 
 
-def own_training(train: dict, section: dict) -> str:
-    """A sentence on the training settings where a row's differ from its section's."""
-    changed = ", ".join(f"{key.replace('_', ' ')} {value:g}" if isinstance(value, float) else
-                        f"{key.replace('_', ' ')} {value}"
-                        for key, value in train.items() if section.get(key) != value)
-    return f"Trained with {changed} (the section's other settings)."
+def own_training(run: dict) -> str:
+    """A sentence on the training settings the row sets itself (``Model.train``), with the
+    values recorded, or an empty string."""
+    keys = [key for key, _ in MODELS[run["model"]].train]
+    changed = ", ".join(f"{key.replace('_', ' ')} {run['train'][key]:g}" if isinstance(run["train"][key], float)
+                        else f"{key.replace('_', ' ')} {run['train'][key]}" for key in keys)
+    return f"Trained with {changed} (the section's other settings)." if keys else ""
 
 
 def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
@@ -622,7 +623,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
                        f"{'; quick smoke run' if run['quick'] else ''}"
                        f"{loads(run)}."), "",
                       *([run["prepare_note"], ""] if run.get("prepare_note") else []),
-                      *([own_training(run["train"], train), ""] if run["train"] != train else []),
+                      *([own_training(run), ""] if own_training(run) else []),
                       "| metric | value |", "|---|---:|"]
             lines += [f"| {key} | {'degenerate (same for every model)' if key in degenerate else summary(column(run, key))} |"
                       for key in metrics]
