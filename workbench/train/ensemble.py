@@ -75,7 +75,7 @@ def fit_spread_scales(y: np.ndarray, mean: np.ndarray, std: np.ndarray,
         variance = np.exp(2 * log_scales[0]) * std**2 + np.exp(2 * log_scales[1]) * distance**2 + floor
         return float(np.sum(np.log(variance) + squared_error / variance))
 
-    # Each alone fitted first: the optimum lies between them and the two halves' corner.
+    # Start where each term, fitted alone, carries half the variance.
     start = [np.log(max(fit_std_scale(y, mean, part), 1e-6) / np.sqrt(2)) for part in (std, distance)]
     result = minimize(negative_log_likelihood, np.array(start), method="L-BFGS-B", bounds=[(-30.0, 30.0)] * 2)
     return float(np.exp(result.x[0])), float(np.exp(result.x[1]))
