@@ -153,6 +153,9 @@ MODELS = {model.name: model for model in (
     Model("cgcnn-chgnet", "cgcnn", ("CGCNN backbone on pretrained CHGNet 0.3.0 atom features (its 64 atom "
           "features after the last atom convolution, before the CGCNN vector in each atom's features), "
           "12 neighbours"), atom_features="chgnet"),
+    Model("cgcnn-chgnet-prior", "cgcnn", ("both: CGCNN on CHGNet 0.3.0 atom features learning the residual "
+          "against the SevenNet prior's fit"), atom_features="chgnet", prior=SEVENNET_PRIOR,
+          kinds=(TargetKind.SCALAR,)),
     # The settings of benchmarks/finetune.md, where 6 epochs at 0.001 beat CGCNN's 60; an
     # epoch over 3,000 structures costs minutes on a CPU core, hence the short budget.
     Model("sevennet-finetune", "sevennet", ("SevenNet-0 without its readout under our scalar head, every "
