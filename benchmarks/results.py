@@ -156,6 +156,10 @@ MODELS = {model.name: model for model in (
     Model("cgcnn-chgnet-prior", "cgcnn", ("both: CGCNN on CHGNet 0.3.0 atom features learning the residual "
           "against the SevenNet prior's fit"), atom_features="chgnet", prior=SEVENNET_PRIOR,
           kinds=(TargetKind.SCALAR,)),
+    Model("cgcnn-chgnet-prior-neighbours", "cgcnn", ("`cgcnn-chgnet-prior` whose spread also weighs each "
+          "crystal's distance to its 10 nearest training crystals (`--latent-neighbours 10`)"),
+          atom_features="chgnet", prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,),
+          train=(("latent_neighbours", 10),)),
     # The settings of benchmarks/finetune.md, where 6 epochs at 0.001 beat CGCNN's 60; an
     # epoch over 3,000 structures costs minutes on a CPU core, hence the short budget.
     Model("sevennet-finetune", "sevennet", ("SevenNet-0 without its readout under our scalar head, every "
