@@ -192,12 +192,12 @@ class Ensemble:
         """Mean and std over members, in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``; the
         std includes the distance term where the calibration weighed one in."""
         stacked, embeddings = self._outputs(data, batch_size, device, embed=self._uses_distance)
-        std = stacked.std(dim=0, unbiased=False) if len(stacked) > 1 else torch.zeros_like(stacked[0])
+        mean, std = _mean_and_spread(stacked)
         std = std * self.std_scale
         if self._uses_distance:
             distance = self.neighbours.distance(embeddings) * self.calibration.distance_scale
             std = torch.sqrt(std**2 + distance.reshape(-1, *[1] * (std.dim() - 1)) ** 2)
-        return stacked.mean(dim=0), std
+        return mean, std
 
     @torch.no_grad()
     def embed(self, data: list[CrystalGraphData], *, batch_size: int = 128,
@@ -209,6 +209,7 @@ class Ensemble:
     def _uses_distance(self) -> bool:
         return self.neighbours is not None and self.calibration is not None and self.calibration.distance_scale > 0
 
+    @torch.no_grad()
     def _outputs(self, data: list[CrystalGraphData], batch_size: int, device: torch.device | None,
                  embed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each member's predictions ``(members, ...)`` and, with ``embed``, their
@@ -231,14 +232,16 @@ class Ensemble:
         predicting the training mean, :func:`no_skill_error`) with fewer than ``enough``
         structures (:func:`calibration`). With ``neighbours`` and ``enough`` structures or
         more, fit it together with ``distance_scale`` (:func:`fit_spread_scales`)."""
-        self.calibration = None  # the raw spread
-        mean, std = self.predict(validation, device=device)
+        weighs_distance = self.neighbours is not None and len(validation) >= enough
+        # One pass through each member gives the raw spread and, where needed, the embeddings.
+        stacked, embeddings = self._outputs(validation, 128, device, embed=weighs_distance)
+        mean, std = _mean_and_spread(stacked)
         y = torch.cat([item.y.reshape(-1) for item in validation])
         spread = std.reshape(-1).double()
         spread_rms = float(spread[spread > 0].pow(2).mean().sqrt()) if (spread > 0).any() else 0.0
         no_skill_scale = no_skill_error / spread_rms if spread_rms > 0 and no_skill_error > 0 else 1.0
-        if self.neighbours is not None and len(validation) >= enough:
-            distance = self.neighbours.distance(self.embed(validation, device=device))
+        if weighs_distance:
+            distance = self.neighbours.distance(embeddings)
             distance = distance.reshape(-1, *[1] * (std.dim() - 1)).expand_as(std)
             std_scale, distance_scale = fit_spread_scales(y.numpy(), mean.numpy(), std.numpy(), distance.numpy())
             self.calibration = Calibration(CalibrationMethod.CALIBRATED, len(validation), std_scale, 1.0,
@@ -274,6 +277,13 @@ class Ensemble:
         return cls([CrystalModel.load(path) for path in paths],
                    calibration=None if recorded is None else Calibration.from_document(recorded),
                    neighbours=None if neighbours is None else LatentNeighbours.from_document(neighbours))
+
+
+def _mean_and_spread(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' mean and raw standard deviation (zero for a single member) over the
+    first axis of their stacked predictions."""
+    spread = stacked.std(dim=0, unbiased=False) if len(stacked) > 1 else torch.zeros_like(stacked[0])
+    return stacked.mean(dim=0), spread
 
 
 def train_ensemble(
