@@ -62,7 +62,7 @@ from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.entries import Entry
 from workbench.io.importer import import_entries, import_file
 from workbench.io.readers import ReadOptions
-from workbench.models.model import graph_for
+from workbench.models.model import featurizer_for
 from workbench.settings import Settings
 from workbench.store import migrate
 from workbench.store.engine import make_engine, session_scope
@@ -116,10 +116,10 @@ class Model:
     backbone: tuple[tuple[str, object], ...] = ()
 
     def featurizer(self) -> Featurizer:
-        graph = graph_for(self.architecture)
-        if self.max_neighbors is not None:
-            graph = replace(graph, max_neighbors=self.max_neighbors)
-        return Featurizer(graph=graph, atom_features=self.atom_features)
+        featurizer = featurizer_for(self.architecture, self.atom_features)
+        if self.max_neighbors is None:
+            return featurizer
+        return replace(featurizer, graph=replace(featurizer.graph, max_neighbors=self.max_neighbors))
 
 
 MODELS = {model.name: model for model in (
@@ -630,7 +630,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
                        f"{'; quick smoke run' if run['quick'] else ''}"
                        f"{loads(run)}."), "",
                       *([run["prepare_note"], ""] if run.get("prepare_note") else []),
-                      *([own_training(run), ""] if own_training(run) else []),
+                      *([sentence, ""] if (sentence := own_training(run)) else []),
                       "| metric | value |", "|---|---:|"]
             lines += [f"| {key} | {'degenerate (same for every model)' if key in degenerate else summary(column(run, key))} |"
                       for key in metrics]
