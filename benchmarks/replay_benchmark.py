@@ -50,8 +50,10 @@ PREVIOUS = ("Until the replay called the campaign's `plan_batch`, it took the to
             "window and 37 for the lowest 1 % of heat_ref (commit 94d497c). The campaign's policy then spread each "
             "batch out in the model's embedding (diversity 1); on the gap window that found fewer hits than the top "
             "scores (the comparison at the end of this page), so a campaign's default is now diversity 0. The "
-            "sections below are the campaign's default policy on fewer seeds and a smaller gap budget than before "
-            "(the 2-core machine was shared with other work, load average 8–16).")
+            "sections below are the campaign's default policy on seeds 0–2, fewer than before (the 2-core machine "
+            "was shared with other work). A seed's run does not repeat bit for bit (members train on shared "
+            "threads, and the code moved between runs): the gap window's default run to 200 (22b7a10) had 5, 11 "
+            "and 7 hits at 200 on seeds 0–2, its run to 400 (31c34d7) 5, 9 and 6.")
 
 
 def pool_path() -> Path:
@@ -265,7 +267,7 @@ def comparison(records: dict, objectives: dict) -> list[str]:
         lines += [f"## Other settings on `{records[key]['objective']}`: the default beside them", "",
                   (f"Median hits over seeds {', '.join(map(str, sorted(seeds)))} (the seeds every run has), same "
                    "start, batches and training; only the settings in the first column differ."), "",
-                  "| settings | " + " | ".join(str(point) for point in points) + " | minutes |",
+                  "| settings | " + " | ".join(str(point) for point in points) + " | minutes (whole run) |",
                   "|---|" + "---:|" * (len(points) + 1)]
         for name, run in runs.items():
             rows = [run["hits"][seed - run["first_seed"]] for seed in sorted(seeds)]
