@@ -86,8 +86,9 @@ PROGRESS_METRICS = ("mae", "coverage_2std", "autoencoder_mae", "seconds_per_epoc
 
 
 SEVENNET_PRIOR = "sevennet.formation_energy_per_atom"
+CHGNET_PRIOR = "chgnet.formation_energy_per_atom"
 # A prior target -> the DFT preset that computes it over the imported structures.
-PRIORS = {SEVENNET_PRIOR: "sevennet"}
+PRIORS = {SEVENNET_PRIOR: "sevennet", CHGNET_PRIOR: "chgnet"}
 # Batches run at once while a prior is computed (each loads the potential once).
 PRIOR_JOBS = 2
 
@@ -160,6 +161,12 @@ MODELS = {model.name: model for model in (
           "crystal's distance to its 10 nearest training crystals (`--latent-neighbours 10`)"),
           atom_features="chgnet", prior=SEVENNET_PRIOR, kinds=(TargetKind.SCALAR,),
           train=(("latent_neighbours", 10),)),
+    Model("chgnet-prior", "cgcnn", ("the prior alone, as `sevennet-prior` but on CHGNet 0.3.0's formation "
+          "energy per atom"), prior=CHGNET_PRIOR, trains=False, kinds=(TargetKind.SCALAR,)),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours", "cgcnn", ("`cgcnn-chgnet-prior-neighbours` learning the "
+          "residual against CHGNet's fit instead of SevenNet's (`--prior chgnet.formation_energy_per_atom`): "
+          "features and prior from one model"), atom_features="chgnet", prior=CHGNET_PRIOR,
+          kinds=(TargetKind.SCALAR,), train=(("latent_neighbours", 10),)),
     # The settings of benchmarks/finetune.md, where 6 epochs at 0.001 beat CGCNN's 60; an
     # epoch over 3,000 structures costs minutes on a CPU core, hence the short budget.
     Model("sevennet-finetune", "sevennet", ("SevenNet-0 without its readout under our scalar head, every "
