@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import ase.db
@@ -291,6 +291,12 @@ def import_references(engine) -> list[str]:
     return unbuildable
 
 
+def recorded_train(train: dict) -> dict:
+    """A record's training settings, with the ``TrainConfig`` fields added since it was
+    made at their defaults (a new field's default keeps the behaviour it had before)."""
+    return {field.name: field.default for field in fields(TrainConfig) if field.name != "seed"} | train
+
+
 def prepare_prior(engine, settings: Settings, prior: str) -> str:
     """Compute ``prior`` over every stored structure with its preset, as
     ``workbench dft run --preset <preset> --all`` does (formation energies against elemental
@@ -373,7 +379,7 @@ def run_data_set(data_set: DataSet, models: list[Model], seeds: list[int], quick
             if resumed and pair in resumed:
                 earlier = resumed[pair]
                 for key in ("structures", "train", "quick"):
-                    if earlier[key] != run[key]:
+                    if (recorded_train(earlier[key]) if key == "train" else earlier[key]) != run[key]:
                         raise SystemExit(f"--resume {pair}: the recorded run has {key} {earlier[key]!r}, "
                                          f"this one {run[key]!r}; run it afresh without --resume")
                 todo = [seed for seed in seeds if seed not in {entry["seed"] for entry in earlier["seeds"]}]
