@@ -87,8 +87,6 @@ PROGRESS_METRICS = ("mae", "coverage_2std", "autoencoder_mae", "seconds_per_epoc
 
 SEVENNET_PRIOR = "sevennet.formation_energy_per_atom"
 CHGNET_PRIOR = "chgnet.formation_energy_per_atom"
-# A prior target -> the DFT preset that computes it over the imported structures.
-PRIORS = {SEVENNET_PRIOR: "sevennet", CHGNET_PRIOR: "chgnet"}
 # Batches run at once while a prior is computed (each loads the potential once).
 PRIOR_JOBS = 2
 
@@ -106,7 +104,8 @@ class Model:
     # A spectrum head predicting an autoencoder's code of this size (AE-ALIGNN).
     spectrum_latent: int | None = None
     kinds: tuple[TargetKind, ...] = (TargetKind.SCALAR, TargetKind.SPECTRUM, TargetKind.PER_SITE)
-    # A stored scalar target (in PRIORS) whose least-squares line the ensemble learns the residual of.
+    # A preset's scalar target (`<preset>.<quantity>`, computed over the store first)
+    # whose fit the ensemble learns the residual of.
     prior: str | None = None
     # False: no ensemble, the prior's line alone (fitted on the training split) is evaluated.
     trains: bool = True
@@ -302,7 +301,7 @@ def prepare_prior(engine, settings: Settings, prior: str) -> str:
     ``workbench dft run --preset <preset> --all`` does (formation energies against elemental
     references computed with the same preset); returns a note on what it did."""
     started = time.perf_counter()
-    preset = load_preset(PRIORS[prior])
+    preset = load_preset(prior.partition(".")[0])  # a preset's target reads <preset>.<quantity>
     from_dcdft = import_references(engine)
     calculation_ids = queue_calculations(engine, select_structures(engine, preset.name, every=True), preset)
     report = run_queued(engine, preset, RunOptions(workdir=settings.dft_dir, jobs=PRIOR_JOBS),
