@@ -137,8 +137,17 @@ def test_embeddings_are_cached_once_and_other_weights_get_their_own_key(engine, 
 
 
 def test_the_campaign_config_takes_atom_features():
+    """By default CHGNet's, for a backbone that reads atom features; the element table for
+    one that embeds atomic numbers itself, which would ignore them."""
     document = {"name": "gaps", "candidates": {"source": "pool"}, "objective": ["dir_gap<2"], "budget": 4}
-    assert config_from_document(document).model.atom_features == "cgcnn"
+    assert config_from_document(document).model.atom_features == "chgnet"
+    for architecture, default in (("alignn", "chgnet"), ("schnet", "cgcnn"), ("sevennet", "cgcnn")):
+        model = config_from_document(document | {"model": {"architecture": architecture}}).model
+        assert model.atom_features == default
+    assert config_from_document(document | {"model": {"atom_features": None}}).model.atom_features == "chgnet"
+    stored = config_from_document(document).to_document()
+    assert config_from_document(stored).model.atom_features == "chgnet"  # a stored config keeps its choice
+    assert config_from_document(document | {"model": {"atom_features": "cgcnn"}}).model.atom_features == "cgcnn"
     assert config_from_document(document | {"model": {"atom_features": "sevennet"}}).model.atom_features == "sevennet"
     with pytest.raises(InputError, match="unknown atom features 'mace'"):
         config_from_document(document | {"model": {"atom_features": "mace"}})

@@ -54,6 +54,21 @@ class Candidates(_Strict):
         return self
 
 
+# Ensembles whose backbone reads atom features start from CHGNet's embeddings: replayed on
+# the perovskite gap window they found a median of 35 hits in 400 calculations, the element
+# table 16 (benchmarks/replay.md), for one CHGNet pass over the pool.
+CAMPAIGN_ATOM_FEATURES = "chgnet"
+
+
+def campaign_atom_features(architecture: str) -> str:
+    """A campaign's atom features for ``architecture`` when its config names none:
+    :data:`CAMPAIGN_ATOM_FEATURES` for a backbone that reads atom features, the element
+    table for one that embeds atomic numbers itself (SchNet, SevenNet)."""
+    from workbench.models.model import reads_atom_features
+
+    return CAMPAIGN_ATOM_FEATURES if reads_atom_features(architecture) else DEFAULT_ATOM_FEATURES
+
+
 def _one_of(table, what: str):
     """A field check: the value must be a key of ``table`` (the registry that names them)."""
     def check(cls, name: str) -> str:
@@ -71,10 +86,11 @@ class ModelSettings(_Strict):
     its value (``screen`` computes it over the pool). ``latent_neighbours``: k > 0 adds
     each candidate's distance to its k nearest labeled crystals in the members' embedding
     to the spread, once a round's validation split is large enough to weigh it
-    (``TrainConfig.latent_neighbours``)."""
+    (``TrainConfig.latent_neighbours``). ``atom_features``: by default
+    :func:`campaign_atom_features` of the architecture."""
 
     architecture: str = DEFAULT_ARCHITECTURE
-    atom_features: str = DEFAULT_ATOM_FEATURES
+    atom_features: str = CAMPAIGN_ATOM_FEATURES
     members: int = Field(CAMPAIGN_TRAINING.members, ge=1)
     epochs: int = Field(CAMPAIGN_TRAINING.epochs, ge=1)
     patience: int = Field(CAMPAIGN_TRAINING.patience, ge=1)
@@ -89,6 +105,17 @@ class ModelSettings(_Strict):
     _known_atom_features = field_validator("atom_features")(_one_of(ATOM_FEATURES, "atom features"))
 
     # The checks below import torch: only when a config is read, not with this module.
+
+    @model_validator(mode="before")
+    @classmethod
+    def _architectures_atom_features(cls, options: object) -> object:
+        """Fill in the architecture's default atom features where none are named."""
+        if not isinstance(options, dict) or options.get("atom_features") is not None:
+            return options
+        architecture = options.get("architecture", DEFAULT_ARCHITECTURE)
+        if architecture not in ARCHITECTURES:  # refused by its own check
+            return options
+        return options | {"atom_features": campaign_atom_features(architecture)}
 
     @field_validator("backbone")
     @classmethod

@@ -38,7 +38,7 @@ from workbench.acquire.cost import expected_costs
 from workbench.acquire.objective import Objective, parse_objective
 from workbench.acquire.plan import AcquisitionSettings, plan_batch
 from workbench.acquire.scores import SCORE_FUNCTIONS
-from workbench.campaign.config import CampaignConfig, ModelSettings
+from workbench.campaign.config import CampaignConfig, ModelSettings, campaign_atom_features
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
 from workbench.featurize.cache import featurize_structures, load_graphs
@@ -68,7 +68,9 @@ class ReplayConfig:
     (``ModelSettings``, ``CAMPAIGN_TRAINING``, ``AcquisitionSettings``) but for the batch
     (:data:`REPLAY_ACQUISITION`). ``preset``: the DFT preset whose expected costs a cost-aware
     policy weighs. ``prior``: a stored scalar target whose fit the first objective
-    target's ensemble learns the residual of, as with a campaign's ``model.prior``."""
+    target's ensemble learns the residual of, as with a campaign's ``model.prior``.
+    ``atom_features``: ``None`` gives a campaign's for the architecture
+    (:func:`~workbench.campaign.config.campaign_atom_features`)."""
 
     source: str
     objective: Objective
@@ -77,7 +79,7 @@ class ReplayConfig:
     seeds: int = 5
     first_seed: int = 0
     architecture: str = _CAMPAIGN_MODEL.architecture
-    atom_features: str = _CAMPAIGN_MODEL.atom_features
+    atom_features: str | None = None
     backbone: dict = field(default_factory=dict)
     prior: str | None = None
     train: TrainConfig = CAMPAIGN_TRAINING
@@ -86,6 +88,8 @@ class ReplayConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.atom_features is None:
+            object.__setattr__(self, "atom_features", campaign_atom_features(self.architecture))
         if self.atom_features not in ATOM_FEATURES:
             raise InputError(f"unknown atom features {self.atom_features!r}; choose one of {', '.join(ATOM_FEATURES)}",
                              field="atom_features")
@@ -101,7 +105,8 @@ def replay_config(source: str, *, objective: list[str] | None = None, campaign: 
                   epochs: int | None = None, patience: int | None = None, **fields) -> ReplayConfig:
     """The replay of ``campaign`` (its objective, acquisition policy and batch, model with
     its atom features and prior, training and DFT preset), or of a campaign's defaults;
-    each argument given replaces the corresponding setting, ``fields`` (``initial``,
+    each argument given replaces the corresponding setting (another ``architecture`` takes
+    its own default atom features unless they are named), ``fields`` (``initial``,
     ``budget``, ``seeds``, ``atom_features``, ``prior`` (``None``: none), ...) those of
     :class:`ReplayConfig`."""
     objective = objective or (campaign.objective if campaign else None)
@@ -116,6 +121,8 @@ def replay_config(source: str, *, objective: list[str] | None = None, campaign: 
                                    acquisition=campaign.acquisition.settings(), preset=campaign.dft.preset)
     training = {name: value for name, value in (("members", members), ("epochs", epochs), ("patience", patience))
                 if value is not None}
+    if architecture and architecture != base.architecture:  # that architecture's atom features unless named
+        fields = {"atom_features": None} | fields
     return dataclasses.replace(
         base, architecture=architecture or base.architecture, train=dataclasses.replace(base.train, **training),
         acquisition=dataclasses.replace(base.acquisition, batch=batch or base.acquisition.batch), **fields)
