@@ -217,6 +217,7 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
     text = write_report(engine, campaign_id, tmp_path / "report").read_text()
     assert "| 1 | done | probability (prior) |" in text
     assert re.search(r"Hit rate: model-guided rounds 4 of 4 chosen \(100%\), random rounds \d+ of 10", text)
+    assert "cgcnn ensembles of 2 on chgnet atom features" in text  # a campaign's default for cgcnn
 
 
 @pytest.mark.slow

@@ -240,7 +240,8 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
         f"# Campaign `{config.name}`", "",
         f"*{current().line(wall_seconds=wall_seconds)}*", "",
         (f"Objective: `{objective}`. Candidates: {config.candidates.model_dump(exclude_none=True)}. "
-         f"DFT preset `{config.dft.preset}`; {config.model.architecture} ensembles of {config.model.members}; "
+         f"DFT preset `{config.dft.preset}`; {config.model.architecture} ensembles of {config.model.members} on "
+         f"{config.model.atom_features} atom features; "
          f"acquisition `{config.acquisition.function}`{' (cost-aware)' if config.acquisition.cost_aware else ''}, "
          f"batches of {config.acquisition.batch}."), "",
         (f"Status: **{status}** ({stop_reason(engine, campaign_id, config) or 'more rounds to run'}). "
