@@ -20,8 +20,10 @@ lines it wrote on stderr (the curves end at the last point every seed reached).
 ``sevennet.energy_per_atom``), computed over the pool first with ``workbench dft run
 --preset sevennet --all``, as a campaign's screen would (the first objective target learns
 the residual of the prior's fit; a round ranks by the fit until the model beats it); ``--atom-features``
-replays another featurizer's atom features. Such runs, like ``--diversity``, are kept
-beside the default's run and get their own section.
+replays atom features other than a campaign's default for the architecture (CHGNet's for
+CGCNN). Such runs, like ``--diversity``, are kept beside the default's run and get their
+own section. Records from before a run kept its atom features used the element table
+(``cgcnn``), the campaign's default until CHGNet's replaced it.
 """
 
 import argparse
@@ -37,7 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
+from workbench.featurize.config import ATOM_FEATURES
+
+# The atom features of a record that does not name them: a campaign's default before
+# CHGNet's embeddings replaced the element table.
+RECORDED_ATOM_FEATURES = "cgcnn"
 
 REPO = Path(__file__).resolve().parent.parent
 POOL_TARGETS = ["dir_gap", "heat_ref"]
@@ -49,11 +55,13 @@ PREVIOUS = ("Until the replay called the campaign's `plan_batch`, it took the to
             "diversity, a policy no campaign ran; on seeds 0–4 that found a median of 17 hits at 400 for the gap "
             "window and 37 for the lowest 1 % of heat_ref (commit 94d497c). The campaign's policy then spread each "
             "batch out in the model's embedding (diversity 1); on the gap window that found fewer hits than the top "
-            "scores (the comparison at the end of this page), so a campaign's default is now diversity 0. The "
-            "sections below are the campaign's default policy on seeds 0–2, fewer than before (the 2-core machine "
-            "was shared with other work). A seed's run does not repeat bit for bit (members train on shared "
-            "threads, and the code moved between runs): the gap window's default run to 200 (22b7a10) had 5, 11 "
-            "and 7 hits at 200 on seeds 0–2, its run to 400 (31c34d7) 5, 9 and 6.")
+            "scores (the comparison at the end of this page), so a campaign's default is now diversity 0. Its "
+            "ensembles then read the element table's atom features; on the gap window CHGNet's embeddings found "
+            "35 hits at 400 against 16, so they are a campaign's default for CGCNN now (aec74e3), and the element "
+            "table's runs are kept below as sections of their own. The sections are on seeds 0–2, fewer than "
+            "before (the 2-core machine was shared with other work). A seed's run does not repeat bit for bit "
+            "(members train on shared threads, and the code moved between runs): the gap window's element-table "
+            "run to 200 (22b7a10) had 5, 11 and 7 hits at 200 on seeds 0–2, its run to 400 (31c34d7) 5, 9 and 6.")
 
 
 def pool_path() -> Path:
@@ -90,13 +98,20 @@ def replay_settings(objective: list[str], args):
     return dataclasses.replace(config, acquisition=dataclasses.replace(config.acquisition, diversity=args.diversity))
 
 
-def record_key(key: str, args) -> str:
-    """Where a run is kept in the JSON: the objective's key, with each setting that is not
-    the campaign's default (diversity, prior, atom features): a comparison, shown beside the
-    default's run."""
+def default_atom_features(settings: dict) -> bool:
+    """Whether a record's ensembles had a campaign's atom features for their architecture."""
+    from workbench.campaign.config import campaign_atom_features
+
+    return (settings.get("atom_features") or RECORDED_ATOM_FEATURES) == campaign_atom_features(settings["architecture"])
+
+
+def record_key(key: str, args, settings: dict) -> str:
+    """Where a run with ``settings`` is kept in the JSON: the objective's key, with each
+    setting that is not the campaign's default (diversity, prior, atom features): a
+    comparison, shown beside the default's run."""
     variant = [f"diversity={args.diversity:g}" if args.diversity is not None else "",
                f"prior={args.prior}" if args.prior else "",
-               f"atom_features={args.atom_features}" if args.atom_features not in (None, DEFAULT_ATOM_FEATURES) else ""]
+               "" if default_atom_features(settings) else f"atom_features={settings['atom_features']}"]
     return "@".join([key, *filter(None, variant)])
 
 
@@ -194,7 +209,7 @@ def _policy(settings: dict) -> str:
 def _model(settings: dict, bases: list[list[str]]) -> str:
     """The ensembles a record trained: architecture, atom features, and the prior with how
     many rounds ranked by its fit (records from before these were kept: the defaults)."""
-    atom_features = settings.get("atom_features", DEFAULT_ATOM_FEATURES)
+    atom_features = settings.get("atom_features") or RECORDED_ATOM_FEATURES
     text = (f"{settings['architecture'].upper()} ensembles of {settings['members']} per target on {atom_features} "
             "atom features")
     if settings.get("prior"):
@@ -207,16 +222,16 @@ def _model(settings: dict, bases: list[list[str]]) -> str:
 
 def _variant(settings: dict) -> str:
     """How a run's settings read in a comparison: diversity, prior, atom features."""
-    atom_features = settings.get("atom_features", DEFAULT_ATOM_FEATURES)
+    atom_features = settings.get("atom_features") or RECORDED_ATOM_FEATURES
     return ", ".join([f"diversity {settings['diversity']:g}",
                       *([f"prior {settings['prior']}"] if settings.get("prior") else []),
-                      *([f"{atom_features} atom features"] if atom_features != DEFAULT_ATOM_FEATURES else [])])
+                      *([] if default_atom_features(settings) else [f"{atom_features} atom features"])])
 
 
 def _own_section(settings: dict) -> bool:
     """Whether a variant's run gets a section of its own: one with another model (a prior,
     other atom features); a variant of the policy alone is compared in a table."""
-    return bool(settings.get("prior")) or settings.get("atom_features", DEFAULT_ATOM_FEATURES) != DEFAULT_ATOM_FEATURES
+    return bool(settings.get("prior")) or not default_atom_features(settings)
 
 
 def section(title: str, result, record: dict, plot: Path) -> list[str]:
@@ -302,8 +317,8 @@ def main() -> None:
                              "heat_all) or a preset's target computed over the pool first (e.g. "
                              "sevennet.energy_per_atom); kept beside the default's run")
     parser.add_argument("--atom-features", choices=list(ATOM_FEATURES),
-                        help=f"atom features of the ensembles (default: a campaign's, {DEFAULT_ATOM_FEATURES}); "
-                             "others are kept beside the default's run")
+                        help="atom features of the ensembles (default: a campaign's for the architecture, CHGNet's "
+                             "for CGCNN); others are kept beside the default's run")
     parser.add_argument("--from-log", type=Path,
                         help="with --only: record a run stopped early from its stderr progress lines")
     args = parser.parse_args()
@@ -329,8 +344,9 @@ def main() -> None:
     records = json.loads(record_path.read_text()) if (args.only or args.render) and record_path.exists() else {}
     runs = [] if args.render else [args.only] if args.only else list(objectives)
     for key in runs:
-        records[record_key(key, args)] = (partial_record(objectives[key][1], args.from_log, args) if args.from_log
-                        else run_objective(objectives[key][1], args))
+        record = (partial_record(objectives[key][1], args.from_log, args) if args.from_log
+                  else run_objective(objectives[key][1], args))
+        records[record_key(key, args, record["settings"])] = record
 
     lines = ["# Replay: a campaign against random selection on a real labeled pool", "",
              (f"`benchmarks/replay_benchmark.py` (raw numbers: [{record_path.name}]({record_path.name})). "
