@@ -111,6 +111,34 @@ def test_the_prior_fit_learns_the_references_the_two_levels_do_not_share():
     assert PriorFit.from_params({key: str(value) for key, value in fit.params().items()}) == fit
 
 
+def test_the_prior_fits_held_out_error_is_that_of_refits_without_each_label():
+    """On a dozen labels over as many elements the fit can pass through its training labels
+    (the demo's magnetic moments, 14 labels: residuals 0.002 μB, held out 1.8); its
+    held-out error is what each label is missed by when the fit, at its penalty, is made
+    without it."""
+    rng = np.random.default_rng(2)
+    elements = ["Cu", "Au", "Ni", "Pd", "Pt", "Ag", "Al", "Fe", "Co", "Mn"]
+    compositions = [{str(a): 1.0, str(b): 3.0} for a, b in (rng.choice(elements, 2, replace=False) for _ in range(12))]
+    prior, y = rng.normal(0.0, 1.0, 12), rng.normal(2.0, 1.5, 12)
+    fit = PriorFit.fit("chgnet.magmom_total", prior, y, compositions, per_atom=True)
+    missed = []
+    for left_out in range(12):
+        kept = [index for index in range(12) if index != left_out]
+        # The same penalty on the same element weights, fitted without the label.
+        design = np.column_stack([prior, np.ones(12), [[c.get(e, 0.0) / 4 for e in sorted(fit.element_weights)]
+                                                       for c in compositions]])
+        penalties = np.r_[0.0, 0.0, np.full(len(fit.element_weights), fit.penalty)]
+        augmented = np.vstack([design[kept], np.diag(np.sqrt(penalties))])
+        weights, *_ = np.linalg.lstsq(augmented, np.r_[y[kept], np.zeros(len(penalties))], rcond=None)
+        missed.append(y[left_out] - design[left_out] @ weights)
+    assert fit.held_out_rmse == pytest.approx(np.sqrt(np.mean(np.square(missed))), rel=1e-6)
+    in_sample = y - fit(prior, compositions)
+    assert fit.held_out_rmse > np.sqrt(np.mean(in_sample**2))
+    assert PriorFit.from_params({key: str(value) for key, value in fit.params().items()}) == fit
+    # A line through two labels leaves nothing out that it could have missed.
+    assert PriorFit.fit("p", prior[:2], y[:2], compositions[:2], per_atom=True).held_out_rmse == 0.0
+
+
 @pytest.mark.parametrize("per_atom", [False, True])
 def test_the_models_prior_term_is_the_fit_over_a_batch(per_atom):
     from torch_geometric.data import Batch, Data

@@ -21,6 +21,9 @@ from ase.data import atomic_numbers, chemical_symbols
 # squared columns: counts of a few atoms, fractions below 1); the least leave-one-out
 # error wins. Wide enough that both ends are reached: no weights, and least squares.
 PENALTIES = tuple(float(penalty) for penalty in np.logspace(-4, 4, 17))
+# A leverage this close to 1 is a point the fit passes through: leaving it out is
+# undefined in closed form, not a measured error.
+LEVERAGE_TOLERANCE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,10 @@ class PriorFit:
     """``slope * prior + intercept + Σ_e element_weights[e] * c_e``, fitted on a training
     split (:meth:`fit`); ``c_e`` counts element ``e`` in the cell, or is its fraction with
     ``per_atom``. Elements without a weight (none in the training split) add nothing.
-    ``penalty``: the ridge penalty the weights were fitted with."""
+    ``penalty``: the ridge penalty the weights were fitted with. ``held_out_rmse``: the
+    fit's leave-one-out RMS error on its training split, what it misses labels it was not
+    fitted to by (on few labels the fit can pass through every one: its residuals there
+    say nothing); 0 in fits saved before it was kept."""
 
     target: str
     slope: float
@@ -37,6 +43,7 @@ class PriorFit:
     element_weights: dict[str, float] = field(default_factory=dict)
     per_atom: bool = False
     penalty: float = 0.0
+    held_out_rmse: float = 0.0
 
     @classmethod
     def fit(cls, target: str, prior: np.ndarray, y: np.ndarray, compositions: Sequence[Mapping[str, float]], *,
@@ -51,7 +58,7 @@ class PriorFit:
         weights = _ridge(design, y, penalty * penalized)
         return cls(target, float(weights[0]), float(weights[1]),
                    {element: float(weight) for element, weight in zip(elements, weights[2:], strict=True)},
-                   per_atom, penalty)
+                   per_atom, penalty, _held_out_rmse(design, y, penalty * penalized))
 
     def __call__(self, prior: np.ndarray, compositions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """The fit at these prior values and compositions."""
@@ -76,6 +83,7 @@ class PriorFit:
         """What an MLflow run records as parameters (``prior.*``); :meth:`from_params` reads them."""
         return {"prior.target": self.target, "prior.slope": self.slope, "prior.intercept": self.intercept,
                 "prior.per_atom": self.per_atom, "prior.penalty": self.penalty,
+                "prior.held_out_rmse": self.held_out_rmse,
                 **{f"prior.weight.{element}": weight for element, weight in sorted(self.element_weights.items())}}
 
     @classmethod
@@ -84,7 +92,8 @@ class PriorFit:
         prefix = "prior.weight."
         return cls(params["prior.target"], float(params["prior.slope"]), float(params["prior.intercept"]),
                    {key.removeprefix(prefix): float(value) for key, value in params.items() if key.startswith(prefix)},
-                   params.get("prior.per_atom") == "True", float(params.get("prior.penalty", 0.0)))
+                   params.get("prior.per_atom") == "True", float(params.get("prior.penalty", 0.0)),
+                   float(params.get("prior.held_out_rmse", 0.0)))
 
 
 def composition_of(numbers: Sequence[int]) -> dict[str, float]:
@@ -114,11 +123,28 @@ def _ridge(design: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarr
     return weights
 
 
-def _leave_one_out_error(design: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> float:
-    """Mean squared leave-one-out residual of the ridge fit, in closed form:
-    ``r_i / (1 - h_ii)`` with ``h`` the diagonal of the hat matrix."""
+def _leave_one_out(design: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge fit's residuals and leverages (the diagonal ``h`` of its hat matrix)."""
     inverse = np.linalg.pinv(design.T @ design + np.diag(penalties))
     leverage = np.einsum("ij,jk,ik->i", design, inverse, design)
-    residuals = y - design @ _ridge(design, y, penalties)
-    held_out = residuals / np.maximum(1.0 - leverage, np.finfo(float).eps)  # a point the fit passes through
+    return y - design @ _ridge(design, y, penalties), leverage
+
+
+def _leave_one_out_error(design: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> float:
+    """Mean squared leave-one-out residual of the ridge fit, in closed form:
+    ``r_i / (1 - h_ii)``; a point the fit passes through (``h_ii`` = 1) counts as missed
+    by a huge error, so that a penalty which interpolates is not chosen for it."""
+    residuals, leverage = _leave_one_out(design, y, penalties)
+    held_out = residuals / np.maximum(1.0 - leverage, np.finfo(float).eps)
     return float(np.mean(held_out**2))
+
+
+def _held_out_rmse(design: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> float:
+    """Root mean squared leave-one-out residual of the ridge fit over the points it does
+    not pass through (each left out, it would have been missed by ``r_i / (1 - h_ii)``);
+    0 where it passes through all of them (two points and a line)."""
+    residuals, leverage = _leave_one_out(design, y, penalties)
+    informative = leverage < 1.0 - LEVERAGE_TOLERANCE
+    if not informative.any():
+        return 0.0
+    return float(np.sqrt(np.mean((residuals[informative] / (1.0 - leverage[informative])) ** 2)))

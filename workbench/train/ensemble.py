@@ -316,8 +316,12 @@ def train_ensemble(
     (and a validation split), the members' spread is then scaled to fit the validation
     errors, beside the distance to the k nearest training crystals where there are
     neighbours; below ``config.calibration_labels`` validation structures, the spread alone,
-    pulled towards the scale at which it matches the error of predicting the training
-    labels' mean (:meth:`Ensemble.calibrate`).
+    pulled towards the scale at which it matches the error of a model that learnt nothing
+    (:meth:`Ensemble.calibrate`, :func:`no_skill_error`): predicting the training labels'
+    mean, or with a prior, its fit, whose error is its held-out one
+    (``PriorFit.held_out_rmse``): on a dozen labels a fit with element weights can pass
+    through every training label, leaving residuals near 0 that would shrink the spread
+    to nothing.
 
     A model with a prior (``model_config.prior``) adds it to its output, so its target
     scaling is fitted to the residuals it learns, and the loss is that of the sum.
@@ -365,8 +369,9 @@ def train_ensemble(
     if config.latent_neighbours:
         ensemble.neighbours = LatentNeighbours.fit(ensemble.embed(train, device=device), config.latent_neighbours)
     if calibrate and validation:
-        ensemble.calibrate(validation, enough=config.calibration_labels,
-                           no_skill_error=no_skill_error([item.y for item in residuals]), device=device)
+        prior = models[0].prior
+        no_skill = max(no_skill_error([item.y for item in residuals]), prior.held_out_rmse if prior else 0.0)
+        ensemble.calibrate(validation, enough=config.calibration_labels, no_skill_error=no_skill, device=device)
     return ensemble, histories
 
 
