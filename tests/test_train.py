@@ -64,6 +64,22 @@ def test_ensemble_trains_deterministically_and_predicts_mean_and_std(perovskites
     assert np.isfinite(metrics["mae"])
 
 
+def test_learning_rate_decays_after_epochs_without_a_better_validation_loss(perovskites):
+    split = grouped_split(perovskites.structure_ids, perovskites.dedup_keys, validation=0.15, test=0.15, seed=0)
+    train, validation = perovskites.subset(split.train), perovskites.subset(split.validation)
+    config = ModelConfig("cgcnn", "scalar", "heat_ref", FEATURIZER.key, backbone=SMALL)
+    decaying = TrainConfig(members=1, epochs=12, patience=12, batch_size=32, learning_rate=3e-3, decay_patience=1)
+    _, (history,) = train_ensemble(config, TargetKind.SCALAR, train, validation, decaying, device=torch.device("cpu"))
+    rates = history.learning_rate
+    assert rates[0] == decaying.learning_rate and min(rates) < decaying.learning_rate
+    for epoch in range(1, len(rates)):
+        if rates[epoch] < rates[epoch - 1]:  # only after a validation loss no better than the best before it
+            assert rates[epoch] == pytest.approx(rates[epoch - 1] * decaying.decay_factor)
+            assert history.validation_loss[epoch - 1] >= min(history.validation_loss[:epoch - 1])
+    _, constant = train_ensemble(config, TargetKind.SCALAR, train, validation, QUICK, device=torch.device("cpu"))
+    assert all(set(member.learning_rate) == {QUICK.learning_rate} for member in constant)
+
+
 def test_ensemble_saves_and_loads(perovskites, tmp_path):
     config = ModelConfig("cgcnn", "scalar", "heat_ref", FEATURIZER.key, backbone=SMALL)
     quick = TrainConfig(members=2, epochs=1, batch_size=32)

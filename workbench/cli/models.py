@@ -94,6 +94,10 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stopping patience, epochs.")] = TrainConfig.patience,
     batch_size: Annotated[int, typer.Option()] = TrainConfig.batch_size,
     learning_rate: Annotated[float, typer.Option()] = TrainConfig.learning_rate,
+    decay_patience: Annotated[int, typer.Option(
+        help=f"Multiply the learning rate by {TrainConfig.decay_factor} after this many epochs without a better "
+             "validation loss (0: constant).",
+        min=0)] = TrainConfig.decay_patience,
     bootstrap: Annotated[bool, typer.Option(help="Train each member on a bootstrap sample.")] = False,
     latent_neighbours: Annotated[int, typer.Option(
         help="Scalar and spectrum targets: add each crystal's mean distance to its K nearest training crystals "
@@ -123,7 +127,7 @@ def train(
         featurizer=featurizer_for(arch, _atom_features(atom_features)),
         spectrum_latent=spectrum_latent,
         train=TrainConfig(members=members, epochs=epochs, patience=patience, batch_size=batch_size,
-                          learning_rate=learning_rate, bootstrap=bootstrap, seed=seed,
+                          learning_rate=learning_rate, decay_patience=decay_patience, bootstrap=bootstrap, seed=seed,
                           latent_neighbours=latent_neighbours),
         workers=jobs, prior=prior,
     )

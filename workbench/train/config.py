@@ -30,6 +30,10 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
+    # k > 0: the learning rate is multiplied by ``decay_factor`` whenever the validation
+    # loss has not improved for k epochs (torch's ReduceLROnPlateau); 0: it stays constant.
+    decay_patience: int = 0
+    decay_factor: float = 0.5
     bootstrap: bool = False
     seed: int = 0
     # Twenty Gaussian z-scores fix the scale to about 16 %; the demo's two gave ±5.9 μB on 2.35.

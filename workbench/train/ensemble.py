@@ -31,6 +31,7 @@ class MemberHistory:
     seed: int
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
 
@@ -487,6 +488,10 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
     torch.manual_seed(seed)  # the same draws in any process
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # torch decays after more than ``patience`` bad epochs; early stopping counts as we do.
+    decay = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.decay_factor,
+                                                         patience=config.decay_patience - 1)
+             if config.decay_patience else None)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator,
                         drop_last=len(train) > config.batch_size)  # BatchNorm needs 2+ crystals
@@ -507,11 +512,14 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
         validation_loss = evaluate_loss(model, validation, device) if validation else train_loss
         history.train_loss.append(train_loss)
         history.validation_loss.append(validation_loss)
+        history.learning_rate.append(optimizer.param_groups[0]["lr"])
         on_epoch(epoch, train_loss, validation_loss)
         if validation_loss < best_loss:
             best_loss, best_state, history.best_epoch = validation_loss, copy.deepcopy(model.state_dict()), epoch
         elif epoch - history.best_epoch >= config.patience:
             break
+        if decay:
+            decay.step(validation_loss)
     model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - started
     return history

@@ -160,9 +160,10 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
             **(ensemble.calibration.params() if ensemble.calibration else {"calibration.method": "none"}),
         })
         for member, history in enumerate(histories):
-            for epoch, (loss, val) in enumerate(zip(history.train_loss, history.validation_loss, strict=True)):
-                mlflow.log_metrics({f"member{member}.train_loss": loss, f"member{member}.validation_loss": val},
-                                   step=epoch)
+            for epoch, (loss, val, rate) in enumerate(zip(history.train_loss, history.validation_loss,
+                                                          history.learning_rate, strict=True)):
+                mlflow.log_metrics({f"member{member}.train_loss": loss, f"member{member}.validation_loss": val,
+                                    f"member{member}.learning_rate": rate}, step=epoch)
             mlflow.log_metric(f"member{member}.seconds_per_epoch", history.seconds / max(len(history.train_loss), 1))
         metrics = evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir) if test else {}
         if prior and test:
