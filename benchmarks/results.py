@@ -171,6 +171,10 @@ MODELS = {model.name: model for model in (
           "trained longer: at most 300 epochs, patience 40 (the perovskites' data set gives 120 and 15)"),
           atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
           train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40))),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-decay", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "with a decaying learning rate: halved after 10 epochs without a better validation loss "
+          "(`--decay-patience 10`)"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
+          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("decay_patience", 10))),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
