@@ -203,7 +203,8 @@ def test_members_train_in_worker_processes_as_they_would_here(perovskites):
     quick = TrainConfig(members=2, epochs=2, batch_size=32)
     epochs, finished = [], []
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, available_cores() // 2))  # each worker's share: sums in the same order
+    share = max(1, available_cores() // 2)  # each worker's: sums in the same order
+    torch.set_num_threads(share)
     try:
         here, _ = train_ensemble(config, TargetKind.SCALAR, train, validation, quick, device=torch.device("cpu"))
     finally:
@@ -222,9 +223,14 @@ def test_members_train_in_worker_processes_as_they_would_here(perovskites):
     # On a Dask cluster's executor, as the campaign flow trains them (an in-process cluster here).
     from distributed import Client
 
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
-        on_dask, _ = train_ensemble(config, TargetKind.SCALAR, train, validation, quick, device=torch.device("cpu"),
-                                    executor=client.get_executor())
+    # Its threads share this process's torch threads: the workers' share, or the sums differ.
+    torch.set_num_threads(share)
+    try:
+        with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+            on_dask, _ = train_ensemble(config, TargetKind.SCALAR, train, validation, quick,
+                                        device=torch.device("cpu"), executor=client.get_executor())
+    finally:
+        torch.set_num_threads(threads)
     torch.testing.assert_close(on_dask.predict(validation)[0], there.predict(validation)[0], rtol=1e-3, atol=1e-4)
 
 
