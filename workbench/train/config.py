@@ -31,7 +31,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     # k > 0: the learning rate is multiplied by ``decay_factor`` whenever the validation
-    # loss has not improved for k epochs (torch's ReduceLROnPlateau); 0: it stays constant.
+    # loss has not improved by 1e-4 of itself for k epochs (torch's ReduceLROnPlateau and
+    # its default threshold); 0: it stays constant.
     decay_patience: int = 0
     decay_factor: float = 0.5
     bootstrap: bool = False

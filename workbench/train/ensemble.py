@@ -488,7 +488,8 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
     torch.manual_seed(seed)  # the same draws in any process
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    # torch decays after more than ``patience`` bad epochs; early stopping counts as we do.
+    # torch decays after more than ``patience`` bad epochs, hence the 1; a loss within torch's
+    # relative threshold (1e-4) of the best is a bad epoch to it, a better one to early stopping.
     decay = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.decay_factor,
                                                          patience=config.decay_patience - 1)
              if config.decay_patience else None)
