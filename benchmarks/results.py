@@ -175,6 +175,18 @@ MODELS = {model.name: model for model in (
           "with a decaying learning rate: halved after 10 epochs without a better validation loss "
           "(`--decay-patience 10`)"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
           train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("decay_patience", 10))),
+    # Screened on one seed: each changes one setting of the 300-epoch row.
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-members4", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "with 4 members rather than 3"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
+          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("members", 4))),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-hidden128", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "with a wider backbone: 128 atom features in each convolution rather than 64"), atom_features="chgnet",
+          prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
+          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40)), backbone=(("hidden", 128),)),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-batch32", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "with batches of 32 rather than 64"), atom_features="chgnet", prior=CHGNET_PRIOR,
+          kinds=(TargetKind.SCALAR,),
+          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("batch_size", 32))),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
@@ -570,7 +582,10 @@ def aim_check(data_set: DataSet, entries: list[dict]) -> tuple[list[str], str]:
         if passed:
             met.append(f"`{run['model']}`")
         lines.append(f"| `{run['model']}` | {len(run['seeds'])} | " + " | ".join(cells) + " |")
-    best = min(entries, key=lambda run: mean(run, "mae") if mean(run, "mae") is not None else np.inf)
+    # A row screened on fewer seeds than the most any row has is not quoted as the lowest.
+    most_seeds = max(len(run["seeds"]) for run in entries)
+    best = min((run for run in entries if len(run["seeds"]) == most_seeds),
+               key=lambda run: mean(run, "mae") if mean(run, "mae") is not None else np.inf)
     meets = {1: "meets it", 2: "meets both", 3: "meets all three"}[len(bounds)]
     sentence = (f"{data_set.name} `{data_set.target}` ({aim.issue}'s aim: {asked}): {', '.join(met) or 'no row'} "
                 f"{meets}; the lowest MAE is `{best['model']}`'s {mean(best, 'mae'):.3g} ({len(best['seeds'])} seed(s)), "
