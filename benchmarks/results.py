@@ -123,6 +123,9 @@ class Model:
         return replace(featurizer, graph=replace(featurizer.graph, max_neighbors=self.max_neighbors))
 
 
+# The 300-epoch perovskite row's settings, which its one-setting variants extend.
+LONG_PEROVSKITE_TRAINING = (("latent_neighbours", 10), ("epochs", 300), ("patience", 40))
+
 MODELS = {model.name: model for model in (
     Model("cgcnn", "cgcnn", "CGCNN (64 atom features, 3 convolutions, Gaussian edges to 8 Å), 12 neighbours"),
     Model("schnet", "schnet", "SchNet (PyG's continuous filters on our periodic edges), 12 neighbours"),
@@ -170,23 +173,23 @@ MODELS = {model.name: model for model in (
     Model("cgcnn-chgnet-chgnet-prior-neighbours-long", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours` "
           "trained longer: at most 300 epochs, patience 40 (the perovskites' data set gives 120 and 15)"),
           atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40))),
+          train=LONG_PEROVSKITE_TRAINING),
     Model("cgcnn-chgnet-chgnet-prior-neighbours-decay", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
           "with a decaying learning rate: halved after 10 epochs without a better validation loss "
           "(`--decay-patience 10`)"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("decay_patience", 10))),
+          train=LONG_PEROVSKITE_TRAINING + (("decay_patience", 10),)),
     # Screened on one seed: each changes one setting of the 300-epoch row.
     Model("cgcnn-chgnet-chgnet-prior-neighbours-members4", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
           "with 4 members rather than 3"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("members", 4))),
+          train=LONG_PEROVSKITE_TRAINING + (("members", 4),)),
     Model("cgcnn-chgnet-chgnet-prior-neighbours-hidden128", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
           "with a wider backbone: 128 atom features in each convolution rather than 64"), atom_features="chgnet",
           prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40)), backbone=(("hidden", 128),)),
+          train=LONG_PEROVSKITE_TRAINING, backbone=(("hidden", 128),)),
     Model("cgcnn-chgnet-chgnet-prior-neighbours-batch32", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
           "with batches of 32 rather than 64"), atom_features="chgnet", prior=CHGNET_PRIOR,
           kinds=(TargetKind.SCALAR,),
-          train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40), ("batch_size", 32))),
+          train=LONG_PEROVSKITE_TRAINING + (("batch_size", 32),)),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
