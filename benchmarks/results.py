@@ -190,6 +190,13 @@ MODELS = {model.name: model for model in (
           "with batches of 32 rather than 64"), atom_features="chgnet", prior=CHGNET_PRIOR,
           kinds=(TargetKind.SCALAR,),
           train=LONG_PEROVSKITE_TRAINING + (("batch_size", 32),)),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-wd", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "with weight decay 0.01 (AdamW's decoupled decay; the data sets train with none)"),
+          atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
+          train=LONG_PEROVSKITE_TRAINING + (("weight_decay", 0.01),)),
+    Model("cgcnn-chgnet-chgnet-prior-neighbours-lr1e-3", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
+          "at learning rate 0.001 rather than 0.002"), atom_features="chgnet", prior=CHGNET_PRIOR,
+          kinds=(TargetKind.SCALAR,), train=LONG_PEROVSKITE_TRAINING + (("learning_rate", 1e-3),)),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
