@@ -123,8 +123,22 @@ class Model:
         return replace(featurizer, graph=replace(featurizer.graph, max_neighbors=self.max_neighbors))
 
 
-# The 300-epoch perovskite row's settings, which its one-setting variants extend.
-LONG_PEROVSKITE_TRAINING = (("latent_neighbours", 10), ("epochs", 300), ("patience", 40))
+# The 300-epoch perovskite row, which the rows below it vary one setting of.
+LONG_PEROVSKITE = Model(
+    "cgcnn-chgnet-chgnet-prior-neighbours-long", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours` "
+    "trained longer: at most 300 epochs, patience 40 (the perovskites' data set gives 120 and 15)"),
+    atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
+    train=(("latent_neighbours", 10), ("epochs", 300), ("patience", 40)))
+
+
+def long_perovskite_variant(suffix: str, change: str, train: tuple[tuple[str, object], ...] = (),
+                            backbone: tuple[tuple[str, object], ...] = ()) -> Model:
+    """LONG_PEROVSKITE with `train` and `backbone` added, named as its family with `-<suffix>`
+    in place of `-long`."""
+    return replace(LONG_PEROVSKITE, name=f"{LONG_PEROVSKITE.name.removesuffix('-long')}-{suffix}",
+                   description=f"`{LONG_PEROVSKITE.name}` {change}", train=LONG_PEROVSKITE.train + train,
+                   backbone=LONG_PEROVSKITE.backbone + backbone)
+
 
 MODELS = {model.name: model for model in (
     Model("cgcnn", "cgcnn", "CGCNN (64 atom features, 3 convolutions, Gaussian edges to 8 Å), 12 neighbours"),
@@ -170,33 +184,18 @@ MODELS = {model.name: model for model in (
           "residual against CHGNet's fit instead of SevenNet's (`--prior chgnet.formation_energy_per_atom`): "
           "features and prior from one model"), atom_features="chgnet", prior=CHGNET_PRIOR,
           kinds=(TargetKind.SCALAR,), train=(("latent_neighbours", 10),)),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-long", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours` "
-          "trained longer: at most 300 epochs, patience 40 (the perovskites' data set gives 120 and 15)"),
-          atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-decay", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "with a decaying learning rate: halved after 10 epochs without a better validation loss "
-          "(`--decay-patience 10`)"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING + (("decay_patience", 10),)),
-    # Screened on one seed: each changes one setting of the 300-epoch row.
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-members4", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "with 4 members rather than 3"), atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING + (("members", 4),)),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-hidden128", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "with a wider backbone: 128 atom features in each convolution rather than 64"), atom_features="chgnet",
-          prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING, backbone=(("hidden", 128),)),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-batch32", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "with batches of 32 rather than 64"), atom_features="chgnet", prior=CHGNET_PRIOR,
-          kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING + (("batch_size", 32),)),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-wd", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "with weight decay 0.01 (AdamW's decoupled decay; the data sets train with none)"),
-          atom_features="chgnet", prior=CHGNET_PRIOR, kinds=(TargetKind.SCALAR,),
-          train=LONG_PEROVSKITE_TRAINING + (("weight_decay", 0.01),)),
-    Model("cgcnn-chgnet-chgnet-prior-neighbours-lr1e-3", "cgcnn", ("`cgcnn-chgnet-chgnet-prior-neighbours-long` "
-          "at learning rate 0.001 rather than 0.002"), atom_features="chgnet", prior=CHGNET_PRIOR,
-          kinds=(TargetKind.SCALAR,), train=LONG_PEROVSKITE_TRAINING + (("learning_rate", 1e-3),)),
+    LONG_PEROVSKITE,
+    long_perovskite_variant("decay", "with a decaying learning rate: halved after 10 epochs without a better "
+                            "validation loss (`--decay-patience 10`)", train=(("decay_patience", 10),)),
+    # Screened on one seed.
+    long_perovskite_variant("members4", "with 4 members rather than 3", train=(("members", 4),)),
+    long_perovskite_variant("hidden128", "with a wider backbone: 128 atom features in each convolution "
+                            "rather than 64", backbone=(("hidden", 128),)),
+    long_perovskite_variant("batch32", "with batches of 32 rather than 64", train=(("batch_size", 32),)),
+    long_perovskite_variant("wd", "with weight decay 0.01 (AdamW's decoupled decay; the data sets train "
+                            "with none)", train=(("weight_decay", 0.01),)),
+    long_perovskite_variant("lr1e-3", "at learning rate 0.001 rather than 0.002",
+                            train=(("learning_rate", 1e-3),)),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
