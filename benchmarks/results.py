@@ -187,7 +187,6 @@ MODELS = {model.name: model for model in (
     LONG_PEROVSKITE,
     long_perovskite_variant("decay", "with a decaying learning rate: halved after 10 epochs without a better "
                             "validation loss (`--decay-patience 10`)", train=(("decay_patience", 10),)),
-    # Screened on one seed.
     long_perovskite_variant("members4", "with 4 members rather than 3", train=(("members", 4),)),
     long_perovskite_variant("hidden128", "with a wider backbone: 128 atom features in each convolution "
                             "rather than 64", backbone=(("hidden", 128),)),
