@@ -22,7 +22,8 @@ while it is merged).
 
 Data sets, in ``WORKBENCH_DATA_DIR`` (default ``../shared/data``):
 
-- perovskites, ``heat_ref`` (eV per cell, sum pooling): perov5/labeled_val.csv
+- perovskites, ``heat_ref`` (eV per cell, sum pooling): perov5/labeled_val.csv; and
+  perovskites-25, -50, -75: a random 25, 50, 75 % of its rows, the points of its learning curve
 - phonon DOS (66 bins): jarvis_phdos, the 663 entries that have one
 - electronic DOS (300 bins): jarvis_dos50, a smoke test of the representation
 - MOF DDEC charges (per site, neutral cells): mof_ddec, the 250 smallest MOFs, and the 500 smallest
@@ -245,6 +246,9 @@ class DataSet:
     # Published test MAE (same units) per model name, with where it comes from.
     published: tuple[dict[str, float], str] | None = None
     aim: Aim | None = None
+    # A random share of another data set's rows: its runs are points of that one's learning curve.
+    share_of: str | None = None
+    share: float = 1.0
 
 
 # The smallest MOFs (training time grows with the number of atoms), and twice as many
@@ -255,12 +259,22 @@ MOF_TRAINING = TrainConfig(members=3, epochs=40, patience=8, batch_size=8)
 MOF_AIM = Aim("issue 17", "e", 0.04)
 
 
-def load_perovskites(engine, workdir: Path, quick: bool, executor) -> str:
+# Shares of the labeled perovskites that the learning curve trains on, each a prefix of
+# one fixed shuffle of the rows (so each share holds the smaller ones).
+PEROVSKITE_SHARES = (0.25, 0.5, 0.75)
+PEROVSKITE_SHUFFLE_SEED = 0
+
+
+def load_perovskites(engine, workdir: Path, quick: bool, executor, *, share: float = 1.0) -> str:
     source = DATA / "perov5" / "labeled_val.csv"
-    if quick:
+    if quick or share < 1.0:
         with source.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))[:300]
-        source = workdir / "perov_quick.csv"
+            rows = list(csv.DictReader(handle))
+        if share < 1.0:
+            order = np.random.default_rng(PEROVSKITE_SHUFFLE_SEED).permutation(len(rows))
+            rows = [rows[index] for index in sorted(order[:round(share * len(rows))])]
+        rows = rows[:300] if quick else rows
+        source = workdir / "perovskites_subset.csv"
         with source.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -310,15 +324,28 @@ def load_mof_charges(engine, workdir: Path, quick: bool, executor, *, count: int
             "(by the store's dedup) with different charges.")
 
 
+PEROVSKITES = DataSet(
+    "perovskites", "heat_ref", TargetKind.SCALAR, load_perovskites, TrainConfig(members=3, epochs=120, patience=15),
+    pooling="sum", note="Castelli perovskites, heat of formation per 5-atom cell (eV).",
+    published=({"alignn": 0.029, "schnet": 0.034, "megnet": 0.035, "cgcnn": 0.045},
+               ("Published: Matbench perovskites (the same Castelli set, about 15k training "
+                "structures against our 2,650), eV/cell; OCrystalNet reported about two thirds of "
+                "ALIGNN's parameters.")),
+    aim=Aim("issue 17", "eV/cell", 0.05, (0.90, 0.97), 0.3))
+
+
+def perovskite_share(share: float) -> DataSet:
+    """PEROVSKITES on ``share`` of its labeled rows (a point of its learning curve, without its aim)."""
+    percent = round(100 * share)
+    return replace(PEROVSKITES, name=f"{PEROVSKITES.name}-{percent}",
+                   load=functools.partial(load_perovskites, share=share), published=None, aim=None,
+                   note=(f"{PEROVSKITES.note} A random {percent} % of the labeled rows (a prefix of one fixed "
+                         "shuffle): a point of the learning curve in the `perovskites` section."),
+                   share_of=PEROVSKITES.name, share=share)
+
+
 DATA_SETS = (
-    DataSet("perovskites", "heat_ref", TargetKind.SCALAR, load_perovskites,
-            TrainConfig(members=3, epochs=120, patience=15), pooling="sum",
-            note="Castelli perovskites, heat of formation per 5-atom cell (eV).",
-            published=({"alignn": 0.029, "schnet": 0.034, "megnet": 0.035, "cgcnn": 0.045},
-                       ("Published: Matbench perovskites (the same Castelli set, about 15k training "
-                       "structures against our 2,650), eV/cell; OCrystalNet reported about two thirds of "
-                       "ALIGNN's parameters.")),
-            aim=Aim("issue 17", "eV/cell", 0.05, (0.90, 0.97), 0.3)),
+    PEROVSKITES,
     DataSet("phonon-dos", "phonon_dos", TargetKind.SPECTRUM, load_phonon_dos,
             TrainConfig(members=3, epochs=150, patience=20), note="JARVIS phonon DOS, 66 bins normalised to max 1."),
     DataSet("electronic-dos", "dos", TargetKind.SPECTRUM, load_electronic_dos,
@@ -331,6 +358,8 @@ DATA_SETS = (
             functools.partial(load_mof_charges, count=MOF_LARGER_COUNT), MOF_TRAINING, conserve_total=True,
             note=(f"CoRE-MOF DDEC6 charges (e), the {MOF_LARGER_COUNT} smallest MOFs (those of `mof-charges` and "
                   "the next ones by size), neutrality enforced: what twice the structures bring."), aim=MOF_AIM),
+
+    *(perovskite_share(share) for share in PEROVSKITE_SHARES),
 )
 
 
@@ -616,6 +645,41 @@ def own_training(run: dict) -> str:
     return f"Trained with {changed} (the section's other settings)." if keys else ""
 
 
+def learning_curve(data_set: DataSet, runs: dict[str, dict], data_sets: dict[str, DataSet]) -> list[str]:
+    """For each model run on ``data_set`` and on random shares of it: a table of seed means
+    against the labeled structures, and the power law ``MAE ∝ structures^-b`` fitted (least
+    squares in log-log) through the points that have every seed, extrapolated to the aim."""
+    shares = sorted((other for other in data_sets.values() if other.share_of == data_set.name),
+                    key=lambda other: other.share) + [data_set]
+    lines = []
+    for model in MODELS:
+        points = [runs[key] for other in shares if (key := f"{other.name}/{model}") in runs]
+        if len(points) < 2 or points[-1]["data_set"] != data_set.name:
+            continue
+        if not lines:
+            lines += [("Learning curve: the same rows trained on a random share of the labeled structures "
+                       "(data sets `" + "`, `".join(other.name for other in shares[:-1]) + "`, split as above), "
+                       "seed means:"), ""]
+        lines += [f"`{model}`:", "", "| labeled structures | seeds | MAE | coverage 2σ | ρ(error, std) |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {run['structures']:,} | {len(run['seeds'])} | {summary(column(run, 'mae'))} | "
+                  f"{summary(column(run, 'coverage_2std'), 2)} | {summary(column(run, 'spearman_error_std'), 2)} |"
+                  for run in points]
+        complete = [run for run in points if len(run["seeds"]) == len(SEEDS)]
+        if len(complete) >= 3:
+            slope, intercept = np.polyfit(np.log([run["structures"] for run in complete]),
+                                          np.log([mean(run, "mae") for run in complete]), 1)
+            sentence = f"Fitted through the {len(complete)} points with every seed: MAE ∝ structures^{slope:.2f}"
+            if data_set.aim and slope < 0:
+                needed = np.exp((np.log(data_set.aim.mae_at_most) - intercept) / slope)
+                sentence += (f"; extrapolated, it reaches the aim's {data_set.aim.mae_at_most:g} {data_set.aim.unit} "
+                             f"at about {needed:,.0f} labeled structures ({needed / points[-1]['structures']:.1f} "
+                             "times the full set's)")
+            lines += ["", sentence + "."]
+        lines.append("")
+    return lines
+
+
 def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
     entries_of = {name: [runs[key] for model in MODELS if (key := f"{name}/{model}") in runs] for name in data_sets}
     aims = {name: aim_check(data_sets[name], entries) for name, entries in entries_of.items()
@@ -683,6 +747,7 @@ def render(runs: dict[str, dict], data_sets: dict[str, DataSet]) -> str:
             lines += [reference, ""]
         if data_set.name in aims:
             lines += aims[data_set.name][0]
+        lines += learning_curve(data_set, runs, data_sets)
         parameters = {run["model"]: statistics.fmean(column(run, "parameters")) for run in entries}
         if {"ocrystalnet", "alignn"} <= parameters.keys():
             ratio = parameters["ocrystalnet"] / parameters["alignn"]
