@@ -340,7 +340,7 @@ def perovskite_share(share: float) -> DataSet:
     return replace(PEROVSKITES, name=f"{PEROVSKITES.name}-{percent}",
                    load=functools.partial(load_perovskites, share=share), published=None, aim=None,
                    note=(f"{PEROVSKITES.note} A random {percent} % of the labeled rows (a prefix of one fixed "
-                         "shuffle): a point of the learning curve in the `perovskites` section."),
+                         f"shuffle): a point of the learning curve in the `{PEROVSKITES.name}` section."),
                    share_of=PEROVSKITES.name, share=share)
 
 
