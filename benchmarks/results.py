@@ -645,6 +645,19 @@ def own_training(run: dict) -> str:
     return f"Trained with {changed} (the section's other settings)." if keys else ""
 
 
+def power_law(data_set: DataSet, line: np.ndarray, structures: int) -> str:
+    """The power law of ``line`` (slope, intercept of log MAE against log structures) in
+    words, extrapolated to the aim's MAE where it falls, in structures and as a multiple of
+    ``structures``."""
+    slope, intercept = line
+    words = f"MAE ∝ structures^{slope:.2f}"
+    if not data_set.aim or slope >= 0:
+        return words
+    needed = np.exp((np.log(data_set.aim.mae_at_most) - intercept) / slope)
+    return (f"{words}, which, extrapolated, reaches the aim's {data_set.aim.mae_at_most:g} {data_set.aim.unit} at about "
+            f"{needed:,.0f} labeled structures ({needed / structures:.1f} times the full set's)")
+
+
 def learning_curve(data_set: DataSet, runs: dict[str, dict], data_sets: dict[str, DataSet]) -> list[str]:
     """For each model run on ``data_set`` and on random shares of it: a table of seed means
     against the labeled structures, and the power law ``MAE ∝ structures^-b`` fitted (least
@@ -667,15 +680,13 @@ def learning_curve(data_set: DataSet, runs: dict[str, dict], data_sets: dict[str
                   for run in points]
         complete = [run for run in points if len(run["seeds"]) == len(SEEDS)]
         if len(complete) >= 3:
-            slope, intercept = np.polyfit(np.log([run["structures"] for run in complete]),
-                                          np.log([mean(run, "mae") for run in complete]), 1)
-            sentence = f"Fitted through the {len(complete)} points with every seed: MAE ∝ structures^{slope:.2f}"
-            if data_set.aim and slope < 0:
-                needed = np.exp((np.log(data_set.aim.mae_at_most) - intercept) / slope)
-                sentence += (f"; extrapolated, it reaches the aim's {data_set.aim.mae_at_most:g} {data_set.aim.unit} "
-                             f"at about {needed:,.0f} labeled structures ({needed / points[-1]['structures']:.1f} "
-                             "times the full set's)")
-            lines += ["", sentence + "."]
+            sizes = np.log([run["structures"] for run in complete])
+            maes = np.log([mean(run, "mae") for run in complete])
+            fitted = power_law(data_set, np.polyfit(sizes, maes, 1), complete[-1]["structures"])
+            # The slope of the last step alone: where the curve bends, the fit's average misleads.
+            last = power_law(data_set, np.polyfit(sizes[-2:], maes[-2:], 1), complete[-1]["structures"])
+            lines += ["", (f"Fitted through the {len(complete)} points with every seed: {fitted}; between the last "
+                           f"two alone: {last}.")]
         lines.append("")
     return lines
 
