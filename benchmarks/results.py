@@ -358,7 +358,6 @@ DATA_SETS = (
             functools.partial(load_mof_charges, count=MOF_LARGER_COUNT), MOF_TRAINING, conserve_total=True,
             note=(f"CoRE-MOF DDEC6 charges (e), the {MOF_LARGER_COUNT} smallest MOFs (those of `mof-charges` and "
                   "the next ones by size), neutrality enforced: what twice the structures bring."), aim=MOF_AIM),
-
     *(perovskite_share(share) for share in PEROVSKITE_SHARES),
 )
 
@@ -648,7 +647,7 @@ def own_training(run: dict) -> str:
 def power_law(data_set: DataSet, line: np.ndarray, structures: int) -> str:
     """The power law of ``line`` (slope, intercept of log MAE against log structures) in
     words, extrapolated to the aim's MAE where it falls, in structures and as a multiple of
-    ``structures``."""
+    ``structures`` (the full data set's)."""
     slope, intercept = line
     words = f"MAE ∝ structures^{slope:.2f}"
     if not data_set.aim or slope >= 0:
@@ -682,9 +681,10 @@ def learning_curve(data_set: DataSet, runs: dict[str, dict], data_sets: dict[str
         if len(complete) >= 3:
             sizes = np.log([run["structures"] for run in complete])
             maes = np.log([mean(run, "mae") for run in complete])
-            fitted = power_law(data_set, np.polyfit(sizes, maes, 1), complete[-1]["structures"])
+            full = points[-1]["structures"]
+            fitted = power_law(data_set, np.polyfit(sizes, maes, 1), full)
             # The slope of the last step alone: where the curve bends, the fit's average misleads.
-            last = power_law(data_set, np.polyfit(sizes[-2:], maes[-2:], 1), complete[-1]["structures"])
+            last = power_law(data_set, np.polyfit(sizes[-2:], maes[-2:], 1), full)
             lines += ["", (f"Fitted through the {len(complete)} points with every seed: {fitted}; between the last "
                            f"two alone: {last}.")]
         lines.append("")
