@@ -196,6 +196,9 @@ MODELS = {model.name: model for model in (
                             "with none)", train=(("weight_decay", 0.01),)),
     long_perovskite_variant("lr1e-3", "at learning rate 0.001 rather than 0.002",
                             train=(("learning_rate", 1e-3),)),
+    *(long_perovskite_variant(f"k{count}", f"with the distance to the {count} nearest training crystals rather "
+                              "than 10 in its spread (`--latent-neighbours`)", train=(("latent_neighbours", count),))
+      for count in (5, 20)),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
