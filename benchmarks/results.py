@@ -199,6 +199,8 @@ MODELS = {model.name: model for model in (
     *(long_perovskite_variant(f"k{count}", f"with the distance to the {count} nearest training crystals rather "
                               "than 10 in its spread (`--latent-neighbours`)", train=(("latent_neighbours", count),))
       for count in (5, 20)),
+    long_perovskite_variant("bootstrap", "with each member trained on a bootstrap resample of the training split "
+                            "(`--bootstrap`)", train=(("bootstrap", True),)),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
