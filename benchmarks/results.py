@@ -141,6 +141,12 @@ def long_perovskite_variant(suffix: str, change: str, train: tuple[tuple[str, ob
                    backbone=LONG_PEROVSKITE.backbone + backbone)
 
 
+def long_perovskite_on(architecture: str) -> Model:
+    """LONG_PEROVSKITE on another backbone (one that reads atom features), named after it."""
+    return replace(LONG_PEROVSKITE, name=LONG_PEROVSKITE.name.replace("cgcnn", architecture, 1),
+                   architecture=architecture, description=f"`{LONG_PEROVSKITE.name}` on the {architecture} backbone")
+
+
 MODELS = {model.name: model for model in (
     Model("cgcnn", "cgcnn", "CGCNN (64 atom features, 3 convolutions, Gaussian edges to 8 Å), 12 neighbours"),
     Model("schnet", "schnet", "SchNet (PyG's continuous filters on our periodic edges), 12 neighbours"),
@@ -201,6 +207,7 @@ MODELS = {model.name: model for model in (
       for count in (5, 20)),
     long_perovskite_variant("bootstrap", "with each member trained on a bootstrap resample of the training split "
                             "(`--bootstrap`)", train=(("bootstrap", True),)),
+    long_perovskite_on("megnet"),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
