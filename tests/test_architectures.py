@@ -54,6 +54,9 @@ VARIANTS = {
                       "backbone.angle_embedding.0.0.weight"),
     "schnet": Variant("schnet", FEATURIZER, {"hidden": 16, "filters": 16, "interactions": 2},
                       "backbone.embedding.weight"),
+    # SchNet starting from a linear map of atom features other than the element table.
+    "schnet-ofm": Variant("schnet", OFM, {"hidden": 16, "filters": 16, "interactions": 2,
+                                          "atom_feature_size": OFM.atom_feature_size}, "backbone.embedding.weight"),
     "megnet": Variant("megnet", FEATURIZER, {"channels": 8, "hidden": 16, "blocks": 2},
                       "backbone.atom_embedding.0.weight"),
     "ocrystalnet": Variant("ocrystalnet", OFM, {"hidden": 16, "layers": 2},
@@ -350,10 +353,13 @@ def test_triplets_are_built_on_loading_only_for_a_backbone_that_reads_them(engin
 
 def test_backbones_that_read_atom_features_take_their_width_from_the_featurizer():
     assert OFM.atom_feature_size == 1056 + 91 and FEATURIZER.atom_feature_size == 91
-    for architecture in ("cgcnn", "alignn", "megnet", "ocrystalnet", "neighbour-mlp"):
-        options = with_atom_feature_size(architecture, {"hidden": 8}, OFM.atom_feature_size)
+    for architecture in ("cgcnn", "alignn", "megnet", "ocrystalnet", "neighbour-mlp", "schnet"):
+        options = with_atom_feature_size(architecture, {"hidden": 8}, OFM)
         assert options == {"hidden": 8, "atom_feature_size": 1147}
-    assert with_atom_feature_size("schnet", {"hidden": 8}, 1147) == {"hidden": 8}
+    assert with_atom_feature_size("cgcnn", {"hidden": 8}, FEATURIZER) == {"hidden": 8, "atom_feature_size": 91}
+    # SchNet embeds atomic numbers on the element table, as published; SevenNet always.
+    assert with_atom_feature_size("schnet", {"hidden": 8}, FEATURIZER) == {"hidden": 8}
+    assert with_atom_feature_size("sevennet", {}, OFM) == {}
 
 
 def test_alignn_refuses_graphs_without_triplets(perovskites):

@@ -77,7 +77,7 @@ def test_every_backbone_and_head_reads_pretrained_features(chgnet, architecture)
     """Each head on each backbone that reads ``data.x``, on the graphs that backbone reads,
     with the same embeddings (they do not depend on our graph)."""
     featurizer = chgnet
-    backbone = with_atom_feature_size(architecture, {}, featurizer.atom_feature_size)
+    backbone = with_atom_feature_size(architecture, {}, featurizer)
     if "atom_feature_size" not in backbone:
         pytest.skip(f"{architecture} embeds atomic numbers and reads no atom features")
     crystals = tiny_cells()
@@ -137,11 +137,11 @@ def test_embeddings_are_cached_once_and_other_weights_get_their_own_key(engine, 
 
 
 def test_the_campaign_config_takes_atom_features():
-    """By default CHGNet's, for a backbone that reads atom features; the element table for
-    one that embeds atomic numbers itself, which would ignore them."""
+    """By default CHGNet's, for a backbone that reads atom features (SchNet too); the
+    element table for one that embeds atomic numbers itself, which would ignore them."""
     document = {"name": "gaps", "candidates": {"source": "pool"}, "objective": ["dir_gap<2"], "budget": 4}
     assert config_from_document(document).model.atom_features == "chgnet"
-    for architecture, default in (("alignn", "chgnet"), ("schnet", "cgcnn"), ("sevennet", "cgcnn")):
+    for architecture, default in (("alignn", "chgnet"), ("schnet", "chgnet"), ("sevennet", "cgcnn")):
         model = config_from_document(document | {"model": {"architecture": architecture}}).model
         assert model.atom_features == default
     assert config_from_document(document | {"model": {"atom_features": None}}).model.atom_features == "chgnet"
@@ -155,17 +155,17 @@ def test_the_campaign_config_takes_atom_features():
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_atom_features_a_backbone_would_ignore_are_refused(engine, tmp_path):
-    """SchNet embeds atomic numbers: asking it for SevenNet features would spend minutes
-    computing embeddings nothing reads."""
+    """The fine-tuned SevenNet embeds atomic numbers: asking it for CHGNet features would
+    spend minutes computing embeddings nothing reads."""
     document = {"name": "gaps", "candidates": {"source": "pool"}, "objective": ["dir_gap<2"], "budget": 4}
-    refused = "schnet embeds atomic numbers and reads no atom features: atom features 'sevennet'"
+    refused = "sevennet embeds atomic numbers and reads no atom features: atom features 'chgnet'"
     with pytest.raises(InputError, match=refused):
-        config_from_document(document | {"model": {"architecture": "schnet", "atom_features": "sevennet"}})
+        config_from_document(document | {"model": {"architecture": "sevennet", "atom_features": "chgnet"}})
     settings = Settings(home=tmp_path, database_url=str(engine.url), mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db")
-    request = TrainRequest(target="y", name="y", architecture="schnet", featurizer=Featurizer(atom_features="sevennet"))
+    request = TrainRequest(target="y", name="y", architecture="sevennet", featurizer=Featurizer(atom_features="chgnet"))
     with pytest.raises(InputError, match=refused):
         train_and_register(engine, settings, request)
-    assert config_from_document(document | {"model": {"architecture": "schnet"}}).model.architecture == "schnet"
+    assert config_from_document(document | {"model": {"architecture": "sevennet"}}).model.architecture == "sevennet"
 
 
 @pytest.mark.slow

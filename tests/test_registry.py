@@ -165,7 +165,7 @@ def test_replay_against_a_labeled_pool(run_cli, rows, tmp_path):
                   "--epochs", "2", "--device", "cpu", "--plot", plot, "--json").stdout
     assert json.loads(out[out.index("{"):])["bases"][0][0] in ("model", "prior")
     run_cli("replay", "--source", "pool", "--objective", "heat_ref<1", "--atom-features", "mace", expect=2)
-    run_cli("replay", "--source", "pool", "--objective", "heat_ref<1", "--arch", "schnet", "--atom-features", "ofm",
+    run_cli("replay", "--source", "pool", "--objective", "heat_ref<1", "--arch", "sevennet", "--atom-features", "ofm",
             expect=1)
     run_cli("replay", "--source", "pool", expect=2)  # no objective anywhere
     run_cli("replay", "--source", "pool", "--objective", "heat_ref<<1", expect=2)

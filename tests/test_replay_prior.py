@@ -95,7 +95,8 @@ def test_a_campaigns_prior_and_atom_features_are_replayed():
     assert config.featurizer() == campaign.model.featurizer()
     assert replay_config("pool", campaign=campaign, prior=None, atom_features="cgcnn").prior is None
     assert replay_config("pool", objective=[f"{TARGET}<=0"]).atom_features == "chgnet"  # a campaign's default
-    assert replay_config("pool", objective=[f"{TARGET}<=0"], architecture="schnet").atom_features == "cgcnn"
-    assert replay_config("pool", campaign=campaign, architecture="schnet").featurizer().atom_features == "cgcnn"
+    assert replay_config("pool", objective=[f"{TARGET}<=0"], architecture="schnet").atom_features == "chgnet"
+    assert replay_config("pool", objective=[f"{TARGET}<=0"], architecture="sevennet").atom_features == "cgcnn"
+    assert replay_config("pool", campaign=campaign, architecture="sevennet").featurizer().atom_features == "cgcnn"
     with pytest.raises(InputError, match="atom_features"):
         replay_config("pool", campaign=campaign, atom_features="orbital")

@@ -63,7 +63,7 @@ CAMPAIGN_ATOM_FEATURES = "chgnet"
 def campaign_atom_features(architecture: str) -> str:
     """A campaign's atom features for ``architecture`` when its config names none:
     :data:`CAMPAIGN_ATOM_FEATURES` for a backbone that reads atom features, the element
-    table for one that embeds atomic numbers itself (SchNet, SevenNet)."""
+    table for one that embeds atomic numbers itself (SevenNet)."""
     from workbench.models.model import reads_atom_features
 
     return CAMPAIGN_ATOM_FEATURES if reads_atom_features(architecture) else DEFAULT_ATOM_FEATURES

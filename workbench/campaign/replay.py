@@ -268,7 +268,7 @@ def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer: Featurizer, seed
     targets = config.objective.targets
     first = config.objective.constraints[0]
     device = pick_device(config.device)
-    backbone = with_atom_feature_size(config.architecture, config.backbone, featurizer.atom_feature_size)
+    backbone = with_atom_feature_size(config.architecture, config.backbone, featurizer)
     model_configs = {target: ModelConfig(config.architecture, "scalar", target, featurizer.key,
                                          backbone=dict(backbone)) for target in targets}
     count = len(pool.meets)

@@ -71,9 +71,9 @@ def graph_for(architecture: str) -> GraphConfig:
 
 
 def reads_atom_features(architecture: str) -> bool:
-    """Whether the backbone reads the featurizer's atom features (``data.x``): its config
-    has an ``atom_feature_size``; SchNet and SevenNet embed atomic numbers instead."""
-    return "atom_feature_size" in {option.name for option in fields(BACKBONES[architecture][1])}
+    """Whether the backbone can read the featurizer's atom features (``data.x``): its
+    config has an ``atom_feature_size``; SevenNet embeds atomic numbers instead."""
+    return "atom_feature_size" in _backbone_defaults(architecture)
 
 
 def check_atom_features(architecture: str, atom_features: str) -> None:
@@ -95,14 +95,21 @@ def featurizer_for(architecture: str, atom_features: str = DEFAULT_ATOM_FEATURES
     return Featurizer(graph_for(architecture), atom_features=atom_features)
 
 
-def with_atom_feature_size(architecture: str, backbone: dict, atom_feature_size: int) -> dict:
-    """The backbone options with ``atom_feature_size`` set to the featurizer's (the width of
-    its ``data.x``), for a backbone that reads atom features; others are left as given
-    (SchNet embeds atomic numbers). This is what makes OGCNN ``cgcnn`` on the ``ofm``
-    featurizer."""
-    if not reads_atom_features(architecture):
+def with_atom_feature_size(architecture: str, backbone: dict, featurizer) -> dict:
+    """The backbone options with ``atom_feature_size`` set to the width of ``featurizer``'s
+    atom features (its ``data.x``), for a backbone that reads them; others are left as
+    given. A backbone whose config leaves that width unset by default (SchNet) embeds
+    atomic numbers, as published, on the element table, and reads atom features other
+    than it. This is what makes OGCNN ``cgcnn`` on the ``ofm`` featurizer."""
+    if not reads_atom_features(architecture) or (
+            featurizer.atom_features == DEFAULT_ATOM_FEATURES
+            and _backbone_defaults(architecture)["atom_feature_size"] is None):
         return dict(backbone)
-    return {**backbone, "atom_feature_size": atom_feature_size}
+    return {**backbone, "atom_feature_size": featurizer.atom_feature_size}
+
+
+def _backbone_defaults(architecture: str) -> dict:
+    return {option.name: option.default for option in fields(BACKBONES[architecture][1])}
 
 
 class FeaturizerMismatch(WorkbenchError, ValueError):

@@ -135,7 +135,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
-    backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer.atom_feature_size)
+    backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer)
     spec = KINDS[labeled.kind]
     prior = fit_prior(request.prior, train, per_atom=request.pooling == "mean") if request.prior else None
     model_config = ModelConfig(request.architecture, spec.head, request.target, featurizer.key, backbone=backbone,

@@ -21,6 +21,9 @@ class SchNetConfig:
             cutoff: an edge longer than this (a radius raised for a sparse structure)
             carries no message.
         max_atomic_number: the largest element the atom embedding knows.
+        atom_feature_size: None: atoms start from an embedding of their atomic number,
+            as published; a width: from a linear map of the featurizer's atom features
+            ``data.x`` of that width instead (a universal model's pretrained embeddings).
     """
 
     hidden: int = 64
@@ -29,18 +32,20 @@ class SchNetConfig:
     gaussians: int = 50
     cutoff: float = 8.0
     max_atomic_number: int = 100
+    atom_feature_size: int | None = None
 
 
 class SchNet(nn.Module):
-    r"""Atom embedding by element, then ``interactions`` residual continuous-filter
-    interaction blocks (PyG's :class:`InteractionBlock`) over the periodic edges.
+    r"""Atom embedding by element (or a linear map of given atom features), then
+    ``interactions`` residual continuous-filter interaction blocks (PyG's
+    :class:`InteractionBlock`) over the periodic edges.
 
     For an edge :math:`(j \to i)` of length :math:`d_{ji}`, with Gaussians :math:`g`,
     cosine cutoff :math:`f_c(d) = \tfrac12(\cos(\pi d / r_c) + 1)` and shifted softplus
     :math:`\mathrm{ssp}`:
 
     .. math::
-        h^{(0)}_i = \mathrm{Embedding}(Z_i), \qquad
+        h^{(0)}_i = \mathrm{Embedding}(Z_i) \ \text{or} \ \mathrm{Dense}(x_i), \qquad
         W_{ji} = \mathrm{Dense}(\mathrm{ssp}(\mathrm{Dense}(g(d_{ji})))) \, f_c(d_{ji}) \\
         h^{(t+1)}_i = h^{(t)}_i + \mathrm{Dense}\Big(\mathrm{ssp}\Big(\mathrm{Dense}\big(
             \textstyle\sum_j W_{ji} \odot \mathrm{Dense}(h^{(t)}_j)\big)\Big)\Big)
@@ -49,14 +54,18 @@ class SchNet(nn.Module):
     featurizer's (k nearest neighbours, one edge per periodic image), not a radius graph.
 
     Shapes:
-        ``data.atomic_numbers`` ``(N,)``, ``data.edge_index`` ``(2, E)``,
-        ``data.edge_distance`` ``(E,)`` -> atom features ``(N, hidden)``.
+        ``data.atomic_numbers`` ``(N,)`` (or ``data.x`` ``(N, atom_feature_size)``),
+        ``data.edge_index`` ``(2, E)``, ``data.edge_distance`` ``(E,)`` -> atom features
+        ``(N, hidden)``.
     """
 
     def __init__(self, config: SchNetConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.max_atomic_number + 1, config.hidden)
+        if config.atom_feature_size is None:
+            self.embedding = nn.Embedding(config.max_atomic_number + 1, config.hidden)
+        else:
+            self.embedding = nn.Linear(config.atom_feature_size, config.hidden)
         self.expansion = GaussianSmearing(0.0, config.cutoff, config.gaussians)
         self.interactions = nn.ModuleList(
             InteractionBlock(config.hidden, config.gaussians, config.filters, config.cutoff)
@@ -68,7 +77,7 @@ class SchNet(nn.Module):
         return self.config.hidden
 
     def forward(self, data) -> torch.Tensor:
-        x = self.embedding(data.atomic_numbers)
+        x = self.embedding(data.atomic_numbers if self.config.atom_feature_size is None else data.x)
         edge_attr = self.expansion(data.edge_distance)
         # The cosine cutoff rises again past the cutoff; clamped, longer edges get zero.
         edge_weight = data.edge_distance.clamp(max=self.config.cutoff)
