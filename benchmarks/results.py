@@ -208,6 +208,9 @@ MODELS = {model.name: model for model in (
     long_perovskite_variant("bootstrap", "with each member trained on a bootstrap resample of the training split "
                             "(`--bootstrap`)", train=(("bootstrap", True),)),
     long_perovskite_on("megnet"),
+    long_perovskite_on("schnet"),
+    Model("schnet-chgnet", "schnet", ("SchNet starting from CHGNet 0.3.0's atom features (a linear map of them "
+          "in place of its element embedding), 12 neighbours"), atom_features="chgnet"),
     Model("cgcnn-chgnet-long", "cgcnn", ("`cgcnn-chgnet` trained longer: at most 150 epochs, patience 25 (the "
           "MOF charges' data set gives 40 and 8)"), atom_features="chgnet",
           kinds=(TargetKind.PER_SITE,), train=(("epochs", 150), ("patience", 25))),
