@@ -9,6 +9,7 @@ holds plain tensors and a JSON-able config (``torch.load(weights_only=True)`` re
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from workbench.featurize.config import DEFAULT_ATOM_FEATURES, GraphConfig
 from workbench.models.architectures import ARCHITECTURES
 from workbench.models.heads import HEADS
 from workbench.models.prior import PriorFit
+
+if TYPE_CHECKING:  # the featurizer pulls in pymatgen (2 s); featurizer_for imports it when called
+    from workbench.featurize.featurizer import Featurizer
 
 SAVE_FORMAT = 1
 # Name -> (backbone class, its config class), loaded from the light registry of names.
@@ -95,7 +99,7 @@ def featurizer_for(architecture: str, atom_features: str = DEFAULT_ATOM_FEATURES
     return Featurizer(graph_for(architecture), atom_features=atom_features)
 
 
-def with_atom_feature_size(architecture: str, backbone: dict, featurizer) -> dict:
+def with_atom_feature_size(architecture: str, backbone: dict, featurizer: "Featurizer") -> dict:
     """The backbone options with ``atom_feature_size`` set to the width of ``featurizer``'s
     atom features (its ``data.x``), for a backbone that reads them; others are left as
     given. A backbone whose config leaves that width unset by default (SchNet) embeds
