@@ -218,6 +218,8 @@ MODELS = {model.name: model for model in (
     long_perovskite_on("schnet"),
     Model("schnet-chgnet", "schnet", ("SchNet starting from CHGNet 0.3.0's atom features (a linear map of them "
           "in place of its element embedding), 12 neighbours"), atom_features="chgnet"),
+    Model("alignn-chgnet", "alignn", "ALIGNN starting from CHGNet 0.3.0's atom features, 16 neighbours",
+          atom_features="chgnet", max_neighbors=16),
     LONG_CHARGES,
     replace(LONG_CHARGES, name="schnet-chgnet-long", architecture="schnet",
             description=f"`schnet-chgnet` trained as `{LONG_CHARGES.name}`"),
