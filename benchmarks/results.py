@@ -148,10 +148,10 @@ def long_perovskite_variant(suffix: str, change: str, train: tuple[tuple[str, ob
                    backbone=LONG_PEROVSKITE.backbone + backbone)
 
 
-def long_perovskite_on(architecture: str) -> Model:
-    """LONG_PEROVSKITE on another backbone (one that reads atom features), named after it."""
-    return replace(LONG_PEROVSKITE, name=LONG_PEROVSKITE.name.replace("cgcnn", architecture, 1),
-                   architecture=architecture, description=f"`{LONG_PEROVSKITE.name}` on the {architecture} backbone")
+def on_backbone(row: Model, architecture: str) -> Model:
+    """``row`` on another backbone (one that reads its atom features), named after it."""
+    return replace(row, name=row.name.replace(row.architecture, architecture, 1), architecture=architecture,
+                   description=f"`{row.name}` on the {architecture} backbone")
 
 
 MODELS = {model.name: model for model in (
@@ -214,15 +214,14 @@ MODELS = {model.name: model for model in (
       for count in (5, 20)),
     long_perovskite_variant("bootstrap", "with each member trained on a bootstrap resample of the training split "
                             "(`--bootstrap`)", train=(("bootstrap", True),)),
-    long_perovskite_on("megnet"),
-    long_perovskite_on("schnet"),
+    on_backbone(LONG_PEROVSKITE, "megnet"),
+    on_backbone(LONG_PEROVSKITE, "schnet"),
     Model("schnet-chgnet", "schnet", ("SchNet starting from CHGNet 0.3.0's atom features (a linear map of them "
           "in place of its element embedding), 12 neighbours"), atom_features="chgnet"),
     Model("alignn-chgnet", "alignn", "ALIGNN starting from CHGNet 0.3.0's atom features, 16 neighbours",
           atom_features="chgnet", max_neighbors=16),
     LONG_CHARGES,
-    replace(LONG_CHARGES, name="schnet-chgnet-long", architecture="schnet",
-            description=f"`schnet-chgnet` trained as `{LONG_CHARGES.name}`"),
+    on_backbone(LONG_CHARGES, "schnet"),
     # The settings of benchmarks/finetune.md, where 6 epochs at 0.001 beat CGCNN's 60; an
     # epoch over 3,000 structures costs minutes on a CPU core, hence the short budget.
     Model("sevennet-finetune", "sevennet", ("SevenNet-0 without its readout under our scalar head, every "
