@@ -317,7 +317,7 @@ def test_a_latent_spectrum_head_trains_in_two_stages_on_any_backbone(perovskites
     assert torch.equal(ensemble.shared(torch.cat([item.y for item in validation])),
                        autoencoder(torch.cat([item.y for item in validation])))
     metrics = evaluate(TargetKind.SPECTRUM, ensemble, train, validation, None,
-                       TrainRequest(target="dos", name="latent"), tmp_path)
+                       TrainRequest(target="dos", name="latent"), tmp_path, device=torch.device("cpu"))
     reconstructed = autoencoder(torch.cat([item.y for item in validation]))
     assert metrics["autoencoder_mae"] == pytest.approx(
         (reconstructed - torch.cat([item.y for item in validation])).abs().mean().item())

@@ -1,22 +1,31 @@
 """Training on real data: deduplicated splits, deterministic ensembles, metrics, baselines."""
 
 import time
+from itertools import pairwise, permutations
 
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import func, select
 
 from tests.conftest import charged_perovskite_cifs, perovskite_rows, write_csv
+from tests.dft_helpers import LATTICE, l12
+from workbench.errors import InputError, NotFound
 from workbench.featurize import Featurizer, featurize_structures
-from workbench.io.importer import import_file
+from workbench.io.entries import Entry, Label
+from workbench.io.importer import import_entries, import_file
 from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
-from workbench.store.schema import TargetKind
+from workbench.settings import Settings
+from workbench.store.engine import session_scope
+from workbench.store.schema import Graph, TargetKind
+from workbench.structures.crystal import Crystal
 from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
 from workbench.train.config import TrainConfig, available_cores
 from workbench.train.dataset import load_labeled_graphs
 from workbench.train.ensemble import Ensemble, train_ensemble
 from workbench.train.metrics import band_gap, per_site_metrics, scalar_metrics, spectrum_metrics
+from workbench.train.pipeline import MIN_LABELS, TrainRequest, train_and_register
 from workbench.train.splits import grouped_split
 
 FEATURIZER = Featurizer()
@@ -30,6 +39,46 @@ def perovskites(engine, tmp_path):
     import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
     featurize_structures(engine, FEATURIZER)
     return load_labeled_graphs(engine, "heat_ref", FEATURIZER)
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, mlflow_uri) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
+
+
+def _store_labeled(engine, crystals: dict) -> None:
+    """Import ``{name: atoms}``, each labeled ``toy.value`` (its index)."""
+    entries = [Entry(row=name, external_id=name, crystal=Crystal.from_ase(atoms),
+                     labels={"toy.value": Label(TargetKind.SCALAR, float(index), "eV")})
+               for index, (name, atoms) in enumerate(crystals.items())]
+    import_entries(engine, entries, source="test", file="tests", options=ReadOptions())
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_bad_request_is_refused_before_any_structure_is_featurized(engine, settings):
+    _store_labeled(engine, {f"{a}3{b}": l12(a, b) for a, b in pairwise(LATTICE)})
+
+    def train(**request) -> None:
+        train_and_register(engine, settings, TrainRequest(name="toy", device="cpu", workers=1, **request))
+
+    with pytest.raises(InputError, match="pooling 'max' is not one of mean, sum") as refused:
+        train(target="toy.value", pooling="max")
+    assert refused.value.field == "pooling"
+    with pytest.raises(NotFound, match="no target named 'toy.gap' in the store"):
+        train(target="toy.gap")
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Graph)) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_labels_that_leave_no_training_structure_are_refused_by_name(engine, settings):
+    """10 distinct alloys: a test half and a validation 45 % take whole groups, 5 each."""
+    _store_labeled(engine, {f"{a}3{b}": l12(a, b) for a, b in list(permutations(LATTICE, 2))[:MIN_LABELS]})
+    request = TrainRequest(target="toy.value", name="toy", device="cpu", workers=1, test_fraction=0.5,
+                           validation_fraction=0.45)
+    with pytest.raises(InputError, match="10 labeled structures fall in 10 dedup groups") as refused:
+        train_and_register(engine, settings, request)
+    assert refused.value.field == "validation_fraction"
 
 
 def test_grouped_split_keeps_duplicates_together():
@@ -180,7 +229,7 @@ def test_each_target_kind_has_one_complete_entry(kind, tmp_path):
     data = _emt_labeled(kind)
     ensemble, _ = train_ensemble(config, kind, data[:7], data[7:], TrainConfig(members=2, epochs=2, batch_size=4),
                                  device=torch.device("cpu"))
-    metrics = evaluate(kind, ensemble, data[:7], data[7:], None, request, tmp_path)
+    metrics = evaluate(kind, ensemble, data[:7], data[7:], None, request, tmp_path, device=torch.device("cpu"))
     assert np.isfinite(metrics["mae"]) and any(key.startswith("baseline_") for key in metrics)
     assert (tmp_path / spec.plot_file).stat().st_size > 0
 

@@ -19,7 +19,7 @@ import torch
 from workbench.featurize.data import CrystalGraphData
 from workbench.models import CrystalModel
 from workbench.models.dos_autoencoder import DOSAutoencoder, fit_dos_autoencoder
-from workbench.models.heads import HEADS, Head, SpectrumHead
+from workbench.models.heads import HEADS, POOLING, Head, SpectrumHead
 from workbench.store.schema import TargetDefinition, TargetKind
 from workbench.train.baselines import CompositionBaseline, ElementAverageBaseline, MeanBaseline
 from workbench.train.config import TrainConfig
@@ -120,7 +120,7 @@ class ScalarKind(TargetKindSpec):
 
     def baselines(self, train, test, request):
         y_train = np.array([item.y.item() for item in train])
-        composition = CompositionBaseline(extensive=request.pooling == "sum").fit(
+        composition = CompositionBaseline(extensive=POOLING[request.pooling].extensive).fit(
             [item.atomic_numbers.numpy() for item in train], y_train)
         return {"mean": np.full(len(test), y_train.mean()),
                 "composition": composition.predict([item.atomic_numbers.numpy() for item in test])}

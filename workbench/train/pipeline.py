@@ -29,6 +29,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.models import ModelConfig, needs_triplets, with_atom_feature_size
 from workbench.models.architectures import DEFAULT_ARCHITECTURE
+from workbench.models.heads import POOLING
 from workbench.models.model import check_atom_features
 from workbench.models.prior import PriorFit, composition_of
 from workbench.settings import Settings
@@ -65,6 +66,8 @@ from workbench.train.registry import (
 from workbench.train.splits import grouped_split
 
 PREDICT_CHUNK = 1000
+# The fewest labels train_and_register accepts: it holds out validation and test structures.
+MIN_LABELS = 10
 
 
 @dataclass(frozen=True)
@@ -116,28 +119,31 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     ensemble's members in parallel (e.g. on a Dask cluster), else ``request.workers``
     processes here do. ``on_epoch`` and ``on_member`` report progress
     (:func:`~workbench.train.ensemble.train_ensemble`)."""
-    check_atom_features(request.architecture, request.featurizer.atom_features)
+    check_request(engine, request)
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
     labeled = load_labeled_graphs(engine, request.target, featurizer,
                                   triplets=needs_triplets(request.architecture))
-    if len(labeled.data) < 10:
-        raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; need 10 or more")
+    if len(labeled.data) < MIN_LABELS:
+        raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; "
+                         f"need {MIN_LABELS} or more")
     definition = _definition(engine, request.target)
-    if request.train.latent_neighbours and not KINDS[labeled.kind].one_row_per_crystal:
-        raise InputError(f"target {request.target!r} is a {labeled.kind.value} target: its spread is per site, and "
-                         "latent neighbours give one distance per crystal (scalar and spectrum targets only)",
-                         field="latent_neighbours")
     if request.prior:
         attach_prior(engine, request.prior, labeled.structure_ids, labeled.data, target=request.target,
                      kind=labeled.kind)
     split = grouped_split(labeled.structure_ids, labeled.dedup_keys, validation=request.validation_fraction,
                           test=request.test_fraction, seed=request.split_seed)
+    if not split.train:
+        raise InputError(f"target {request.target!r}: its {len(labeled.data)} labeled structures fall in "
+                         f"{len(set(labeled.dedup_keys))} dedup groups, and the validation and test splits take "
+                         "them all (a group never straddles two splits); label more distinct structures",
+                         field="validation_fraction")
     train, validation, test = (labeled.subset(ids) for ids in (split.train, split.validation, split.test))
     backbone = with_atom_feature_size(request.architecture, request.backbone, featurizer)
     spec = KINDS[labeled.kind]
-    prior = fit_prior(request.prior, train, per_atom=request.pooling == "mean") if request.prior else None
+    prior = (fit_prior(request.prior, train, per_atom=not POOLING[request.pooling].extensive)
+             if request.prior else None)
     model_config = ModelConfig(request.architecture, spec.head, request.target, featurizer.key, backbone=backbone,
                                head_options=spec.head_options(definition, request),
                                prior=asdict(prior) if prior else None)
@@ -165,7 +171,8 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
                 mlflow.log_metrics({f"member{member}.train_loss": loss, f"member{member}.validation_loss": val,
                                     f"member{member}.learning_rate": rate}, step=epoch)
             mlflow.log_metric(f"member{member}.seconds_per_epoch", history.seconds / max(len(history.train_loss), 1))
-        metrics = evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir) if test else {}
+        metrics = (evaluate(labeled.kind, ensemble, train, test, definition.grid, request, workdir, device=device)
+                   if test else {})
         if prior and test:
             metrics |= prior_metrics(prior, test)
         metrics |= cost_metrics(ensemble, histories)
@@ -186,7 +193,25 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     return TrainResult(model_version_id, request.name, registry_version, run_id, aliases, metrics)
 
 
-def _definition(engine: Engine, target: str) -> TargetDefinition:
+def check_request(engine: Engine, request: TrainRequest) -> None:
+    """Refuse what ``request`` gets wrong before any structure is featurized (minutes of
+    work for pretrained atom features)."""
+    check_atom_features(request.architecture, request.featurizer.atom_features)
+    if request.pooling not in POOLING:
+        raise InputError(f"pooling {request.pooling!r} is not one of {', '.join(POOLING)}", field="pooling")
+    definition = _definition(engine, request.target)
+    if definition is None:
+        raise NotFound(f"no target named {request.target!r} in the store")
+    if request.train.latent_neighbours and not KINDS[definition.kind].one_row_per_crystal:
+        raise InputError(f"target {request.target!r} is a {definition.kind.value} target: its spread is per site, "
+                         "and latent neighbours give one distance per crystal (scalar and spectrum targets only)",
+                         field="latent_neighbours")
+    if request.prior and definition.kind != TargetKind.SCALAR:
+        raise InputError(f"target {request.target!r} is a {definition.kind.value} target; a prior is for scalar "
+                         "targets only", field="prior")
+
+
+def _definition(engine: Engine, target: str) -> TargetDefinition | None:
     with session_scope(engine) as session:
         return session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
 
@@ -257,11 +282,11 @@ def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 def evaluate(kind: TargetKind, ensemble: Ensemble, train: list, test: list, grid: np.ndarray | None,
-             request: TrainRequest, workdir: Path) -> dict[str, float]:
-    """Test metrics of the ensemble and of the kind's baselines (``baseline_<name>.mae``),
-    and the kind's plot in ``workdir``."""
+             request: TrainRequest, workdir: Path, *, device: torch.device) -> dict[str, float]:
+    """Test metrics of the ensemble (predicting on ``device``) and of the kind's baselines
+    (``baseline_<name>.mae``), and the kind's plot in ``workdir``."""
     spec = KINDS[kind]
-    mean, std = (tensor.numpy() for tensor in ensemble.predict(test))
+    mean, std = (tensor.numpy() for tensor in ensemble.predict(test, device=device))
     y = torch.cat([item.y for item in test]).numpy()
     metrics = spec.metrics(y, mean, std, test=test, grid=grid, ensemble=ensemble)
     for name, prediction in spec.baselines(train, test, request).items():

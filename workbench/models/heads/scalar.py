@@ -1,12 +1,26 @@
 """Scalar head: pool atom features, then a small MLP to one number per crystal."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
 from workbench.models.heads.base import Head
 
-POOLING = {"mean": global_mean_pool, "sum": global_add_pool}
+
+@dataclass(frozen=True)
+class Pooling:
+    """How atom features become one vector per crystal, and what that says of the target:
+    ``extensive`` targets grow with the cell (energy per cell), the others do not (a band
+    gap, energy per atom)."""
+
+    function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    extensive: bool
+
+
+POOLING = {"mean": Pooling(global_mean_pool, extensive=False), "sum": Pooling(global_add_pool, extensive=True)}
 
 
 def mlp(in_channels: int, hidden: int, layers: int, out_channels: int) -> nn.Sequential:
@@ -39,7 +53,7 @@ class ScalarHead(Head):
 
     def __init__(self, in_channels: int, pooling: str = "mean", hidden: int = 128, layers: int = 1):
         super().__init__()
-        self.pool = POOLING[pooling]
+        self.pool = POOLING[pooling].function
         self.mlp = mlp(in_channels, hidden, layers, 1)
 
     def embed(self, atom_features: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ class SpectrumHead(Head):
     def __init__(self, in_channels: int, bins: int, pooling: str = "mean", hidden: int = 256, layers: int = 2,
                  latent: int | None = None, autoencoder_hidden: Sequence[int] = AUTOENCODER_HIDDEN):
         super().__init__()
-        self.pool = POOLING[pooling]
+        self.pool = POOLING[pooling].function
         self.bins, self.latent, self.autoencoder_hidden = bins, latent, tuple(autoencoder_hidden)
         self.mlp = mlp(in_channels, hidden, layers, latent or bins)
         self.decoder = spectrum_decoder(latent, autoencoder_hidden, bins).requires_grad_(False) if latent else None
