@@ -1,13 +1,16 @@
 """Train, register in MLflow, predict into the store, and load the champion in a fresh process."""
 
+import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from packaging.utils import canonicalize_name
 from sqlalchemy import func, select
 
 from tests.conftest import perovskite_rows, write_csv
@@ -23,6 +26,25 @@ from workbench.train.config import TrainConfig
 from workbench.train.pipeline import TrainRequest, predict_into_store, train_and_register
 
 QUICK = TrainConfig(members=2, epochs=3, patience=2, batch_size=32, learning_rate=3e-3)
+
+
+def imported_distributions() -> list[list[str]]:
+    """Run in the process that loaded a model: for each third-party package a loaded
+    workbench module imports at its top, the distributions that provide it."""
+    import ast
+    import importlib.metadata
+
+    providers = importlib.metadata.packages_distributions()
+    packages = set()
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] == "workbench" and getattr(module, "__file__", None):
+            for node in ast.parse(Path(module.__file__).read_text()).body:
+                if isinstance(node, ast.Import):
+                    packages |= {alias.name.partition(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    packages.add(node.module.partition(".")[0])
+    return sorted(providers[package] for package in packages
+                  if package not in sys.stdlib_module_names and package != "workbench")
 
 
 @pytest.fixture
@@ -83,11 +105,20 @@ def test_train_register_predict_and_load_the_champion(engine, settings, rows, tm
         "again = model.predict([Structure.from_str(cif, fmt='cif') for cif in cifs])\n"
         "assert (out['mean'] - again['mean']).abs().max() < 1e-5\n"
         "print(out.to_json(orient='records'))\n"
+        f"from pathlib import Path\n{inspect.getsource(imported_distributions)}"
+        "print(json.dumps({'sevenn': 'sevenn' in sys.modules, 'imports': imported_distributions()}))\n"
     )
     cifs = [row["cif"] for row in unlabeled[:3]]
     result = subprocess.run([sys.executable, "-c", script], input=json.dumps(cifs), capture_output=True,
                             text=True, check=True, cwd=tmp_path)
-    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    *_, predictions, loaded = result.stdout.strip().splitlines()
+    fresh = json.loads(predictions)
+    # The model's declared requirements cover what loading it imported; SevenNet's are not needed.
+    loaded = json.loads(loaded)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/perov-heat@champion")).read_text()
+    listed = {canonicalize_name(line.partition("==")[0]) for line in requirements.splitlines()}
+    assert not loaded["sevenn"]
+    assert [providers for providers in loaded["imports"] if not listed & set(map(canonicalize_name, providers))] == []
     with session_scope(engine) as session:
         stored = session.execute(
             select(Prediction.mean, Prediction.std).join(StructureSource, StructureSource.structure_id == Prediction.structure_id)

@@ -120,12 +120,12 @@ class ModelSettings(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone_options(cls, options: dict, info: ValidationInfo) -> dict:
-        from workbench.models.model import BACKBONES
+        from workbench.models.model import backbone_classes
 
         architecture = info.data.get("architecture")
         if architecture is None:  # refused above
             return options
-        known = {option.name for option in fields(BACKBONES[architecture][1])}
+        known = {option.name for option in fields(backbone_classes(architecture)[1])}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"{architecture} has no option {', '.join(map(repr, unknown))}; "

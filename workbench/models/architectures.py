@@ -1,6 +1,6 @@
 """The architectures a model can be built on, by name: where each backbone and its config
 live. Kept free of torch, so that the command line lists the names and takes its default
-from here without importing torch; :data:`workbench.models.model.BACKBONES` loads them."""
+from here without importing torch; :func:`workbench.models.model.backbone_classes` loads them."""
 
 import importlib
 from typing import NamedTuple

@@ -25,8 +25,15 @@ if TYPE_CHECKING:  # the featurizer pulls in pymatgen (2 s); featurizer_for impo
     from workbench.featurize.featurizer import Featurizer
 
 SAVE_FORMAT = 1
-# Name -> (backbone class, its config class), loaded from the light registry of names.
-BACKBONES = {name: architecture.load() for name, architecture in ARCHITECTURES.items()}
+
+
+def backbone_classes(architecture: str) -> tuple[type, type]:
+    """The backbone class of ``architecture`` and its config class, imported when first
+    asked for: SevenNet's pulls in ``sevenn`` and ``e3nn``, which a model on another
+    backbone must not need where it is served."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture].load()
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class ModelConfig:
     """Everything needed to rebuild a model.
 
     Attributes:
-        architecture: a key of ``BACKBONES``.
+        architecture: a key of :data:`~workbench.models.architectures.ARCHITECTURES`.
         head: a key of ``HEADS`` (``scalar``, ``spectrum`` or ``per_site``).
         target: the target it predicts.
         featurizer_key: the featurizer whose graphs it reads.
@@ -62,16 +69,14 @@ class MissingPrior(WorkbenchError, ValueError):
 def needs_triplets(architecture: str) -> bool:
     """Whether the backbone reads bond-angle triplets, which graphs then get on loading
     (a backbone says so with a ``needs_triplets = True`` class attribute)."""
-    if architecture not in BACKBONES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(BACKBONES)}")
-    return getattr(BACKBONES[architecture][0], "needs_triplets", False)
+    return getattr(backbone_classes(architecture)[0], "needs_triplets", False)
 
 
 def graph_for(architecture: str) -> GraphConfig:
     """The graph settings of the featurizer a backbone reads: its ``graph`` class attribute
     where it declares one (SevenNet needs every neighbour within its cutoff), else the
     defaults."""
-    return getattr(BACKBONES[architecture][0], "graph", None) or GraphConfig()
+    return getattr(backbone_classes(architecture)[0], "graph", None) or GraphConfig()
 
 
 def reads_atom_features(architecture: str) -> bool:
@@ -86,7 +91,7 @@ def check_atom_features(architecture: str, atom_features: str) -> None:
     if atom_features != DEFAULT_ATOM_FEATURES and not reads_atom_features(architecture):
         raise InputError(f"{architecture} embeds atomic numbers and reads no atom features: "
                          f"atom features {atom_features!r} would be computed and ignored; use an architecture "
-                         f"that reads them ({', '.join(name for name in BACKBONES if reads_atom_features(name))})",
+                         f"that reads them ({', '.join(name for name in ARCHITECTURES if reads_atom_features(name))})",
                          field="atom_features")
 
 
@@ -113,7 +118,7 @@ def with_atom_feature_size(architecture: str, backbone: dict, featurizer: "Featu
 
 
 def _backbone_defaults(architecture: str) -> dict:
-    return {option.name: option.default for option in fields(BACKBONES[architecture][1])}
+    return {option.name: option.default for option in fields(backbone_classes(architecture)[1])}
 
 
 class FeaturizerMismatch(WorkbenchError, ValueError):
@@ -124,7 +129,7 @@ class CrystalModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        backbone_class, backbone_config = BACKBONES[config.architecture]
+        backbone_class, backbone_config = backbone_classes(config.architecture)
         self.backbone = backbone_class(backbone_config(**config.backbone))
         self.head = HEADS[config.head](self.backbone.out_channels, **config.head_options)
         self.register_buffer("target_shift", torch.tensor(0.0))

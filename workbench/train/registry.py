@@ -27,7 +27,7 @@ from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.io.structure_text import parse_structure_text
 from workbench.models import needs_triplets
-from workbench.models.model import BACKBONES, MissingPrior
+from workbench.models.model import MissingPrior, backbone_classes
 from workbench.models.prior import PriorFit
 from workbench.settings import Settings
 from workbench.structures.crystal import Crystal
@@ -37,7 +37,7 @@ from workbench.train.kinds import kind_of_head
 CHAMPION, CHALLENGER = "champion", "challenger"
 PRIOR_COLUMN = "prior"  # the pyfunc input column of a model with a prior
 REQUIREMENTS = ("torch", "torch-geometric", "numpy", "pandas", "pymatgen", "ase", "gemmi", "moyopy",
-                "sqlalchemy", "scipy")
+                "sqlalchemy", "scipy", "matplotlib", "pydantic", "pydantic-settings")
 
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
@@ -116,7 +116,7 @@ def requirements(ensemble: Ensemble, featurizer: Featurizer) -> list[str]:
     """The packages the pyfunc model needs: the workbench's own, those its backbone declares
     (``requirements``, e.g. SevenNet's ``sevenn``) and the package of its pretrained atom
     features."""
-    backbone = BACKBONES[ensemble.config.architecture][0]
+    backbone = backbone_classes(ensemble.config.architecture)[0]
     pretrained = (featurizer.pretrained.package,) if featurizer.pretrained else ()
     return list(dict.fromkeys([*REQUIREMENTS, *getattr(backbone, "requirements", ()), *pretrained]))
 
