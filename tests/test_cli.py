@@ -2,13 +2,22 @@
 command as a message and an exit code, and help shows the library's own defaults."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from typer.testing import CliRunner
 
+from tests.conftest import perovskite_rows, write_csv
+from workbench.cli import app
 from workbench.featurize.config import GraphConfig
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from workbench.store import migrate
+from workbench.store.engine import make_engine
 from workbench.train.config import TrainConfig
 
 HEAVY = ("torch", "pymatgen", "mlflow", "prefect", "scipy", "alembic")
@@ -60,3 +69,62 @@ def test_a_bad_setting_is_a_message(run_cli, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DASK_WORKERS", "many")
     refused = run_cli("status", expect=1).output
     assert refused.startswith("WORKBENCH_DASK_WORKERS: ") and "Traceback" not in refused
+
+
+def run_on(url: str, home, *args: str):
+    """``workbench ...`` in-process against the store at ``url``, exceptions included."""
+    env = {"WORKBENCH_DATABASE_URL": url, "WORKBENCH_HOME": str(home)}
+    return CliRunner().invoke(app, [str(arg) for arg in args], env=env, catch_exceptions=False)
+
+
+def test_a_store_behind_the_code_is_refused_until_init(tmp_path):
+    """A store one migration behind (after the package was upgraded) is refused with what
+    to do, not run into a missing table or column; `init` upgrades it and it works again."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert run_on(url, tmp_path / "home", "init").exit_code == 0
+    labeled = write_csv(tmp_path / "labeled.csv", perovskite_rows(2), ["material_id", "cif", "dir_gap"])
+    assert run_on(url, tmp_path / "home", "import", labeled, "--jobs", "1").exit_code == 0
+    engine = make_engine(url)
+    try:  # the store as the previous release left it, with its rows
+        scripts = ScriptDirectory.from_config(migrate.alembic_config(engine))
+        previous = scripts.get_revision(migrate.head_revision()).down_revision
+        migrate.downgrade(engine, previous)
+    finally:
+        engine.dispose()
+    with socket.socket() as taken:  # serve must refuse before it listens: here it could not
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args in (["export-ase", tmp_path / "out.db"], ["status"], ["serve", "--port", port]):
+            refused = run_on(url, tmp_path / "home", *args)
+            assert refused.exit_code == 1, args
+            assert f"has schema {previous}, older than this workbench's {migrate.SCHEMA_REVISION}: " \
+                   "run `workbench init` to upgrade it." in " ".join(refused.output.split()), args
+    assert run_on(url, tmp_path / "home", "init").exit_code == 0
+    exported = run_on(url, tmp_path / "home", "export-ase", tmp_path / "out.db")
+    assert exported.exit_code == 0 and "Wrote 2 rows" in exported.output
+
+
+def test_a_store_from_a_newer_workbench_is_refused(tmp_path):
+    """A revision this workbench's migrations do not have: `init` could not help."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = 'from_the_future'"))
+    finally:
+        engine.dispose()
+    refused = run_on(url, tmp_path / "home", "status")
+    assert refused.exit_code == 1
+    assert "has schema from_the_future, from a newer workbench" in " ".join(refused.output.split())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_the_default_jobs_are_the_cores_this_process_may_use():
+    """Under a one-core allocation (taskset, SLURM) on a bigger machine, --jobs defaults to 1."""
+    one_core = min(os.sched_getaffinity(0))
+    code = "from workbench.cli.shared import DEFAULT_JOBS; print(DEFAULT_JOBS)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {one_core}))
+    assert done.stdout.strip() == "1"

@@ -36,6 +36,12 @@ def test_up_down_up_without_drift(empty_database_url):
         engine.dispose()
 
 
+def test_the_revision_commands_expect_is_the_head():
+    """Commands check a store against ``SCHEMA_REVISION`` without Alembic: a new migration
+    must move it too."""
+    assert migrate.SCHEMA_REVISION == migrate.head_revision()
+
+
 def test_models_cover_every_table(engine):
     assert set(Base.metadata.tables) == USER_TABLES
     with engine.connect() as connection:

@@ -2,6 +2,8 @@
 ``candidates.where``) run read-only as one statement, and bad SQL is an error naming
 where the condition came from."""
 
+import json
+
 import pytest
 from ase.build import bulk
 from sqlalchemy import func, select
@@ -52,6 +54,13 @@ def test_campaign_candidates_where_is_read_only(engine, crystals):
     with pytest.raises(InputError, match="campaign 'broken': candidates.where 'formula = = 1': SQL error"):
         candidate_ids(engine, broken)
     assert count_structures(engine) == 3
+
+
+def test_sql_json_writes_numeric_results(run_cli, crystals):
+    """PostgreSQL's ``avg`` of an integer column is ``numeric`` (a Decimal in Python): a
+    number in JSON, as SQLite's float is."""
+    query = "SELECT avg(nsites) / 4 AS quarter, count(*) AS n FROM structures"
+    assert json.loads(run_cli("sql", query, "--format", "json").stdout) == [{"quarter": 0.25, "n": 3}]
 
 
 def test_dft_run_where_errors_are_messages(run_cli, engine, crystals):

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.shared import app, console, invocation
-from workbench.errors import InputError, NotFound
+from workbench.errors import InputError
 
 # Addresses only this machine can reach: no token needed there.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -35,8 +35,7 @@ def serve(
     url = settings.readonly_database_url or settings.database_url
     engine = read_only_engine(url)
     shown = make_url(url).render_as_string(hide_password=True)
-    if migrate.current_revision(engine) is None:
-        raise NotFound(f"No workbench store at {shown}: run `workbench init` first.")
+    migrate.require_current(engine, shown)
 
     def aliases() -> dict[str, dict[str, int]]:
         return registry_aliases(settings.mlflow_tracking_uri, sorted({line.name for line in model_lines(engine)}))

@@ -7,7 +7,6 @@ inside the command bodies, so that ``workbench --help`` or ``workbench sql`` sta
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -21,7 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
-from workbench.errors import InputError, NotFound, WorkbenchError
+from workbench.errors import InputError, WorkbenchError
+from workbench.train.config import available_cores
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 # (``sql --format csv``, ``replay --json``).
 console = Console(stderr=True, soft_wrap=True)
 
-DEFAULT_JOBS = os.cpu_count() or 1
+# The cores this process may use (a SLURM or taskset allocation), not the machine's.
+DEFAULT_JOBS = available_cores()
 # How commands that work on stored structures are told which ones.
 StructureIdsOption = Annotated[str, typer.Option("--ids", help="Comma-separated structure ids.")]
 WhereOption = Annotated[str, typer.Option(
@@ -71,12 +72,12 @@ class Invocation:
 
     @cached_property
     def engine(self) -> Engine:
-        """The store; one that was never initialised is an error (checked once)."""
+        """The store; one that was never initialised, or whose schema is not this code's,
+        is an error (checked once)."""
         from workbench.store import migrate
 
         engine = self._open(self.settings.database_url)
-        if migrate.current_revision(engine) is None:
-            raise NotFound(f"No workbench store at {self.shown_url}: run `workbench init` first.")
+        migrate.require_current(engine, self.shown_url)
         return engine
 
     def new_engine(self) -> Engine:

@@ -3,6 +3,7 @@
 import csv
 import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -127,7 +128,8 @@ def sql(
         writer.writerow(result.columns)
         writer.writerows(rows)
     elif format == "json":
-        print(json.dumps([dict(zip(result.columns, row, strict=True)) for row in rows], indent=1))
+        print(json.dumps([dict(zip(result.columns, row, strict=True)) for row in rows], indent=1,
+                         default=_json_value))
     else:
         table = Table(*result.columns)
         for row in rows:
@@ -141,6 +143,12 @@ def _plain(value):
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+def _json_value(value):
+    """What JSON has no type for: PostgreSQL's ``numeric`` (``avg``, ``sum``, ``round``)
+    arrives as a Decimal and is a number; anything else is its text, as in the table."""
+    return float(value) if isinstance(value, Decimal) else str(value)
 
 
 @app.command()

@@ -11,11 +11,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect, text
 
+from workbench.errors import NotFound, WorkbenchError
+
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 # Prefect and MLflow keep their own `alembic_version`; ours must not collide with them.
 VERSION_TABLE = "workbench_alembic_version"
+# The newest migration (Alembic's head), written here so that checking a store's schema
+# needs no Alembic; tests/test_migrations.py asserts that it is the head.
+SCHEMA_REVISION = "0005"
 
 
 def migrations_directory() -> Path:
@@ -71,10 +77,31 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
-def head_revision() -> str | None:
+def _scripts() -> "ScriptDirectory":
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str | None:
+    return _scripts().get_current_head()
+
+
+def require_current(engine: Engine, shown_url: str) -> None:
+    """Refuse a store that was never created or whose schema is not this code's, with what
+    to do (one query; Alembic is imported only to word a refusal)."""
+    revision = current_revision(engine)
+    if revision is None:
+        raise NotFound(f"No workbench store at {shown_url}: run `workbench init` first.")
+    if revision == SCHEMA_REVISION:
+        return
+    # A revision among our scripts is older than the head, which `init` upgrades; any other
+    # was written by a newer workbench, whose migrations this one does not have.
+    if revision in {script.revision for script in _scripts().walk_revisions()}:
+        raise WorkbenchError(f"The store at {shown_url} has schema {revision}, older than this "
+                             f"workbench's {SCHEMA_REVISION}: run `workbench init` to upgrade it.")
+    raise WorkbenchError(f"The store at {shown_url} has schema {revision}, from a newer workbench "
+                         f"than this one (schema {SCHEMA_REVISION}): upgrade workbench.")
