@@ -139,6 +139,42 @@ def test_conflicting_label_for_a_stored_structure_is_refused(engine, tmp_path, r
         assert session.scalar(select(func.count()).select_from(StructureSource)) == 2
 
 
+def test_a_skipped_entry_leaves_nothing_that_later_entries_see(engine, tmp_path, rows):
+    row = rows[0]
+    write_csv(tmp_path / "stored.csv", [row], ["material_id", "cif", "heat_ref"])
+    import_file(engine, tmp_path / "stored.csv", source="a", options=ReadOptions())
+    # Two more ids of the stored crystal: the first conflicts on heat_ref after giving
+    # dir_gap and a new target ind_gap; the second gives the same dir_gap, and only that.
+    conflicting = dict(row, material_id="conflicting", heat_ref=str(float(row["heat_ref"]) + 1))
+    same = dict(row, material_id="same", heat_ref="", ind_gap="")
+    columns = ["material_id", "cif", "dir_gap", "ind_gap", "heat_ref"]
+    path = write_csv(tmp_path / "later.csv", [conflicting, same], columns)
+    report = import_file(engine, path, source="b", options=ReadOptions(), skip_bad=True)
+    assert [error.row for error in report.skipped] == ["row 1 (id conflicting)"]
+    assert (report.new_labels, report.unchanged_labels) == (1, 0)
+    with session_scope(engine) as session:
+        labels = dict(session.execute(
+            select(TargetDefinition.name, TargetValue.value).join(TargetValue)).all())
+        names = set(session.scalars(select(TargetDefinition.name)))
+    assert labels == {"heat_ref": float(row["heat_ref"]), "dir_gap": float(row["dir_gap"])}
+    assert names == {"heat_ref", "dir_gap"}  # ind_gap came only from the skipped entry
+
+
+@pytest.mark.parametrize("grid", [False, True], ids=["no grid", "grid"])
+def test_a_spectrum_that_is_one_number_is_skipped_and_does_not_define_the_target(grid, engine, tmp_path):
+    path = tmp_path / "dos.db"
+    _ase_db_with_labels(path, [{"dos": 0.5}, {"dos": np.ones(300)}], per_site=False)
+    options = ReadOptions(grids={"dos": (np.linspace(-5, 10, 300), "eV")} if grid else {})
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=options)
+    [error] = failure.value.errors
+    assert (error.row, error.field) == ("row id 1", "dos") and "shape (), expected a 1-d array" in str(error)
+    report = import_file(engine, path, source="s", options=options, skip_bad=True)
+    assert report.new_structures == 1 and [e.row for e in report.skipped] == ["row id 1"]
+    with session_scope(engine) as session:
+        assert session.scalar(select(TargetDefinition.length).where(TargetDefinition.name == "dos")) == 300
+
+
 def test_unreadable_files_name_the_file(engine, tmp_path):
     cases = {
         "notes.txt": "unknown file type",

@@ -1,5 +1,6 @@
 """Export to ASE databases: the ``ase db`` tool reads it, and re-importing loses nothing."""
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,19 @@ def test_export_cli(run_cli, engine, tmp_path):
     assert "Wrote 42 rows" in run_cli("export-ase", out).output
     run_cli("export-ase", out, expect=1)
     run_cli("export-ase", out, "--overwrite")
+
+
+def test_a_gzipped_json_export_round_trips(engine, empty_database_url, tmp_path):
+    fill_store(engine, tmp_path)
+    out = tmp_path / "export.json"
+    export_ase(engine, out)
+    packed = tmp_path / "export.json.gz"
+    packed.write_bytes(gzip.compress(out.read_bytes()))
+    fresh = make_engine(empty_database_url)
+    migrate.upgrade(fresh)
+    try:
+        report = import_file(fresh, packed, source="from-export", options=ReadOptions())
+        assert report.new_structures == 42 and not report.skipped
+        assert_same(snapshot(engine), snapshot(fresh))
+    finally:
+        fresh.dispose()

@@ -20,7 +20,9 @@ from tests.conftest import (
     PEROVSKITES,
     charged_perovskite_cifs,
     perovskite_rows,
+    write_csv,
 )
+from workbench.io.entries import ID_COLUMNS
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
 from workbench.store.engine import session_scope
@@ -237,3 +239,24 @@ def test_cif_charges_inside_a_csv_follow_the_target_mapping(engine, tmp_path):
                 options=ReadOptions(targets={"heat_ref": "heat_ref", "charges": "oxidation"}, units={"oxidation": "e"}))
     [oxidation] = labels_of(engine, "oxidation").values()
     np.testing.assert_allclose(oxidation, charges)
+
+
+def test_csv_column_empty_in_the_first_row_is_still_a_target(engine, tmp_path):
+    rows = perovskite_rows(3)
+    rows[0] = dict(rows[0], dir_gap="")  # a missing label, not a text column
+    path = write_csv(tmp_path / "gaps.csv", rows, ["material_id", "cif", "heat_ref", "dir_gap"])
+    import_file(engine, path, source="s", options=ReadOptions())
+    assert sorted(labels_of(engine, "dir_gap").values()) == sorted(float(row["dir_gap"]) for row in rows[1:])
+
+
+@pytest.mark.parametrize("id_key", ID_COLUMNS)
+def test_a_numeric_extxyz_frame_id_is_the_id_not_a_label(id_key, engine, tmp_path):
+    frames = [bulk("Cu", "fcc", a=3.61, cubic=True), bulk("Ni", "fcc", a=3.52, cubic=True)]
+    for frame, frame_id in zip(frames, ("1.1", "1.2"), strict=True):
+        frame.info[id_key] = float(frame_id)  # written as id=1.1, which ASE reads back as a float
+        frame.info["gap"] = 0.25
+    ase.io.write(tmp_path / "frames.extxyz", frames, format="extxyz")
+    import_file(engine, tmp_path / "frames.extxyz", source="s", options=ReadOptions())
+    with session_scope(engine) as session:
+        assert set(session.scalars(select(StructureSource.external_id))) == {"1.1", "1.2"}
+        assert set(session.scalars(select(TargetDefinition.name))) == {"gap"}

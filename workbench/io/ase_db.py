@@ -10,6 +10,7 @@ Export writes the same layout, with scalar targets as key-value pairs named
 re-importing an export restores everything.
 """
 
+import io
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +21,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from workbench.errors import InputError
-from workbench.io.entries import Entry, Label
+from workbench.io.entries import ID_COLUMNS, Entry, Label
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
@@ -53,14 +54,16 @@ def entries_from_atoms(
     entries = []
     for index, atoms in enumerate(frames, start=1):
         info = atoms.info
-        external_id = str(next((info[key] for key in ("material_id", "external_id", "id") if key in info),
-                               f"{stem}:{index}"))
+        id_key = next((key for key in ID_COLUMNS if key in info), None)
+        external_id = str(info[id_key]) if id_key else f"{stem}:{index}"
         row = f"{row_word} {index}"
         labels: dict[str, Label] = {}
         for name, values in atoms.arrays.items():
             if name not in STRUCTURAL_ARRAYS and np.issubdtype(values.dtype, np.number):
                 _add(labels, target_for, name, TargetKind.PER_SITE, np.array(values, dtype=float), "")
         for name, value in info.items():
+            if name == id_key:
+                continue  # a numeric id is the frame's id, not a label
             if isinstance(value, int | float | np.floating) and not isinstance(value, bool):
                 _add(labels, target_for, name, TargetKind.SCALAR, float(value), "")
         _add_calculator_results(labels, target_for, atoms.calc.results if atoms.calc else {})
@@ -68,8 +71,16 @@ def entries_from_atoms(
     return entries
 
 
-def read_ase_db(path: Path, target_for: TargetFor) -> list[Entry]:
-    database = ase.db.connect(str(path), type="json" if ".json" in path.name else "db")
+def read_ase_db(path: Path, target_for: TargetFor, *, json_text: str | None = None) -> list[Entry]:
+    """Entries of an ASE database: SQLite at ``path``, or JSON given as ``json_text``.
+
+    JSON comes as text because the caller has read it already, gunzipped where the name
+    ends in ``.gz``; ASE would open the path itself and cannot read gzip.
+    """
+    if json_text is None:
+        database = ase.db.connect(str(path), type="db")
+    else:
+        database = ase.db.connect(io.StringIO(json_text), type="json")
     definitions = database.metadata.get(METADATA_KEY, {}).get("targets", {})
     key_to_target = {spec["key"]: name for name, spec in definitions.items()}
     entries = []

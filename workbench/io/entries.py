@@ -8,6 +8,10 @@ from workbench.errors import InputError
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
+# Names under which a file gives an entry's own id (a CSV column, an extxyz frame's info
+# key), the first present wins. The value is the entry's id, never one of its labels.
+ID_COLUMNS = ("material_id", "external_id", "id", "jid", "name")
+
 
 @dataclass(frozen=True)
 class Label:

@@ -221,6 +221,7 @@ class StructureWriter:
         new_by_key: dict[str, list[tuple[_New, _Candidate]]] = {}
         planned: list[tuple[Checked, int | _New, bool, list[dict]]] = []
         for item in batch:
+            defined_before = set(self.targets)
             try:
                 labels = {name: self._checked_label(name, label, item)
                           for name, label in item.entry.labels.items()}
@@ -230,6 +231,7 @@ class StructureWriter:
                     ref = _New(len(new_items))
                 label_rows = self._label_rows(item, ref, mapping, labels, labelled, report)
             except InputError as error:
+                self._forget_targets(set(self.targets) - defined_before)
                 errors.append(error.located(row=item.entry.row))
                 continue
             if is_new:
@@ -320,6 +322,9 @@ class StructureWriter:
 
     def _checked_label(self, name: str, label: Label, item: Checked) -> Label:
         """The label checked against its target definition, which is created on first use."""
+        if label.kind is TargetKind.SPECTRUM and np.ndim(label.value) != 1:
+            # Before _define, which takes the spectrum's length from it.
+            raise InputError(f"spectrum has shape {np.shape(label.value)}, expected a 1-d array", field=name)
         definition = self.targets.get(name)
         if definition is None:
             definition = self._define(name, label)
@@ -333,7 +338,7 @@ class StructureWriter:
         if not np.isfinite(value).all():
             raise InputError("array holds NaN or infinite values", field=name)
         if label.kind is TargetKind.SPECTRUM:
-            if value.ndim != 1 or len(value) != definition.length:
+            if len(value) != definition.length:
                 raise InputError(
                     f"spectrum has shape {value.shape}, expected ({definition.length},)", field=name
                 )
@@ -357,13 +362,21 @@ class StructureWriter:
             description="",
             grid=grid if label.kind is TargetKind.SPECTRUM else None,
             grid_units=grid_units if label.kind is TargetKind.SPECTRUM and grid is not None else "",
-            length=len(value) if label.kind is TargetKind.SPECTRUM and value.ndim == 1 else None,
+            length=len(value) if label.kind is TargetKind.SPECTRUM else None,
             site_shape=list(value.shape[1:]) if label.kind is TargetKind.PER_SITE else None,
         )
         self.session.add(definition)
         self.session.flush()
         self.targets[name] = definition
         return definition
+
+    def _forget_targets(self, names: set[str]) -> None:
+        """Delete targets that a rejected entry defined: later entries must not be checked
+        against its kind, length or shape, and ``skip_bad`` must not commit them."""
+        for name in names:
+            self.session.delete(self.targets.pop(name))
+        if names:
+            self.session.flush()  # before a later entry defines the same name again
 
     def _existing_labels(self, structure_ids: set[int]) -> dict[tuple, "_LabelSeen"]:
         if not structure_ids:
@@ -381,8 +394,9 @@ class StructureWriter:
     def _label_rows(self, item: Checked, ref: int | _New, mapping: np.ndarray,
                     labels: dict[str, Label], labelled: dict, report: FileReport) -> list[dict]:
         """Rows to insert for an entry's labels; a label equal to the stored one is skipped,
-        a different one is a conflict. ``labelled`` learns the rows planned here."""
-        rows = []
+        a different one is a conflict. ``labelled`` and ``report`` learn of the rows planned
+        here only once all labels passed, so that a rejected entry leaves no trace."""
+        rows, seen, unchanged = [], {}, 0
         for name, label in labels.items():
             target = self.targets[name]
             value, array = None, None
@@ -396,7 +410,7 @@ class StructureWriter:
             previous = labelled.get((ref, target.id))
             if previous is not None:
                 if _same_value(previous, value, array):
-                    report.unchanged_labels += 1
+                    unchanged += 1
                     continue
                 raise InputError(
                     f"{name} is already {_describe_value(previous.value, previous.value_array)} "
@@ -406,8 +420,10 @@ class StructureWriter:
                 )
             row = {"target_id": target.id, "value": value, "value_array": array,
                    "source_file": self.file, "source_row": item.entry.row[:64]}
-            labelled[(ref, target.id)] = _LabelSeen(value, array, self.file, item.entry.row)
+            seen[(ref, target.id)] = _LabelSeen(value, array, self.file, item.entry.row)
             rows.append(row)
+        labelled.update(seen)
+        report.unchanged_labels += unchanged
         return rows
 
     def _source_row(self, source: str, external_id: str, structure_id: int) -> dict:

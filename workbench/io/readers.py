@@ -22,7 +22,7 @@ from pymatgen.core import Structure
 
 from workbench.errors import InputError
 from workbench.io.ase_db import entries_from_atoms, read_ase_db
-from workbench.io.entries import Entry, Label
+from workbench.io.entries import ID_COLUMNS, Entry, Label
 from workbench.io.structure_text import (
     CIF_SITE_COLUMNS,
     cif_blocks,
@@ -32,7 +32,6 @@ from workbench.io.structure_text import (
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
-ID_COLUMNS = ("material_id", "external_id", "id", "jid", "name")
 STRUCTURE_COLUMNS = {"cif": "cif", "poscar": "poscar", "structure": None}
 ID_PROP_COLUMN = "value"
 
@@ -178,9 +177,10 @@ def _read_extxyz(path: Path, options: ReadOptions) -> list[Entry]:
 
 
 def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
-    document = json.loads(read_text(path))
+    text = read_text(path)
+    document = json.loads(text)
     if isinstance(document, dict) and "nextid" in document:
-        return read_ase_db(path, options.target_for)
+        return read_ase_db(path, options.target_for, json_text=text)
     if isinstance(document, dict) and "lattice" in document and "sites" in document:
         items = [(path.stem, document)]
     elif isinstance(document, list):
@@ -293,15 +293,15 @@ def _csv_target_columns(
 ) -> dict[str, str]:
     if options.targets:
         return {column: target for column, target in options.targets.items() if column in columns}
-    first_values = next(
-        ({column: row[column] for column in columns if row.get(column)} for row in rows), {}
-    )
     targets = {}
     for column in columns:
         if column in reserved or not column.strip():
             continue  # unnamed columns are row indexes written by pandas
+        # The first filled cell decides, not the first row's: an empty cell is a missing
+        # label (see _read_csv), and must not hide the column's labels in every other row.
+        first_value = next((row[column] for row in rows if (row.get(column) or "").strip()), "")
         try:
-            float(first_values.get(column, ""))
+            float(first_value)
         except ValueError:
             continue
         targets[column] = column
