@@ -147,7 +147,7 @@ def test_the_models_prior_term_is_the_fit_over_a_batch(per_atom):
     cells = [[29, 29, 79], [79], [29, 13]]  # Al has no weight: it adds nothing
     batch = Batch.from_data_list([Data(atomic_numbers=torch.tensor(cell), num_nodes=len(cell)) for cell in cells])
     prior = torch.tensor([1.0, -1.0, 0.0])
-    term = fit.term(prior, batch.atomic_numbers, batch.batch, 3)
+    term = fit.term(prior, batch.atomic_numbers, batch.batch, 3, torch.as_tensor(fit.element_table(), dtype=torch.float32))
     expected = fit(prior.numpy(), [composition_of(cell) for cell in cells])
     np.testing.assert_allclose(term.numpy(), expected, rtol=1e-6)
 

@@ -134,6 +134,12 @@ class CrystalModel(nn.Module):
         self.head = HEADS[config.head](self.backbone.out_channels, **config.head_options)
         self.register_buffer("target_shift", torch.tensor(0.0))
         self.register_buffer("target_scale", torch.tensor(1.0))
+        self.prior = PriorFit(**config.prior) if config.prior else None
+        if self.prior:
+            # Built once and moved with the model, not filled element by element per batch;
+            # not saved: the config's fit rebuilds it.
+            self.register_buffer("prior_element_weights",
+                                 torch.as_tensor(self.prior.element_table(), dtype=torch.float32), persistent=False)
 
     def set_target_scaling(self, shift: float, scale: float) -> None:
         """Outputs are ``raw * scale + shift``, or ``raw * scale`` for a head that does not
@@ -149,16 +155,12 @@ class CrystalModel(nn.Module):
         """The predictions and the pooled representation ``(B, F)`` of :meth:`embed`, from
         one pass through the backbone."""
         atom_features = self.backbone(data)
-        return self._predict(data, atom_features), self.head.embed(atom_features, _batch_vector(data))
+        return self._predict(data, atom_features), self.head.embed(atom_features, batch_vector(data))
 
     def _predict(self, data, atom_features: torch.Tensor) -> torch.Tensor:
-        batch = _batch_vector(data)
+        batch = batch_vector(data)
         raw = self.head(atom_features, batch)
         return self.head.constrain(raw * self.target_scale + self.target_shift, batch, data) + self.prior_term(data)
-
-    @property
-    def prior(self) -> PriorFit | None:
-        return PriorFit(**self.config.prior) if self.config.prior else None
 
     def prior_term(self, data) -> torch.Tensor | float:
         """What the prior adds to each prediction (0 without a prior)."""
@@ -170,11 +172,11 @@ class CrystalModel(nn.Module):
             raise MissingPrior(f"model for target {self.config.target!r} adds its prior {prior.target!r} back: "
                                "its input graphs need that target's value (data.prior)")
         values = values.reshape(-1).float()
-        return prior.term(values, data.atomic_numbers, _batch_vector(data), len(values))
+        return prior.term(values, data.atomic_numbers, batch_vector(data), len(values), self.prior_element_weights)
 
     def embed(self, data) -> torch.Tensor:
         """The pooled crystal representation ``(B, F)`` the head reads (for diversity)."""
-        return self.head.embed(self.backbone(data), _batch_vector(data))
+        return self.head.embed(self.backbone(data), batch_vector(data))
 
     def check_featurizer(self, featurizer_key: str) -> None:
         if featurizer_key != self.config.featurizer_key:
@@ -197,7 +199,9 @@ class CrystalModel(nn.Module):
         return model
 
 
-def _batch_vector(data) -> torch.Tensor:
+def batch_vector(data) -> torch.Tensor:
+    """The crystal of each atom, ``(N,)``: a batch's ``batch``, or zeros for one graph
+    (which PyG gives none)."""
     batch = getattr(data, "batch", None)
     if batch is None:
         return torch.zeros(data.num_nodes, dtype=torch.long, device=data.x.device)

@@ -67,12 +67,18 @@ class PriorFit:
         weights = np.array([self.element_weights[element] for element in elements])
         return self.slope * np.asarray(prior, dtype=float) + self.intercept + columns @ weights
 
-    def term(self, prior: torch.Tensor, numbers: torch.Tensor, batch: torch.Tensor, graphs: int) -> torch.Tensor:
-        """The fit over a batch of graphs: ``prior`` ``(B,)``, the atoms' atomic
-        ``numbers`` ``(N,)`` and the graph each belongs to, ``batch`` ``(N,)``; ``(B,)``."""
-        table = torch.zeros(len(chemical_symbols), dtype=prior.dtype, device=prior.device)
+    def element_table(self) -> np.ndarray:
+        """The element weights by atomic number, ``(len(chemical_symbols),)``; 0 where none."""
+        table = np.zeros(len(chemical_symbols))
         for element, weight in self.element_weights.items():
             table[atomic_numbers[element]] = weight
+        return table
+
+    def term(self, prior: torch.Tensor, numbers: torch.Tensor, batch: torch.Tensor, graphs: int,
+             table: torch.Tensor) -> torch.Tensor:
+        """The fit over a batch of graphs: ``prior`` ``(B,)``, the atoms' atomic
+        ``numbers`` ``(N,)`` and the graph each belongs to, ``batch`` ``(N,)``, with
+        :meth:`element_table` as a tensor on their device; ``(B,)``."""
         per_graph = torch.zeros(graphs, dtype=prior.dtype, device=prior.device)
         composition = per_graph.index_add(0, batch, table[numbers])
         if self.per_atom:

@@ -41,6 +41,8 @@ MemberCallback = Callable[[int, MemberHistory], None]  # member, its history onc
 
 # Saved beside the member files: the ensemble's std scale and how it was set.
 CALIBRATION_FILE = "calibration.pt"
+# Crystals per forward pass where no gradients are kept (prediction, validation loss).
+INFERENCE_BATCH = 128
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -188,7 +190,7 @@ class Ensemble:
         return self.calibration.std_scale if self.calibration else 1.0
 
     @torch.no_grad()
-    def predict(self, data: list[CrystalGraphData], *, batch_size: int = 128,
+    def predict(self, data: list[CrystalGraphData], *, batch_size: int = INFERENCE_BATCH,
                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std over members, in target units: ``(B,)``, ``(B, bins)`` or ``(N[, k])``; the
         std includes the distance term where the calibration weighed one in."""
@@ -201,7 +203,7 @@ class Ensemble:
         return mean, std
 
     @torch.no_grad()
-    def embed(self, data: list[CrystalGraphData], *, batch_size: int = 128,
+    def embed(self, data: list[CrystalGraphData], *, batch_size: int = INFERENCE_BATCH,
               device: torch.device | None = None) -> torch.Tensor:
         """The members' pooled representations side by side: ``(B, members * F)``."""
         return self._outputs(data, batch_size, device, embed=True)[1]
@@ -235,7 +237,7 @@ class Ensemble:
         more, fit it together with ``distance_scale`` (:func:`fit_spread_scales`)."""
         weighs_distance = self.neighbours is not None and len(validation) >= enough
         # One pass through each member gives the raw spread and, where needed, the embeddings.
-        stacked, embeddings = self._outputs(validation, 128, device, embed=weighs_distance)
+        stacked, embeddings = self._outputs(validation, INFERENCE_BATCH, device, embed=weighs_distance)
         mean, std = _mean_and_spread(stacked)
         y = torch.cat([item.y.reshape(-1) for item in validation])
         spread = std.reshape(-1).double()
@@ -534,7 +536,7 @@ def _loss(model: CrystalModel, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss(model: CrystalModel, data: list[CrystalGraphData], device: torch.device,
-                  batch_size: int = 256) -> float:
+                  batch_size: int = INFERENCE_BATCH) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in DataLoader(data, batch_size=batch_size, shuffle=False):

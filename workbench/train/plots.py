@@ -6,6 +6,8 @@ import numpy as np
 from ase.data import chemical_symbols
 from matplotlib.figure import Figure  # no pyplot: no global figure state, no display needed
 
+SPECTRUM_PANELS = (2, 3)  # rows, columns of spectra in an overlay figure
+
 
 def parity_plot(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Path, *, title: str,
                 groups: np.ndarray | None = None) -> Path:
@@ -29,14 +31,13 @@ def parity_plot(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Path, *,
 
 
 def spectrum_overlays(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: Path, *, title: str,
-                      energies: np.ndarray | None = None, count: int = 6,
-                      labels: list[str] | None = None) -> Path:
-    """The first ``count`` spectra, truth against prediction with a ±std band; ``labels``
-    title each panel (e.g. the formula)."""
+                      energies: np.ndarray | None = None, labels: list[str] | None = None) -> Path:
+    """The first spectra (a panel each, :data:`SPECTRUM_PANELS`), truth against prediction
+    with a ±std band; ``labels`` title each panel (e.g. the formula)."""
     grid = energies if energies is not None else np.arange(y.shape[1])
     figure = Figure(figsize=(10, 5))
-    axes = figure.subplots(2, 3, sharex=True)
-    for axis, index in zip(axes.ravel(), range(min(count, len(y))), strict=False):
+    axes = figure.subplots(*SPECTRUM_PANELS, sharex=True)
+    for axis, index in zip(axes.ravel(), range(len(y)), strict=False):
         axis.plot(grid, y[index], "k", linewidth=1, label="DFT")
         axis.plot(grid, mean[index], "C1", linewidth=1, label="predicted")
         axis.fill_between(grid, mean[index] - std[index], mean[index] + std[index], color="C1", alpha=0.3)

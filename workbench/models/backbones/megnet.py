@@ -9,6 +9,7 @@ from torch_geometric.nn.aggr import Set2Set
 
 from workbench.models.layers import GaussianExpansion, MEGNetBlock
 from workbench.models.layers.megnet_block import dense_stack
+from workbench.models.model import batch_vector
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,7 @@ class MEGNet(nn.Module):
     def forward(self, data) -> torch.Tensor:
         x = self.atom_embedding(data.x)
         edge_attr = self.bond_embedding(self.expansion(data.edge_distance))
-        batch = getattr(data, "batch", None)
-        if batch is None:
-            batch = torch.zeros(data.num_nodes, dtype=torch.long, device=x.device)
+        batch = batch_vector(data)
         crystals = getattr(data, "num_graphs", 1)
         state = self.initial_state.expand(crystals, -1)
         for block in self.blocks:
