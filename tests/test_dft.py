@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.build import bulk
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from tests.dft_helpers import calculation_of, count_rows, cu3au, store_crystals, targets_of
 from workbench.dft.ingest import ingest_outputs
@@ -17,16 +19,28 @@ from workbench.dft.outputs import DOS_GRID, band_gaps, broadened_dos, electrons_
 from workbench.dft.presets import BUILTIN_PRESETS, PresetError, load_preset, resolve_parameters
 from workbench.dft.runner import (
     RunOptions,
+    job_record,
     queue_calculations,
     requeue_lost,
     retry_failed,
+    run_attempt,
     run_queued,
     select_structures,
 )
-from workbench.errors import ReadOnlyViolation
-from workbench.store.engine import session_scope
+from workbench.errors import InputError, ReadOnlyViolation
+from workbench.io.entries import Entry, Label
+from workbench.io.importer import import_entries
+from workbench.io.readers import ReadOptions
+from workbench.store.engine import make_engine, session_scope
 from workbench.store.queries import store_status
-from workbench.store.schema import Calculation, CalculationAttempt, CalculationStatus, TargetValue
+from workbench.store.schema import (
+    Calculation,
+    CalculationAttempt,
+    CalculationStatus,
+    TargetKind,
+    TargetValue,
+)
+from workbench.structures.crystal import Crystal
 
 EMT = BUILTIN_PRESETS["emt"]
 
@@ -118,6 +132,8 @@ def test_crash_is_retried_once_then_retry_requeues(engine, options):
     assert calculation.reason == "crash" and attempts[0].exit_code == 1
 
     assert retry_failed(engine, "emt", reasons=["scf"]) == []
+    with pytest.raises(InputError, match=r"--reason.*unknown reasons \['scff'\]"):
+        retry_failed(engine, "emt", reasons=["crash", "scff"])
     assert retry_failed(engine, "emt") == [calculation.id]
     run_queued(engine, EMT, options, references=False)
     _, attempts = calculation_of(engine, ids["Si"], "emt")
@@ -190,6 +206,8 @@ def test_cli_runs_status_and_retry(run_cli, engine):
     store = store_status(engine)  # the store's counts, in plain SQL
     assert store.calculations == {"done": 1, "failed": 1} and store.structures == 2
     assert store.sources == {"elemental-reference": 2, "test": 2} and store.targets["emt.energy"] == 1
+    assert "unknown reasons ['scff']" in run_cli("dft", "retry", "--preset", "emt", "--reason", "scff",
+                                                  expect=1).output
     run_cli("dft", "retry", "--preset", "emt", "--reason", "crash", expect=2)
     silicon, _ = calculation_of(engine, ids["Si"], "emt")
     shown = run_cli("dft", "show", silicon.id).output
@@ -208,3 +226,76 @@ def test_parallel_calculations_define_their_targets_once(engine, tmp_path):
     # ASE's EMT implements moments (all zero), so the spin-restricted run records 0.
     assert {name for name in targets_of(engine, ids["Ni"])} == {
         "emt.energy", "emt.energy_per_atom", "emt.forces", "emt.magmom_total"}
+
+
+def test_a_result_contradicting_a_stored_value_fails_its_calculation_alone(engine, options):
+    """An imported ``emt.energy_per_atom`` the computed one would contradict: that
+    calculation fails with reason ``conflict``, the others are done, none stays running,
+    and a retry ingests the finished job again instead of recomputing it."""
+    imported = Entry(row="Cu", external_id="Cu", crystal=Crystal.from_ase(bulk("Cu", a=3.6)),
+                     labels={"emt.energy_per_atom": Label(TargetKind.SCALAR, -1.0, "eV/atom")})
+    import_entries(engine, [imported], source="test", file="mine.csv", options=ReadOptions())
+    ids = store_crystals(engine, {"Ni": bulk("Ni", a=3.52)})
+    copper, nickel = queue_calculations(engine, [ids["Cu"], ids["Ni"]], EMT)
+    report = run_queued(engine, EMT, options, references=False)
+    assert report.done == [nickel] and report.failed == {copper: "conflict"}
+    calculation, attempts = calculation_of(engine, ids["Cu"], "emt")
+    assert calculation.status is CalculationStatus.FAILED
+    assert [(attempt.status, attempt.reason) for attempt in attempts] == [(CalculationStatus.FAILED, "conflict")]
+    assert "mine.csv" in attempts[0].message
+    assert targets_of(engine, ids["Cu"])["emt.energy_per_atom"].value == -1.0
+    assert requeue_lost(engine, stale_after_s=0) == []
+
+    assert retry_failed(engine, "emt", reasons=["conflict"]) == [copper]
+    again = run_queued(engine, EMT, options, references=False)
+    assert again.failed == {copper: "conflict"} and len(calculation_of(engine, ids["Cu"], "emt")[1]) == 1
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_a_runner_error_after_the_claim_fails_the_calculation_instead_of_leaving_it_running(
+        engine, tmp_path, batch_size):
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6)})
+    (calculation_id,) = queue_calculations(engine, [ids["Cu"]], EMT)
+    not_a_folder = tmp_path / "dft"
+    not_a_folder.write_text("")
+    with pytest.raises(NotADirectoryError):
+        run_queued(engine, EMT, RunOptions(workdir=not_a_folder, batch_size=batch_size), references=False)
+    calculation, attempts = calculation_of(engine, ids["Cu"], "emt")
+    assert (calculation.status, calculation.reason) == (CalculationStatus.FAILED, "crash")
+    assert all(attempt.status is CalculationStatus.FAILED and "NotADirectoryError" in attempt.message
+               for attempt in attempts)
+    assert requeue_lost(engine, stale_after_s=0) == []
+    # With a folder to work in, a retry computes it.
+    assert retry_failed(engine, "emt") == [calculation_id]
+    report = run_queued(engine, EMT, RunOptions(workdir=tmp_path / "work", batch_size=batch_size),
+                        references=False)
+    assert report.done == [calculation_id]
+
+
+def job_processes(directory) -> list[int]:
+    """Pids of the live processes whose command line names ``directory``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(directory).encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
+
+
+def test_a_job_is_killed_when_its_runner_fails_while_it_runs(tmp_path):
+    """A heartbeat that cannot reach the store raises in the runner: the job's process
+    group goes with it instead of computing on beside the attempt that replaces it."""
+    broken = make_engine(f"sqlite:///{tmp_path / 'unmigrated.db'}")  # no tables: every write fails
+
+    def heartbeat() -> None:
+        with session_scope(broken) as session:
+            session.execute(update(Calculation).values(heartbeat_at=datetime.now(UTC)))
+
+    directory = tmp_path / "attempt-1"
+    record = job_record(EMT, Crystal.from_ase(bulk("Cu", a=3.6)), 0, RunOptions(workdir=tmp_path))
+    with pytest.raises(OperationalError):
+        run_attempt(directory, record, threads=1, wall_time_s=60.0, heartbeat_s=0.01, heartbeat=heartbeat)
+    assert job_processes(directory) == []
+    broken.dispose()

@@ -4,12 +4,14 @@ orbital field matrices."""
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 from sqlalchemy import func, select
 from torch_geometric.data import Batch
 
 from tests.conftest import JARVIS_DOS, perovskite_rows, write_csv
+from tests.dft_helpers import store_crystals
 from workbench.featurize import (
     Featurizer,
     GraphConfig,
@@ -203,3 +205,13 @@ def test_the_ofm_featurizer_has_its_own_key_and_caches_the_orbital_field(engine,
     assert "orbital_field" not in arrays_from_bytes(plain)  # other featurizers' graphs as before
     crystal = parse_structure_text(perovskite_rows(1)[0]["cif"], "cif")[0]
     np.testing.assert_array_equal(cached[min(ids)].orbital_field, ofm.graph_of(crystal).orbital_field)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("atom_features", ["cgcnn", "ofm"])
+def test_an_element_beyond_the_feature_tables_fails_its_structure_alone(engine, atom_features):
+    """The store takes every element to Og; the atom-feature tables end at Fm (Z = 100)."""
+    ids = store_crystals(engine, {"Cu": bulk("Cu", a=3.6), "Og": Atoms("Og", cell=np.eye(3) * 3.5, pbc=True)})
+    report = featurize_structures(engine, Featurizer(atom_features=atom_features))
+    assert report.featurized == 1 and [structure_id for structure_id, _ in report.failed] == [ids["Og"]]
+    assert "Og" in report.failed[0][1]

@@ -15,6 +15,8 @@ from pymatgen.entries.computed_entries import ComputedEntry
 from sqlalchemy import select
 
 from tests.dft_helpers import cu3au, l12, targets_of
+from workbench.dft.presets import BUILTIN_PRESETS
+from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.io.entries import Entry, Label
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
@@ -200,6 +202,24 @@ def test_a_value_from_elsewhere_is_not_overwritten(engine):
     import_entries(engine, [entry], source="alloys", file="mine.csv", options=ReadOptions())
     with pytest.raises(HullConflict, match="from mine.csv"):
         update_hull(engine, "emt")
+    # A refresh after new energies (a DFT run's end, a campaign's ingest) says why instead.
+    with session_scope(engine) as session:
+        assert "from mine.csv" in refresh_hulls(session, ["emt"])["emt"]
+
+
+def test_a_dft_run_whose_hull_cannot_be_rewritten_keeps_its_results(engine, tmp_path):
+    """An imported ``emt.e_above_hull`` makes the level one with a hull, which the run's
+    new energies cannot rewrite: the run reports why, after its work is stored."""
+    entry = Entry(row="CuAu", external_id="CuAu", crystal=Crystal.from_ase(cuau_l10()),
+                  labels={"emt.e_above_hull": Label(TargetKind.SCALAR, 0.5)})
+    import_entries(engine, [entry], source="alloys", file="mine.csv", options=ReadOptions())
+    ids = store_energies(engine, ["Cu", "Au"], energies={"Cu": None, "Au": None})
+    emt = BUILTIN_PRESETS["emt"]
+    queue_calculations(engine, list(ids.values()), emt)
+    report = run_queued(engine, emt, RunOptions(workdir=tmp_path / "dft"))
+    assert len(report.done) == 3 and report.formation_energies == 3
+    assert "from mine.csv" in report.hull
+    assert targets_of(engine, ids["CuAu"])["emt.e_above_hull"].value == 0.5
 
 
 def test_hull_command(engine, run_cli):

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 
 from tests.dft_helpers import calculation_of, cu3au, store_crystals, targets_of
 from workbench.dft import universal
-from workbench.dft.presets import BUILTIN_PRESETS, Preset, PresetError, load_preset
+from workbench.dft.presets import BUILTIN_PRESETS, Preset, PresetError, Relaxation, load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.store.engine import make_engine, session_scope
 from workbench.store.schema import (
@@ -117,6 +117,33 @@ def test_a_batch_killed_at_its_limit_fails_only_the_structure_it_was_computing(e
         # The structures a killed batch never started have no attempt: the next batch takes them.
         assert [attempt.reason for attempt in attempts] == ["timeout"]
     assert len(list((tmp_path / "dft" / "emt-batch" / "batches").iterdir())) == 3
+
+
+# Long enough for a batch process to start and compute an isolated atom, even on a busy machine.
+SHARED_LIMIT_S = 5.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_structure_the_others_left_no_time_is_blamed_only_for_a_limit_of_its_own(engine, tmp_path):
+    # An isolated atom (no neighbour within EMT's cutoff) has no force: relaxed at once. The
+    # rattled alloy never gets its forces to this fmax: it relaxes until its batch is killed.
+    endless = replace(EMT_BATCH, name="emt-endless", dos=False,
+                      relax=Relaxation(fmax=1e-150, steps=10**9, cell=False))
+    alloy = cu3au()
+    alloy.rattle(0.05, seed=1)
+    ids = store_crystals(engine, {"atom": Atoms("Cu", cell=np.eye(3) * 12.0, pbc=True), "Cu3Au": alloy})
+    (atom,) = queue_calculations(engine, [ids["atom"]], endless)
+    (relaxing,) = queue_calculations(engine, [ids["Cu3Au"]], endless)
+    options = RunOptions(workdir=tmp_path / "dft", heartbeat_s=0.5, wall_time_s=SHARED_LIMIT_S)
+    report = run_queued(engine, endless, options, references=False)
+    assert report.done == [atom] and report.failed == {relaxing: "timeout"}
+    # Killed in the batch that computed the atom first, the alloy went to the next batch
+    # without an attempt; killed there during its own limit, it failed.
+    first, second = sorted((tmp_path / "dft" / "emt-endless" / "batches").iterdir())
+    _, attempts = calculation_of(engine, ids["Cu3Au"], "emt-endless")
+    assert [(attempt.reason, attempt.parameters["batch"]) for attempt in attempts] == [("timeout", str(second))]
+    assert calculation_of(engine, ids["atom"], "emt-endless")[1][0].parameters["batch"] == str(first)
 
 
 def test_a_calculator_that_cannot_be_built_fails_its_batch_with_the_reason(engine, options):

@@ -4,10 +4,12 @@ A calculation is one row per (structure, preset). Workers claim it atomically
 (``queued`` -> ``running``), run attempts as child processes (:mod:`workbench.dft.job`)
 in their own process group with a wall-time limit, record every attempt with its reason
 of failure (``timeout``, ``scf``, ``crash``, ``parse``, ``lost``, ``refused``: a
-relaxation ended in a structure the store refuses), and ingest a result in
-one transaction that also marks the calculation ``done``. SCF non-convergence climbs the
-preset's ladder of changed settings; a crash is retried ``crash_retries`` times; a
-time-out is not retried unless the preset says so.
+relaxation ended in a structure the store refuses, ``conflict``: the store holds a value
+of one of its targets from another origin), and ingest a result in one transaction that
+also marks the calculation ``done``. SCF non-convergence climbs the preset's ladder of
+changed settings; a crash is retried ``crash_retries`` times; a time-out is not retried
+unless the preset says so. An error of the runner itself fails the calculations it had
+claimed (``crash``) before it is raised, so that none stays ``running``.
 
 A worker refreshes ``heartbeat_at`` while its job runs. A ``running`` calculation whose
 worker process is gone (same host) or whose heartbeat is older than ``stale_after_s``
@@ -38,11 +40,12 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
 
 from workbench.dft import job as job_protocol
-from workbench.dft.ingest import add_formation_energies, ingest_outputs
+from workbench.dft.ingest import IngestConflict, add_formation_energies, ingest_outputs
 from workbench.dft.presets import Preset, calculator_path, initial_moments, resolve_parameters
 from workbench.dft.references import reference_structure_ids
 from workbench.dft.relaxation import RelaxedStructureRefused
 from workbench.errors import InputError, NotFound
+from workbench.settings import Settings
 from workbench.store.bulk import insert_ignoring_duplicates
 from workbench.store.engine import session_scope
 from workbench.store.queries import structures_where
@@ -54,7 +57,7 @@ from workbench.store.schema import (
 )
 from workbench.structures.crystal import Crystal
 
-REASONS = ("timeout", "scf", "crash", "parse", "lost", "refused")
+REASONS = ("timeout", "scf", "crash", "parse", "lost", "refused", "conflict")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Fortran programs (pw.x) buffer stdout and lose their error message when MPI aborts.
 UNBUFFERED_FORTRAN = {"GFORTRAN_UNBUFFERED_PRECONNECTED": "y"}
@@ -87,6 +90,15 @@ class RunOptions:
     espresso_pseudo_dir: str = ""
     espresso_command: str = "pw.x"
     batch_size: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, threads: int = 1, jobs: int = 1, wall_time_s: float | None = None,
+                      max_attempts: int | None = None) -> "RunOptions":
+        """The options of a worker under ``settings``: its DFT folder and ``espresso`` setup
+        (which every preset that may run ``pw.x``, relaxations included, needs)."""
+        return cls(workdir=settings.dft_dir, threads=threads, jobs=jobs, wall_time_s=wall_time_s,
+                   max_attempts=max_attempts, espresso_pseudo_dir=settings.espresso_pseudo_dir,
+                   espresso_command=settings.espresso_command)
 
 
 @dataclass
@@ -184,6 +196,10 @@ def retry_failed(engine: Engine, preset: str, *, ids: list[int] | None = None,
     if ids is not None:
         condition &= Calculation.id.in_(ids)
     if reasons is not None:
+        unknown = sorted(set(reasons) - set(REASONS))
+        if unknown:
+            raise InputError(f"unknown reasons {unknown}; a failure's reason is one of {', '.join(REASONS)}",
+                             field="--reason")
         condition &= Calculation.reason.in_(reasons)
     with session_scope(engine) as session:
         chosen = list(session.scalars(select(Calculation.id).where(condition)))
@@ -289,7 +305,8 @@ def _read_error(directory: Path, exit_code: int) -> AttemptOutcome:
 def _run_job_process(directory: Path, *, threads: int, wall_time_s: float, tick_s: float,
                      tick: Callable[[], None]) -> tuple[int | None, float]:
     """``python -m workbench.dft.job directory`` as a child process group, ``tick`` called
-    every ``tick_s`` while it runs; returns (exit code, or None if killed at the limit; seconds)."""
+    every ``tick_s`` while it runs (the group is killed if ``tick`` raises); returns (exit
+    code, or None if killed at the limit; seconds)."""
     environment = os.environ | UNBUFFERED_FORTRAN | {name: str(threads) for name in THREAD_VARIABLES}
     started = time.monotonic()
     deadline = started + wall_time_s
@@ -309,7 +326,14 @@ def _run_job_process(directory: Path, *, threads: int, wall_time_s: float, tick_
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
                     return None, time.monotonic() - started
-                tick()
+                try:
+                    tick()
+                except BaseException:
+                    # The runner failed while the job ran (its store, an ingest): the job,
+                    # in a session of its own, must not compute on beside its replacement.
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    raise
 
 
 def run_attempt(directory: Path, job: dict, *, threads: int, wall_time_s: float,
@@ -399,7 +423,16 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
     another worker had it."""
     if not _claim(engine, calculation_id, options.threads):
         return None
-    notify = on_event or (lambda _id, _message: None)
+    try:
+        return _run_claimed(engine, calculation_id, preset, options, on_event or (lambda _id, _message: None))
+    except Exception as error:
+        _abandon(engine, [calculation_id], error)
+        raise
+
+
+def _run_claimed(engine: Engine, calculation_id: int, preset: Preset, options: RunOptions,
+                 notify: Events) -> str:
+    """:func:`run_calculation` of a claimed calculation."""
     with session_scope(engine) as session:
         calculation = session.get(Calculation, calculation_id)
         structure = session.get(Structure, calculation.structure_id)
@@ -468,14 +501,39 @@ def _fail(engine: Engine, calculation_id: int, reason: str) -> None:
             status=CalculationStatus.FAILED, reason=reason, finished_at=_now()))
 
 
+def _abandon(engine: Engine, calculation_ids: list[int], error: Exception) -> None:
+    """Fail those of ``calculation_ids`` still running, and their running attempts, as
+    ``crash``: the runner raised ``error`` while it had them claimed.
+
+    Left running, they would be re-queued as lost and fail the same way on every run. (An
+    interrupted worker leaves its claims running: they are re-queued once it is gone.)
+    """
+    now = _now()
+    with session_scope(engine) as session:
+        running = list(session.scalars(select(Calculation.id).where(
+            Calculation.id.in_(calculation_ids), Calculation.status == CalculationStatus.RUNNING)))
+        session.execute(
+            update(CalculationAttempt)
+            .where(CalculationAttempt.calculation_id.in_(running),
+                   CalculationAttempt.status == CalculationStatus.RUNNING)
+            .values(status=CalculationStatus.FAILED, reason="crash", finished_at=now,
+                    message=f"the runner failed: {type(error).__name__}: {error}")
+        )
+        session.execute(update(Calculation).where(Calculation.id.in_(running)).values(
+            status=CalculationStatus.FAILED, reason="crash", finished_at=now))
+
+
 def _ingest(engine: Engine, calculation_id: int, outcome: AttemptOutcome, number: int) -> AttemptOutcome | None:
     """Ingest a computed result; returns None, or the attempt's failure when the store
-    refuses the structure a relaxation ended in (nothing is written then)."""
+    refuses the structure a relaxation ended in, or holds a value of one of its targets
+    from another origin (nothing is written then)."""
     try:
         ingest_outputs(engine, calculation_id, outcome.results, outcome.arrays,
                        wall_time_s=outcome.wall_time_s, attempt=_attempt_values(number, outcome))
     except RelaxedStructureRefused as error:
         return AttemptOutcome("refused", str(error), outcome.exit_code, wall_time_s=outcome.wall_time_s)
+    except IngestConflict as error:
+        return AttemptOutcome("conflict", str(error), outcome.exit_code, wall_time_s=outcome.wall_time_s)
     return None
 
 
@@ -570,16 +628,28 @@ def run_batch(engine: Engine, calculation_ids: list[int], preset: Preset, option
 
     Each structure is ingested as soon as its result is written, with the same attempt
     records and one-transaction ingest as :func:`run_calculation`. A structure that fails
-    is recorded alone; a batch killed at ``wall_time_s`` (or by a crash) fails the
-    structure it was computing, and the structures it never started go to the next
-    batch without an attempt. Returns ``{calculation id: done | failed | None}`` (None:
-    another worker had it).
+    is recorded alone; a batch killed by a crash fails the structure it was computing, and
+    one killed at ``wall_time_s`` too if that was its first: the limit is the batch's, so
+    a structure that others left without time goes to the next batch without an attempt,
+    as do the structures a batch never started. Returns ``{calculation id: done | failed
+    | None}`` (None: another worker had it).
     """
-    notify = on_event or (lambda _id, _message: None)
     statuses: dict[int, str | None] = dict.fromkeys(calculation_ids)
     claimed = _claim_batch(engine, calculation_ids, options.threads)
     if not claimed:
         return statuses
+    try:
+        statuses.update(_run_claimed_batch(engine, claimed, preset, options,
+                                           on_event or (lambda _id, _message: None)))
+    except Exception as error:
+        _abandon(engine, claimed, error)
+        raise
+    return statuses
+
+
+def _run_claimed_batch(engine: Engine, claimed: list[int], preset: Preset, options: RunOptions,
+                       notify: Events) -> dict[int, str | None]:
+    """:func:`run_batch` of the claimed calculations."""
     items = _batch_items(engine, claimed, preset, options)
     for item in items:
         finished = _finished_result(item.last_workdir)
@@ -598,8 +668,7 @@ def run_batch(engine: Engine, calculation_ids: list[int], preset: Preset, option
     while pending:
         _run_one_batch(engine, pending, preset, options, notify, max_attempts)
         pending = [item for item in pending if item.status is None]
-    statuses.update({item.calculation_id: item.status for item in items})
-    return statuses
+    return {item.calculation_id: item.status for item in items}
 
 
 def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, options: RunOptions,
@@ -646,7 +715,8 @@ def _run_one_batch(engine: Engine, items: list[BatchItem], preset: Preset, optio
                                           tick_s=min(BATCH_POLL_S, options.heartbeat_s), tick=tick)
     settle_finished()
     if unsettled:
-        blamed, never_started = _blame(folder, list(unsettled), exit_code, wall_time)
+        blamed, never_started = _blame(folder, list(unsettled), exit_code, wall_time,
+                                       settled_any=len(unsettled) < len(items))
         for item, outcome in blamed:
             _settle(engine, item, outcome, preset, notify, max_attempts)
         _forget_attempts(engine, never_started)
@@ -668,13 +738,18 @@ def _item_outcome(directory: Path) -> AttemptOutcome | None:
     return None
 
 
-def _blame(folder: Path, unsettled: list["BatchItem"], exit_code: int | None,
-           wall_time_s: float) -> tuple[list[tuple["BatchItem", AttemptOutcome]], list["BatchItem"]]:
-    """Which structures a batch that ended early failed, and which it never started."""
+def _blame(folder: Path, unsettled: list["BatchItem"], exit_code: int | None, wall_time_s: float, *,
+           settled_any: bool) -> tuple[list[tuple["BatchItem", AttemptOutcome]], list["BatchItem"]]:
+    """Which structures a batch that ended early failed, and which go to the next batch
+    without an attempt (``settled_any``: the batch settled some of its structures)."""
     if exit_code is not None and (folder / job_protocol.ERROR_FILE).is_file():
         # The calculator could not be built: no structure can be computed.
         outcome = _read_error(folder, exit_code)
         return [(item, outcome) for item in unsettled], []
+    if exit_code is None and settled_any:
+        # The structures settled before it used part of the limit: the one in progress is
+        # not blamed. A batch that settles none blames it, so every batch settles one.
+        return [], unsettled
     if exit_code is None:
         outcome = AttemptOutcome("timeout", f"the batch was killed at its wall-time limit of {wall_time_s:g} s "
                                             "while computing this structure", -signal.SIGKILL)

@@ -17,9 +17,9 @@ import numpy as np
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
 
 from workbench.errors import WorkbenchError
-from workbench.featurize.atom_features import cgcnn_feature_table
+from workbench.featurize.atom_features import MAX_ATOMIC_NUMBER, cgcnn_feature_table
 from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
-from workbench.featurize.graph import CrystalGraph, GraphConfig, crystal_graph
+from workbench.featurize.graph import CrystalGraph, GraphConfig, GraphError, crystal_graph
 from workbench.featurize.orbital_field import DESCRIPTOR_SIZE, orbital_field
 from workbench.featurize.pretrained import PRETRAINED_MODELS, PretrainedError, PretrainedModel
 from workbench.store.types import arrays_from_bytes, arrays_to_bytes
@@ -119,6 +119,12 @@ class Featurizer:
         """The graph without its pretrained embedding: what worker processes build, while
         the model, loaded once, embeds whole batches (:meth:`with_embeddings`)."""
         numbers = np.array([ATOMIC_NUMBERS[symbol] for symbol in crystal.species])
+        beyond = sorted({symbol for symbol in crystal.species if ATOMIC_NUMBERS[symbol] > MAX_ATOMIC_NUMBER})
+        if beyond:
+            # The store takes every element to Og: the structure fails here, by name, not
+            # as an index error of a table when its graph is read.
+            raise GraphError(f"no atom features for {', '.join(beyond)}: the element tables end at "
+                             f"Z = {MAX_ATOMIC_NUMBER}")
         graph = crystal_graph(crystal, numbers, self.graph)
         if self.atom_features in WITH_ORBITAL_FIELD:
             graph = dataclasses.replace(graph, orbital_field=orbital_field(crystal, numbers))
