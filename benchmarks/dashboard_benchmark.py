@@ -132,7 +132,7 @@ def measure(database_url: str, repeat: int) -> list[tuple[str, list[float]]]:
     from starlette.testclient import TestClient
 
     from workbench.dashboard.app import Dashboard, create_app
-    from workbench.dashboard.queries import read_only_engine
+    from workbench.store.engine import read_only_engine
 
     engine = read_only_engine(database_url)
     client = TestClient(create_app(Dashboard(engine)))

@@ -21,7 +21,8 @@ from playwright.sync_api import expect
 
 from tests.test_dashboard_browser import build_campaign_store, chromium, serving
 from workbench.campaign.report import ledger
-from workbench.dashboard.queries import campaign_view, read_only_engine
+from workbench.dashboard.queries import campaign_view
+from workbench.store.engine import read_only_engine
 
 VIEWPORT = {"width": 1400, "height": 1000}
 

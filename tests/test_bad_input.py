@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pickle
 import re
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from ase.build import bulk
 from sqlalchemy import func, select
 
-from tests.conftest import PEROVSKITE_POOL, PEROVSKITES, perovskite_rows, write_csv
+from tests.conftest import JARVIS_DOS, PEROVSKITE_POOL, PEROVSKITES, perovskite_rows, write_csv
 from workbench.errors import ImportFailed, InputError
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
@@ -94,9 +95,45 @@ def test_duplicate_ids_inside_one_file(engine, tmp_path, rows):
     rows[3]["material_id"] = rows[1]["material_id"]
     path = tmp_path / "dups.csv"
     write_csv(path, rows, COLUMNS)
-    with pytest.raises(ImportFailed, match=r"row 4 .*duplicate id .*first at row 2"):
+    with pytest.raises(ImportFailed, match=r"row 4 .*duplicate id .*first at row 2") as failure:
         import_file(engine, path, source="s", options=ReadOptions())
+    [error] = failure.value.errors
+    assert error.file == str(path)  # named like every other error of the file
     assert nothing_stored(engine)
+
+
+def test_an_empty_id_is_that_rows_error(engine, tmp_path, rows):
+    """Not the file's: --skip-bad leaves out just those rows (two empty ids are not duplicates)."""
+    rows = [dict(row) for row in rows]
+    rows[1]["material_id"] = rows[2]["material_id"] = " "
+    path = tmp_path / "blank.csv"
+    write_csv(path, rows, COLUMNS)
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    assert [(e.file, e.row, e.field, e.message) for e in failure.value.errors] == [
+        (str(path), f"row {number}", "material_id", "empty material_id") for number in (2, 3)]
+    assert nothing_stored(engine)
+    report = import_file(engine, path, source="s", options=ReadOptions(), skip_bad=True)
+    assert [e.row for e in report.skipped] == ["row 2", "row 3"] and report.new_structures == 2
+
+
+def test_import_failed_survives_a_process_boundary(engine, tmp_path, rows):
+    rows = [dict(row) for row in rows]
+    rows[2]["dir_gap"] = "n/a"
+    path = tmp_path / "bad.csv"
+    write_csv(path, rows, COLUMNS)
+    with pytest.raises(ImportFailed) as failure:
+        import_file(engine, path, source="s", options=ReadOptions())
+    copy = pickle.loads(pickle.dumps(failure.value))
+    assert str(copy) == str(failure.value) and "row 3" in str(copy)
+    assert [(e.file, e.row, e.field) for e in copy.errors] == [(str(path), failure.value.errors[0].row, "dir_gap")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("grid", ["dos=0:10:-5", "dos=0:10:0"])
+def test_a_grid_without_points_is_a_usage_error(grid, run_cli):
+    refused = run_cli("import", JARVIS_DOS, "--target", "dos=value", "--grid", grid, expect=2)
+    assert "--grid needs a COUNT of 1 or more" in " ".join(refused.output.split())
 
 
 def _ase_db_with_labels(path, labels_per_row: list[dict], per_site: bool) -> None:

@@ -10,10 +10,12 @@ import sys
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from typer import BadParameter
 from typer.testing import CliRunner
 
 from tests.conftest import perovskite_rows, write_csv
 from workbench.cli import app
+from workbench.cli.shared import check_structure_choice
 from workbench.featurize.config import GraphConfig
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.store import migrate
@@ -118,6 +120,42 @@ def test_a_store_from_a_newer_workbench_is_refused(tmp_path):
     refused = run_on(url, tmp_path / "home", "status")
     assert refused.exit_code == 1
     assert "has schema from_the_future, from a newer workbench" in " ".join(refused.output.split())
+
+
+def test_sql_and_serve_read_the_read_only_url_checked_like_the_store(tmp_path):
+    """Both read WORKBENCH_READONLY_DATABASE_URL where it is set (the store's URL is then not
+    needed), and refuse a store there that was never created in the words every command uses."""
+    store, missing = (f"sqlite:///{tmp_path / name}" for name in ("store.db", "missing.db"))
+    assert run_on(store, tmp_path / "home", "init").exit_code == 0
+
+    def run(readonly_url: str, *args):
+        env = {"WORKBENCH_DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+               "WORKBENCH_READONLY_DATABASE_URL": readonly_url, "WORKBENCH_HOME": str(tmp_path / "home")}
+        return CliRunner().invoke(app, [str(arg) for arg in args], env=env, catch_exceptions=False)
+
+    counted = run(store, "sql", "SELECT count(*) FROM structures", "--format", "csv")
+    assert counted.exit_code == 0 and counted.stdout.split() == ["count(*)", "0"]
+    with socket.socket() as taken:  # serve must refuse before it listens: here it could not
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for args in (["sql", "SELECT 1"], ["serve", "--port", taken.getsockname()[1]]):
+            refused = run(missing, *args)
+            assert refused.exit_code == 1, args
+            assert f"No workbench store at {missing}: run `workbench init` first." in \
+                " ".join(refused.output.split()), args
+    assert not (tmp_path / "unused.db").exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_commands_on_stored_structures_take_exactly_one_choice(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the message on one line
+    check_structure_choice("1,2", "", False)
+    for ids, where, every in (("", "", False), ("1", "", True), ("1", "nsites > 2", False)):
+        with pytest.raises(BadParameter, match="exactly one of --ids, --where, --all"):
+            check_structure_choice(ids, where, every)
+    for command in (["dft", "run", "--preset", "emt"], ["relax", "--preset", "emt", "--ids", "1", "--all"],
+                    ["workflow", "gpaw-fast-relaxed", "--where", "nsites > 2", "--all"]):
+        assert "exactly one of --ids, --where, --all" in run_cli(*command, expect=2).output, command
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")

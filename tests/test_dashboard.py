@@ -21,7 +21,7 @@ from workbench.errors import InputError, NotFound
 from workbench.io.entries import Entry
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
-from workbench.store.engine import session_scope
+from workbench.store.engine import SQLITE_BUSY_TIMEOUT_MS, session_scope
 from workbench.store.schema import (
     Acquisition,
     AcquisitionStatus,
@@ -127,6 +127,16 @@ def store(engine, alloys, tmp_path, database_url):
 def test_the_read_only_engine_refuses_writes(store):
     with pytest.raises(DBAPIError, match="(?i)read-?only"), store["engine"].begin() as connection:
         connection.execute(text("DELETE FROM structures"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_dashboard_reads_through_the_stores_read_only_engine(store):
+    """One read-only engine for the dashboard and `workbench sql`: ATTACH, which could open
+    another file read-write, is refused here too, and a writer is waited for."""
+    with store["engine"].connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
+        with pytest.raises(DBAPIError, match="too many attached"):
+            connection.exec_driver_sql("ATTACH DATABASE ':memory:' AS other")
 
 
 def test_overview_counts_campaigns_queue_and_failures(store):
@@ -304,6 +314,14 @@ def test_ledger_is_sorted_and_filtered_by_the_server(client):
     assert "3 rows" in hits and "miss" not in hits.split('id="ledger"')[1]
     assert client.get("/campaigns/alloys", params={"sort": "bogus"}).status_code == 400
     assert client.get("/campaigns/alloys", params={"page": "x"}).status_code == 400
+
+
+def test_a_page_below_one_is_a_bad_request(client):
+    """Not a negative OFFSET, which PostgreSQL refuses with a server error."""
+    for path, name in (("/search?elements=Cu&page=0", "page"), (f"/search?target={TARGET}&cpage=-3", "cpage")):
+        response = client.get(path)
+        assert response.status_code == 400, path
+        assert f"{name} must be 1 or more" in response.text, path
 
 
 def test_unknown_ids_give_a_404_page(client):

@@ -75,7 +75,8 @@ def serving(database_url: str, mlflow_uri: str = "") -> Iterator[str]:
     import uvicorn
 
     from workbench.dashboard.app import Dashboard, create_app
-    from workbench.dashboard.queries import model_lines, read_only_engine, registry_aliases
+    from workbench.dashboard.queries import model_lines, registry_aliases
+    from workbench.store.engine import read_only_engine
 
     engine = read_only_engine(database_url)
 
@@ -147,7 +148,8 @@ def _open(page, site, path: str) -> int:
 
 def _campaign_structure(site) -> int:
     from workbench.campaign.report import ledger
-    from workbench.dashboard.queries import campaign_view, read_only_engine
+    from workbench.dashboard.queries import campaign_view
+    from workbench.store.engine import read_only_engine
 
     engine = read_only_engine(site["database_url"])
     try:
@@ -206,7 +208,8 @@ def test_structure_page_draws_the_cell_and_lists_calculations(page, site):
 
 
 def test_html_in_imported_strings_is_shown_as_text(page, site):
-    from workbench.dashboard.queries import read_only_engine, search_structures
+    from workbench.dashboard.queries import search_structures
+    from workbench.store.engine import read_only_engine
 
     engine = read_only_engine(site["database_url"])
     try:

@@ -149,3 +149,21 @@ def test_a_gzipped_json_export_round_trips(engine, empty_database_url, tmp_path)
         assert_same(snapshot(engine), snapshot(fresh))
     finally:
         fresh.dispose()
+
+
+def test_targets_named_like_calculator_results_keep_their_units(engine, empty_database_url, tmp_path):
+    """A CSV column `energy` in eV/atom is exported as ASE's energy result; re-imported, it is
+    in eV/atom as the export's metadata says, not in ASE's eV."""
+    rows = [{**row, "energy": row["heat_ref"]} for row in perovskite_rows(2)]
+    write_csv(tmp_path / "energies.csv", rows, ["material_id", "cif", "energy"])
+    import_file(engine, tmp_path / "energies.csv", source="csv", options=ReadOptions(units={"energy": "eV/atom"}))
+    out = tmp_path / "export.db"
+    export_ase(engine, out)
+    assert next(ase.db.connect(str(out)).select()).energy == pytest.approx(float(rows[0]["heat_ref"]))
+    fresh = make_engine(empty_database_url)
+    migrate.upgrade(fresh)
+    try:
+        import_file(fresh, out, source="from-export", options=ReadOptions())
+        assert_same(snapshot(engine), snapshot(fresh))  # the definitions with their units
+    finally:
+        fresh.dispose()

@@ -3,13 +3,15 @@
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import URL, insert, text
+from sqlalchemy.exc import DBAPIError
 
 from workbench.errors import ReadOnlyViolation
-from workbench.store.engine import session_scope
+from workbench.store.engine import make_engine, read_only_engine, session_scope
 from workbench.store.queries import run_read_only, store_status
 from workbench.store.schema import (
     ModelVersion,
@@ -131,3 +133,28 @@ def test_commands_need_an_initialised_store(tmp_path, monkeypatch):
     assert CliRunner().invoke(app, ["init"]).exit_code == 0
     assert (tmp_path / "workbench.db").is_file()
     assert CliRunner().invoke(app, ["status"]).exit_code == 0
+
+
+def test_a_store_in_a_folder_named_with_hash_and_question_mark_stays_read_only(sqlite_template, tmp_path):
+    """The read-only SQLite URI escapes the path: unescaped, `#` or `?` would end it there,
+    drop `mode=ro` and open (or create) another file read-write."""
+    folder = tmp_path / "run #1?"
+    folder.mkdir()
+    shutil.copy(sqlite_template, folder / "store.db")
+    url = URL.create("sqlite", database=str(folder / "store.db")).render_as_string()
+    reader = read_only_engine(url)
+    writer = make_engine(url)
+    try:
+        with reader.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM structures")).scalar() == 0
+            for statement in ("DELETE FROM structures", "ATTACH DATABASE ':memory:' AS other"):
+                with pytest.raises(DBAPIError, match="readonly database|too many attached"):
+                    connection.execute(text(statement))
+        # The store's own read-only connection (`workbench sql`, --where) opens the same file.
+        assert run_read_only(writer, "SELECT count(*) FROM structures").rows == [(0,)]
+        with pytest.raises(ReadOnlyViolation):
+            run_read_only(writer, "DELETE FROM structures")
+    finally:
+        reader.dispose()
+        writer.dispose()
+    assert [path.name for path in tmp_path.iterdir()] == [folder.name]  # no file opened beside it

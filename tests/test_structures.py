@@ -75,3 +75,28 @@ def test_volume_bins_neighbour_each_other():
     small, large = described(perovskite("Sr", "Ti", 3.90)), described(perovskite("Sr", "Ti", 3.93))
     assert large.dedup_key in small.neighbour_keys()
     assert site_mapping(perovskite("Sr", "Ti", 3.90), perovskite("Sr", "Ti", 3.93)) is not None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_stored_structure_reads_back_as_the_same_crystal(engine):
+    """One conversion of a stored row (import, export, prototypes and relaxations use it);
+    a lattice whose JSON holds whole numbers comes back as floats."""
+    from sqlalchemy import select, update
+
+    from tests.dft_helpers import cu3au, store_crystals
+    from workbench.store.engine import session_scope
+    from workbench.store.schema import Structure
+
+    [structure_id] = store_crystals(engine, {"Cu3Au": cu3au()}).values()
+    original = Crystal.from_ase(cu3au())
+    with session_scope(engine) as session:
+        row = session.execute(select(Structure.lattice, Structure.species, Structure.frac_coords)).one()
+        stored = Crystal.from_stored(row.lattice, row.species, row.frac_coords)
+        session.execute(update(Structure).where(Structure.id == structure_id)
+                        .values(lattice=[[4, 0, 0], [0, 4, 0], [0, 0, 4]]))
+        whole = session.execute(select(Structure.lattice, Structure.species, Structure.frac_coords)).one()
+    assert stored.species == original.species and stored.lattice.dtype == stored.frac_coords.dtype == float
+    np.testing.assert_allclose(stored.lattice, original.lattice)
+    np.testing.assert_array_equal(site_mapping(original, stored), np.arange(original.nsites))
+    assert isinstance(whole.lattice[0][0], int)
+    assert Crystal.from_stored(whole.lattice, whole.species, whole.frac_coords).lattice.dtype == float

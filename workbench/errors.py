@@ -58,6 +58,10 @@ class ImportFailed(WorkbenchError):
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
         super().__init__(f"{len(errors)} bad entr{'y' if len(errors) == 1 else 'ies'}:\n{lines}{more}")
 
+    def __reduce__(self):
+        # Rebuilt from its errors, not from the message (which __init__ would read as a list).
+        return (type(self), (self.errors,))
+
 
 class ReadOnlyViolation(InputError):
     """A user's SQL tried to write through a read-only connection, or held more than one

@@ -10,6 +10,7 @@ from workbench.cli.shared import (
     StructureIdsOption,
     WhereOption,
     app,
+    check_structure_choice,
     console,
     id_list,
     invocation,
@@ -37,12 +38,8 @@ def _run_options(run: Invocation, threads: int, jobs: int, wall_time: float | No
                  max_attempts: int | None):
     from workbench.dft.runner import RunOptions
 
-    settings = run.settings
-    return RunOptions(
-        workdir=settings.dft_dir, threads=threads, jobs=jobs, wall_time_s=wall_time,
-        max_attempts=max_attempts, espresso_pseudo_dir=settings.espresso_pseudo_dir,
-        espresso_command=settings.espresso_command,
-    )
+    return RunOptions.from_settings(run.settings, threads=threads, jobs=jobs, wall_time_s=wall_time,
+                                    max_attempts=max_attempts)
 
 
 def _run_and_report(engine, preset, options, calculation_ids) -> None:
@@ -98,8 +95,7 @@ def run(
     """
     from workbench.dft.runner import queue_calculations, select_structures
 
-    if sum([bool(ids), bool(where), all_]) != 1:
-        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    check_structure_choice(ids, where, all_)
     run = invocation(ctx)
     engine = run.engine
     calculation_preset = _preset(preset, batch_size)

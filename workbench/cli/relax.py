@@ -19,6 +19,7 @@ from workbench.cli.shared import (
     StructureIdsOption,
     WhereOption,
     app,
+    check_structure_choice,
     console,
     id_list,
     invocation,
@@ -59,8 +60,7 @@ def relax(
     from workbench.dft.relaxation import relaxation_products, relaxation_summaries
     from workbench.dft.runner import queue_calculations, select_structures
 
-    if sum([bool(ids), bool(where), all_]) != 1:
-        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    check_structure_choice(ids, where, all_)
     run = invocation(ctx)
     engine = run.engine
     try:
@@ -131,8 +131,7 @@ def workflow(
             table.add_row(known.name, " → ".join(stage.build().name for stage in known.stages), known.description)
         print_table(table)
         return
-    if sum([bool(ids), bool(where), all_]) != 1:
-        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
+    check_structure_choice(ids, where, all_)
     try:
         chosen = load_workflow(name)
     except PresetError as error:

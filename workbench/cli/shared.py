@@ -61,14 +61,15 @@ class Invocation:
     """The settings of one command and the engines it opened (disposed when it ends)."""
 
     settings: Settings
-    _engines: dict[str, Engine] = field(default_factory=dict)
+    _engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)  # by (URL, read-only)
 
-    def _open(self, url: str) -> Engine:
-        from workbench.store.engine import make_engine
+    def _open(self, url: str, *, read_only: bool = False) -> Engine:
+        from workbench.store.engine import make_engine, read_only_engine
 
-        if url not in self._engines:
-            self._engines[url] = make_engine(url)
-        return self._engines[url]
+        key = (url, read_only)
+        if key not in self._engines:
+            self._engines[key] = read_only_engine(url) if read_only else make_engine(url)
+        return self._engines[key]
 
     @cached_property
     def engine(self) -> Engine:
@@ -85,17 +86,29 @@ class Invocation:
         self.settings.ensure_home()
         return self._open(self.settings.database_url)
 
+    @property
+    def read_only_url(self) -> str:
+        """What ``sql`` and ``serve`` read: the read-only role's URL where one is configured
+        (the server then refuses writes by role too), else the store's."""
+        return self.settings.readonly_database_url or self.settings.database_url
+
     def read_only_engine(self) -> Engine:
-        """The store as the read-only role, where one is configured (the server then
-        refuses writes too), else the store itself."""
-        url = self.settings.readonly_database_url
-        return self._open(url) if url else self.engine
+        """The store at :attr:`read_only_url` through an engine the database refuses writes
+        through; checked like :attr:`engine` (once)."""
+        from workbench.store import migrate
+        from workbench.store.engine import open_engine
+
+        url = self.read_only_url
+        if (url, True) not in self._engines:
+            # Checked through a plain engine, closed after: SQLite opens no missing file
+            # read-only, and a missing store is refused in the same words as for any command.
+            with open_engine(url) as engine:
+                migrate.require_current(engine, shown(url))
+        return self._open(url, read_only=True)
 
     @property
     def shown_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.settings.database_url).render_as_string(hide_password=True)
+        return shown(self.settings.database_url)
 
     def close(self) -> None:
         for engine in self._engines.values():
@@ -116,6 +129,13 @@ def _start(ctx: typer.Context) -> None:
                                    for item in error.errors())) from None
     ctx.obj = Invocation(settings)
     ctx.call_on_close(ctx.obj.close)
+
+
+def shown(url: str) -> str:
+    """A database URL as printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def invocation(ctx: typer.Context) -> Invocation:
@@ -160,6 +180,13 @@ def id_list(text: str, option: str = "--ids") -> list[int] | None:
         return [int(value) for value in text.split(",") if value.strip()]
     except ValueError:
         raise typer.BadParameter(f"{option} expects comma-separated integers, got {text!r}") from None
+
+
+def check_structure_choice(ids: str, where: str, every: bool) -> None:
+    """Refuse a command told which stored structures to work on in no way, or in more than
+    one: exactly one of ``--ids``, ``--where`` and ``--all``."""
+    if sum([bool(ids), bool(where), every]) != 1:
+        raise typer.BadParameter("choose structures with exactly one of --ids, --where, --all")
 
 
 def print_table(table) -> None:

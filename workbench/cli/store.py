@@ -41,6 +41,8 @@ def _grid(spec: str):
         start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
     except (ValueError, IndexError):
         raise typer.BadParameter(f"--grid expects NAME=START:STOP:COUNT[:UNITS], got {spec!r}") from None
+    if count < 1:  # NumPy would raise on a negative COUNT, and a spectrum has a point at least
+        raise typer.BadParameter(f"--grid needs a COUNT of 1 or more, got {spec!r}")
     return np.linspace(start, stop, count, endpoint=False), parts[3] if len(parts) > 3 else ""
 
 

@@ -3,7 +3,7 @@ figures drawn by the plotly.js that the plotly package ships, served from here.
 
 Pages: ``/`` (overview), ``/campaigns/{name}``, ``/structures/{id}``, ``/models``,
 ``/models/{id}``, ``/search``. The app only reads: it is given an engine the database
-refuses writes through (:func:`workbench.dashboard.queries.read_only_engine`).
+refuses writes through (:func:`workbench.store.engine.read_only_engine`).
 """
 
 import secrets
@@ -129,6 +129,15 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
         raise InputError(f"{name} must be a whole number, got {text!r}", field=name) from None
 
 
+def _page(request: Request, name: str) -> int:
+    """A page number, 1 when not given; one below 1 is refused here (PostgreSQL refuses the
+    negative OFFSET it would give, which would be a server error)."""
+    page = _int(request, name, 1)
+    if page < 1:
+        raise InputError(f"{name} must be 1 or more, got {page}", field=name)
+    return page
+
+
 def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
     """The dashboard app; with a ``token``, every request must present it."""
     templates = _templates()
@@ -191,13 +200,13 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
         params = request.query_params
         formula, elements, source = params.get("formula", ""), params.get("elements", ""), params.get("source", "")
         found = (queries.search_structures(engine, formula=formula, elements=elements, source=source,
-                                           page=_int(request, "page", 1))
+                                           page=_page(request, "page"))
                  if formula or elements or source else None)
         targets = queries.scalar_targets(engine)
         target = params.get("target") or (targets[0] if targets else "")
         order, descending = params.get("order", "std"), params.get("desc", "1") == "1"
         ranked = (queries.candidates(engine, target, order=order, descending=descending,
-                                     page=_int(request, "cpage", 1)) if target else None)
+                                     page=_page(request, "cpage")) if target else None)
         return render(request, "search.html", found=found, formula=formula, elements=elements, source=source,
                       targets=targets, target=target, order=order, descending=descending, ranked=ranked,
                       orders=list(queries.CANDIDATE_ORDERS))

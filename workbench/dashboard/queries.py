@@ -1,6 +1,7 @@
 """What the dashboard shows, read from the store and returned as plain data.
 
-Every function takes an engine and only reads; :func:`read_only_engine` opens one the
+Every function takes an engine and only reads;
+:func:`workbench.store.engine.read_only_engine` opens one the
 database itself refuses to write through. Lists that grow with the store (the ledger,
 candidates, search) are filtered, sorted and cut in SQL and come a page at a time; counts
 are SQL aggregates. (:func:`workbench.campaign.report.ledger` and
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, case, create_engine, func, literal, select
+from sqlalchemy import ColumnElement, Engine, case, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
@@ -53,28 +54,6 @@ LOG_FILES = ("stderr.log", "stdout.log", "calculator.txt")
 UNKNOWN_REASON = "unknown"  # a failed attempt that recorded no reason
 # Hull figures on a stability campaign's page: its most chosen binary systems.
 HULL_SYSTEMS = 4
-
-
-def read_only_engine(database_url: str) -> Engine:
-    """An engine on the store through which the database refuses writes: a SQLite file
-    opened ``mode=ro``, or PostgreSQL sessions whose transactions are read-only."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        import sqlite3
-
-        if not url.database or url.database == ":memory:":
-            raise InputError("the dashboard reads a SQLite file, not an in-memory database", field="database_url")
-        path = Path(url.database).resolve()
-        if not path.exists():
-            raise NotFound(f"No workbench store at {path}: run `workbench init` first.")
-        # The URL keeps the path, so library code that opens its own read-only connection
-        # (user SQL conditions) finds the file.
-        return create_engine(url, creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                                                  check_same_thread=False))
-    connect_args = {"options": "-c default_transaction_read_only=on"}
-    if url.get_driver_name() == "psycopg":
-        connect_args["prepare_threshold"] = None
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 # -- overview ---------------------------------------------------------------------------

@@ -65,8 +65,7 @@ def store_relaxed_structure(session: Session, calculation: Calculation, relaxati
     relaxed_id = session.scalars(select(StructureSource.structure_id).where(
         StructureSource.source == RELAXATION_SOURCE, StructureSource.external_id == name)).one()
     stored = session.get(Structure, relaxed_id)
-    mapping = site_mapping(Crystal(np.asarray(stored.lattice), tuple(stored.species), np.asarray(stored.frac_coords)),
-                           crystal)
+    mapping = site_mapping(Crystal.from_stored(stored.lattice, stored.species, stored.frac_coords), crystal)
     if mapping is None:  # the writer matched them, so this cannot happen unless the store changed meanwhile
         raise RelaxedStructureRefused(f"calculation {calculation.id}: structure {relaxed_id} no longer matches "
                                       "the relaxed crystal")

@@ -9,7 +9,6 @@ points at a stored parent.
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine, select
 
 from workbench.errors import InputError, NotFound
@@ -101,7 +100,7 @@ def stored_prototype(engine: Engine, structure_id: int, name: str) -> Prototype:
                               .where(Structure.id == structure_id)).one_or_none()
     if row is None:
         raise NotFound(f"no structure with id {structure_id} to use as prototype")
-    crystal = Crystal(np.array(row.lattice, dtype=float), tuple(row.species), row.frac_coords)
+    crystal = Crystal.from_stored(row.lattice, row.species, row.frac_coords)
     return Prototype(structure_id, crystal, name)
 
 

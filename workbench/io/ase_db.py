@@ -109,7 +109,7 @@ def read_ase_db(path: Path, target_for: TargetFor, *, json_text: str | None = No
                 labels[target] = Label(kind, np.asarray(value, dtype=float), spec.get("units", ""),
                                        grid, spec.get("grid_units", ""))
         results = {prop: row.get(prop) for prop in CALCULATOR_TARGETS if row.get(prop) is not None}
-        _add_calculator_results(labels, target_for, results)
+        _add_calculator_results(labels, target_for, results, definitions)
         entry = _entry(where, external_id, row.toatoms(), labels)
         entry.origins = origins
         entries.append(entry)
@@ -123,11 +123,15 @@ def _entry(row: str, external_id: str, atoms: Atoms, labels: dict[str, Label]) -
         return Entry(row, external_id, error=InputError(str(error)))
 
 
-def _add_calculator_results(labels: dict[str, Label], target_for: TargetFor, results: dict) -> None:
+def _add_calculator_results(labels: dict[str, Label], target_for: TargetFor, results: dict,
+                            definitions: dict[str, dict] | None = None) -> None:
+    """Labels of calculator results, in ASE's units unless an export's definition of the
+    target says otherwise (a target named ``energy`` may be in eV/atom)."""
     for prop, (kind, units) in CALCULATOR_TARGETS.items():
         if prop in results and results[prop] is not None:
             value = results[prop]
             value = float(value) if kind is TargetKind.SCALAR else np.array(value, dtype=float)
+            units = (definitions or {}).get(prop, {}).get("units", units)
             _add(labels, target_for, prop, kind, value, units)
 
 

@@ -3,7 +3,6 @@
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -81,7 +80,7 @@ def _rows(session: Session, definitions: dict[int, TargetDefinition]) -> Iterato
 
 def _export_row(structure: Structure, values: list[TargetValue], sources: list[list[str]],
                 definitions: dict[int, TargetDefinition]) -> ExportRow:
-    crystal = Crystal(np.array(structure.lattice), tuple(structure.species), structure.frac_coords)
+    crystal = Crystal.from_stored(structure.lattice, structure.species, structure.frac_coords)
     key_value_pairs = {
         f"{KEY_PREFIX}structure_id": structure.id,
         f"{KEY_PREFIX}spacegroup": structure.spacegroup_number,

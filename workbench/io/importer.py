@@ -115,7 +115,7 @@ def import_entries(
     report = FileReport(file=file, entries=len(entries))
     if on_total:
         on_total(len(entries))
-    errors = _duplicate_id_errors(entries)
+    errors = [error.located(file=file) for error in _duplicate_id_errors(entries)]
     bad_rows = {error.row for error in errors}
     entries = [entry for entry in entries if entry.row not in bad_rows]
     if executor is not None and len(entries) >= PARALLEL_THRESHOLD:
@@ -153,6 +153,8 @@ def _duplicate_id_errors(entries: list[Entry]) -> list[InputError]:
     first_row: dict[str, str] = {}
     errors = []
     for entry in entries:
+        if entry.error is not None:
+            continue  # refused by its reader, for that reason; its id (perhaps empty) claims nothing
         if entry.external_id in first_row:
             errors.append(InputError(
                 f"duplicate id {entry.external_id!r} (first at {first_row[entry.external_id]})",
@@ -277,7 +279,8 @@ class StructureWriter:
                    one_of(self.session, StructureSource.external_id, external_ids))
         )
         return {
-            row.external_id: (row.id, row.reduced_formula, _crystal(row))
+            row.external_id: (row.id, row.reduced_formula,
+                              Crystal.from_stored(row.lattice, row.species, row.frac_coords))
             for row in rows
         }
 
@@ -292,7 +295,8 @@ class StructureWriter:
             .where(one_of(self.session, Structure.dedup_key, keys))
         )
         for row in rows:
-            candidates.setdefault(row.dedup_key, []).append((row.id, _Candidate(_crystal(row), row.fingerprint)))
+            crystal = Crystal.from_stored(row.lattice, row.species, row.frac_coords)
+            candidates.setdefault(row.dedup_key, []).append((row.id, _Candidate(crystal, row.fingerprint)))
         return candidates
 
     def _match(self, item: Checked, known_sources, stored, new_by_key
@@ -439,10 +443,6 @@ class StructureWriter:
             select(StructureSource.source, StructureSource.external_id).where(pair.in_(sorted(origins)))
         )
         return {(row.source, row.external_id) for row in rows}
-
-
-def _crystal(row) -> Crystal:
-    return Crystal(np.array(row.lattice, dtype=float), tuple(row.species), row.frac_coords)
 
 
 def _structure_row(item: Checked) -> dict:

@@ -238,12 +238,14 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
     entries = []
     for number, row in enumerate(rows, start=1):
         external_id = (row.get(id_column) or "").strip() if id_column else str(number)
-        where = f"row {number}" + (f" (id {external_id})" if id_column else "")
-        if not external_id:
-            raise InputError(f"empty {id_column}", row=where, field=id_column)
+        where = f"row {number}" + (f" (id {external_id})" if id_column and external_id else "")
         text = row.get(structure_column) or ""
         text_format = fixed_format or ("cif" if "data_" in text else "poscar")
         entry = Entry(where, external_id, text=text, text_format=text_format, site_targets=_site_targets(options))
+        if not external_id:  # this row's error, so that --skip-bad leaves out just this row
+            entry.error = InputError(f"empty {id_column}", row=where, field=id_column)
+            entries.append(entry)
+            continue
         try:
             for column, target in target_columns.items():
                 cell = (row.get(column) or "").strip()

@@ -5,9 +5,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+from workbench.errors import InputError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -30,10 +32,39 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(url)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
+    return create_engine(url, pool_pre_ping=True, connect_args=_server_connect_args(url))
+
+
+def _server_connect_args(url: URL) -> dict:
     # No server-side prepared statements: after five runs psycopg would prepare the
     # importer's large IN (...) lookups, and PostgreSQL's generic plan for them is slow.
-    connect_args = {"prepare_threshold": None} if url.get_driver_name() == "psycopg" else {}
+    return {"prepare_threshold": None} if url.get_driver_name() == "psycopg" else {}
+
+
+def read_only_engine(database_url: str | URL) -> Engine:
+    """An engine on the store through which the database refuses writes: a SQLite file
+    opened ``mode=ro`` with ATTACH disabled, or PostgreSQL sessions whose transactions are
+    read-only. Its URL stays the store's, so that code opening its own read-only
+    connection from it (:func:`read_only_connection`) finds the same file."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise InputError("a read-only engine needs a SQLite file, not an in-memory database",
+                             field="database_url")
+        # As a URI: a path is escaped there, else a `#` or `?` in a folder's name would
+        # end it and drop `mode=ro` (SQLite would open, or create, another file read-write).
+        uri = f"{Path(url.database).resolve().as_uri()}?mode=ro"
+        engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+        event.listen(engine, "connect", _configure_read_only_sqlite)
+        return engine
+    connect_args = {"options": "-c default_transaction_read_only=on", **_server_connect_args(url)}
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _configure_read_only_sqlite(dbapi_connection, _record) -> None:
+    # ATTACH could open another file read-write through this connection.
+    dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 @contextmanager
@@ -62,7 +93,7 @@ def read_only_connection(engine: Engine) -> Iterator[Connection]:
     transaction is ``READ ONLY`` and is rolled back at the end.
     """
     if engine.dialect.name == "sqlite":
-        read_only = _sqlite_read_only_engine(engine)
+        read_only = read_only_engine(engine.url)
         try:
             with read_only.connect() as connection:
                 yield connection
@@ -76,18 +107,3 @@ def read_only_connection(engine: Engine) -> Iterator[Connection]:
         finally:
             connection.rollback()
 
-
-def _sqlite_read_only_engine(engine: Engine) -> Engine:
-    path = engine.url.database
-    if not path or path == ":memory:":
-        raise ValueError("a read-only connection needs a SQLite file, not an in-memory database")
-    read_only = create_engine(
-        "sqlite://", creator=lambda: sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-    )
-
-    def configure(dbapi_connection, _record) -> None:
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-
-    event.listen(read_only, "connect", configure)
-    return read_only

@@ -43,6 +43,12 @@ class Crystal:
         )
 
     @classmethod
+    def from_stored(cls, lattice: list[list[float]], species: list[str], frac_coords: np.ndarray) -> "Crystal":
+        """The crystal of a stored structure's columns (the lattice is a JSON list, which
+        may hold integers)."""
+        return cls(np.array(lattice, dtype=float), tuple(species), np.asarray(frac_coords, dtype=float))
+
+    @classmethod
     def from_ase(cls, atoms: Atoms) -> "Crystal":
         if not atoms.pbc.all() or atoms.cell.rank < 3:
             raise ValueError("not a periodic crystal: ASE Atoms need pbc on all axes and a full cell")
