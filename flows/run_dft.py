@@ -19,21 +19,15 @@ from workbench.store.engine import open_engine
 DFT_TAG = "dft"
 
 
-def _options(settings: Settings, threads: int, wall_time_s: float | None) -> RunOptions:
-    return RunOptions(workdir=settings.dft_dir, threads=threads, wall_time_s=wall_time_s,
-                      espresso_pseudo_dir=settings.espresso_pseudo_dir,
-                      espresso_command=settings.espresso_command)
-
-
 @store_task
 def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: float | None,
          references: bool) -> list[list[int]]:
     settings = Settings()
     preset = load_preset(preset_name)
+    options = RunOptions.from_settings(settings, threads=threads, wall_time_s=wall_time_s)
     with open_engine(settings.database_url) as engine:
         calculation_ids = queue_calculations(engine, structure_ids, preset)
-        run_plan = plan_run(engine, preset, _options(settings, threads, wall_time_s),
-                            calculation_ids=calculation_ids, references=references)
+        run_plan = plan_run(engine, preset, options, calculation_ids=calculation_ids, references=references)
     for element, why in run_plan.references_missing.items():
         get_run_logger().warning("no elemental reference for %s: %s", element, why)
     return run_plan.stages
@@ -42,9 +36,9 @@ def plan(preset_name: str, structure_ids: list[int], threads: int, wall_time_s: 
 @store_task(tags=[DFT_TAG])
 def run_one(calculation_id: int, preset_name: str, threads: int, wall_time_s: float | None) -> str | None:
     settings = Settings()
+    options = RunOptions.from_settings(settings, threads=threads, wall_time_s=wall_time_s)
     with open_engine(settings.database_url) as engine:
-        return run_calculation(engine, calculation_id, load_preset(preset_name),
-                               _options(settings, threads, wall_time_s),
+        return run_calculation(engine, calculation_id, load_preset(preset_name), options,
                                on_event=lambda i, message: get_run_logger().info("calculation %s: %s", i, message))
 
 

@@ -161,6 +161,24 @@ def test_cost_aware_plans_weigh_each_scale_by_cost():
     assert list(plan.order) == [1, 0, 2]
 
 
+def test_candidates_without_a_finite_score_rank_last_and_the_rest_are_still_weighed_by_cost():
+    """A NaN mean (a diverged ensemble, a candidate without its prior) or an infinite one
+    scores last; the others are weighed by their own margin and cost, and explained."""
+    heat = (np.array([1.0, 0.0, np.nan, -1.0, np.inf]), np.ones(5))  # minimised (BELOW)
+    predictions = {"heat": heat, "gap": (np.full(5, 2.0), np.full(5, 0.1))}
+    costs = np.array([1.0, 100.0, 1.0, 1000.0, 1.0])
+    for name in ("ucb", "greedy"):
+        plan = plan_batch(predictions, BELOW, AcquisitionSettings(function=name, cost_aware=True), size=4,
+                          costs=costs, rng=np.random.default_rng(0))
+        # Margins over the worst finite score (-mean, + 2 std for ucb): 0, 1, 2 per cost.
+        np.testing.assert_allclose(plan.scores[[0, 1, 3]], [0.0, 0.01, 0.002])
+        assert list(plan.scores[[2, 4]]) == [-np.inf, -np.inf]
+        assert list(plan.order[:3]) == [1, 3, 0] and set(plan.order[3:]) == {2, 4}
+        assert plan.reasons[0] == f"rank 1 of 5 by {name} per expected second"
+        assert plan.reasons[3] == f"rank 4 of 5 by {name} per expected second, tied with 1 other"
+        assert plan.note.startswith("2 candidates share a score with the batch's cut (-inf)")
+
+
 def test_ties_are_broken_meaningfully_and_noted():
     # A model that learned nothing: every candidate has the same mean and spread.
     count = 12

@@ -5,16 +5,19 @@ test_campaign.py). Each campaign buys 10 random labels, then one guided batch of
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import select
 
 from tests.dft_helpers import campaign_document
 from workbench.acquire.scores import SCORE_FUNCTIONS, ScoreInputs
+from workbench.campaign import loop, replay
 from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
 from workbench.errors import InputError
 from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import Acquisition, Prediction, Round, RoundKind
+from workbench.train.ensemble import pick_device
 
 TARGET = "emt.energy_per_atom"
 TINY_MODEL = {"members": 2, "epochs": 4, "patience": 4, "device": "cpu", "backbone": {"hidden": 8, "layers": 1}}
@@ -123,3 +126,23 @@ def test_stop_rules_end_a_campaign_before_its_budget(engine, alloys, settings, s
     again = run_campaign(engine, settings, _config(f"stop-{next(iter(stop))}", 30, stop=stop,
                                                    acquisition={"batch": 4}))
     assert again.spent == outcome.spent and again.rounds == 0  # a finished campaign stays finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_diverse_batch_is_embedded_by_the_replays_helper_on_the_configured_device(engine, alloys, settings):
+    """A diverse round embeds its shortlist with the replay's helper, on the config's
+    ``model.device``. A CPU-only machine cannot tell ``cpu`` from ``auto``: the round runs
+    end to end, and the helper is shown to compute on the device it is given."""
+    config = _config("spread", 14, acquisition={"batch": 4, "diversity": 1})
+    outcome = run_campaign(engine, settings, config)
+    (_, _), (guided_round, guided) = _rounds(engine, outcome.campaign_id)
+    assert len(guided) == 4 and len(guided_round.summary["acquisition"]["reasons"]) == 4
+    assert loop.embed is replay.embed
+    ids = [a.structure_id for a in guided]
+    embedded = loop._embeddings(engine, settings, guided_round.model_version_id, ids,
+                                pick_device(config.model.device))
+    assert embedded.shape[0] == 4 and np.isfinite(embedded).all()
+    # A device nothing can be computed on: the helper fails there rather than pick its own.
+    with pytest.raises(RuntimeError, match="meta tensors"):
+        loop._embeddings(engine, settings, guided_round.model_version_id, ids, torch.device("meta"))

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from sqlalchemy import func, select
 
-from tests.dft_helpers import campaign_document
+from tests.dft_helpers import campaign_document, cu3au, store_crystals
 from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost_model
 from workbench.campaign import rounds
 from workbench.campaign.config import config_from_document, load_config
@@ -38,8 +38,13 @@ from workbench.store.schema import (
     CalculationAttempt,
     CalculationStatus,
     Campaign,
+    ModelVersion,
+    Prediction,
     Round,
     RoundKind,
+    TargetDefinition,
+    TargetKind,
+    TargetValue,
 )
 
 
@@ -148,6 +153,34 @@ def test_a_round_moved_meanwhile_is_refused_and_the_step_rolled_back(engine, all
     assert _round_row(engine, stale.round_id).status == "trained"
 
 
+def test_screen_and_relax_run_espresso_with_the_settings(engine, tmp_path, database_url, mlflow_uri):
+    """The screen and relax steps run their presets with the settings' pseudopotentials and
+    pw.x command, as the dft step does (Cs: not in the packaged set they used instead)."""
+    from ase.build import bulk
+
+    from workbench.campaign.loop import screen
+
+    store_crystals(engine, {"Cs": bulk("Cs", "bcc", a=6.05)})
+    pseudo_dir = tmp_path / "pseudopotentials"
+    settings = Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri,
+                        espresso_pseudo_dir=str(pseudo_dir))
+    campaign_id = open_campaign(engine, config_from_document(campaign_document(
+        "espresso", 1, screen={"preset": "espresso"}, relax={"preset": "espresso-relax"})))
+    round_ref = resume_round(engine, campaign_id)
+    screen(engine, settings, round_ref)
+    for status in ("trained", "predicted", "ranked", "relaxed"):
+        round_ref = rounds.run_step(engine, settings, round_ref)
+        assert round_ref.status == status
+    summary = _round_row(engine, round_ref.round_id).summary
+    assert summary["screen"]["failed"] == summary["relax"]["failed"] == 1
+    with session_scope(engine) as session:
+        messages = dict(session.execute(select(Calculation.preset, CalculationAttempt.message).join(
+            CalculationAttempt, CalculationAttempt.calculation_id == Calculation.id)).all())
+    assert set(messages) == {"espresso", "espresso-relax"}
+    for message in messages.values():
+        assert f"espresso pseudopotential directory {str(pseudo_dir)!r} does not exist" in message
+
+
 def test_cost_model_learns_from_past_calculations(engine, alloys):
     rng = np.random.default_rng(0)
     nsites = rng.integers(2, 40, 60)
@@ -224,6 +257,41 @@ def test_campaign_with_other_settings_is_refused(engine, alloys, settings):
     # The budget may grow: the campaign goes on from its ledger.
     grown = run_campaign(engine, settings, config_from_document(campaign_document("alloys", 14)))
     assert (grown.spent, grown.rounds) == (14, 1)
+
+
+def test_the_dos_figure_shows_relaxed_candidates(engine, tmp_path):
+    """A relaxed candidate's spectrum is computed on the structure its relaxation ended in;
+    the prediction it was chosen on is the candidate's. The report pairs the two."""
+    relaxed = cu3au()
+    relaxed.set_cell(relaxed.cell * 1.02, scale_atoms=True)
+    ids = store_crystals(engine, {"candidate": cu3au(), "relaxed": relaxed})
+    campaign_id = open_campaign(engine, config_from_document(campaign_document(
+        "relaxed", 10, targets=["emt.dos"], relax={"preset": "emt-relax"})))
+    grid = np.linspace(-5.0, 5.0, 20)
+    with session_scope(engine) as session:
+        definition = TargetDefinition(name="emt.dos", kind=TargetKind.SPECTRUM, length=len(grid), grid=grid)
+        version = ModelVersion(name="relaxed-emt.dos", registry_version=1, targets=["emt.dos"], architecture="cgcnn")
+        calculation = Calculation(structure_id=ids["relaxed"], preset="emt", parameters={},
+                                  status=CalculationStatus.DONE)
+        session.add_all([definition, version, calculation])
+        session.flush()
+        round_row = Round(campaign_id=campaign_id, number=1, kind=RoundKind.MODEL, status="done",
+                          models={"emt.dos": version.id})
+        session.add(round_row)
+        session.flush()
+        session.add_all([
+            Acquisition(round_id=round_row.id, structure_id=ids["candidate"], model_version_id=version.id,
+                        acquisition_function="probability", score=0.0, rank=1, batch=1,
+                        status=AcquisitionStatus.LABELED, calculation_id=calculation.id,
+                        outcome={"computed": {}, "hit": False, "structure_id": ids["relaxed"]}),
+            TargetValue(structure_id=ids["relaxed"], target_id=definition.id, value_array=np.exp(-grid**2),
+                        calculation_id=calculation.id),
+            Prediction(model_version_id=version.id, structure_id=ids["candidate"], target_id=definition.id,
+                       mean_array=np.exp(-grid**2), std_array=np.full(len(grid), 0.1)),
+        ])
+    text = write_report(engine, campaign_id, tmp_path / "report").read_text()
+    assert "![spectra-emt.dos](spectra-emt.dos.png)" in text
+    assert (tmp_path / "report" / "spectra-emt.dos.png").stat().st_size > 0
 
 
 def _wait_for(engine, condition, process, timeout_s: float = 240.0) -> None:

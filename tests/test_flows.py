@@ -58,6 +58,33 @@ def test_store_task_retries_a_dropped_connection_and_nothing_else(prefect_api):
 
 
 @pytest.mark.slow
+def test_store_tasks_run_again_on_the_same_arguments_when_results_are_persisted(prefect_api, tmp_path):
+    """A store task answers from the store, which changes under the same arguments (the
+    campaign flow's second ``next_round_task(name)``): with results persisted by default,
+    it is still run every time, not answered from a cache keyed on its inputs."""
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    calls = []
+
+    @store_task
+    def next_round(campaign: str) -> int:
+        calls.append(campaign)
+        return len(calls)
+
+    @flow
+    def rounds(campaign: str) -> list[int]:
+        return [next_round(campaign), next_round(campaign)]
+
+    with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+                             PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        assert rounds("alloys") == [1, 2]
+
+
+@pytest.mark.slow
 def test_step_flow_walks_a_random_round(prefect_api, engine, alloys, database_url, mlflow_uri, tmp_path,
                                         monkeypatch):
     """The flow `step` runs the table's next step; a random round passes retrain and

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ase.build import bulk
 from mlflow import MlflowClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from starlette.testclient import TestClient
 
 from tests.dft_helpers import (
@@ -31,6 +31,7 @@ from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
 from workbench.campaign.report import write_report
 from workbench.dashboard.app import Dashboard, create_app
+from workbench.errors import InputError
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
 from workbench.io.entries import Entry, Label
@@ -239,6 +240,43 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
     assert "| 1 | done | probability (prior) |" in text
     assert re.search(r"Hit rate: model-guided rounds 4 of 4 chosen \(100%\), random rounds \d+ of 10", text)
     assert "cgcnn ensembles of 2 on chgnet atom features" in text  # a campaign's default for cgcnn
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_candidate_without_its_prior_is_left_out_of_the_ranking(engine, settings, alloys, tmp_path):
+    """A candidate added after the random round that the screen cannot compute (EMT knows
+    no Fe) has no prior, so no prediction: the round ranks the others."""
+    expensive = tmp_path / "emt-confirm.yaml"
+    expensive.write_text("name: emt-confirm\ncalculator: emt\nspin: \"off\"\ndos: false\nwall_time_s: 300\n")
+    target = "emt-confirm.energy_per_atom"
+    document = campaign_document("unscreened", 10, objective=[f"{target}<={emt_threshold():.4f}"],
+                                 dft={"preset": str(expensive), "jobs": 2}, screen={"preset": "emt", "jobs": 2},
+                                 model={**TINY_MODEL, "prior": "emt.energy_per_atom"},
+                                 acquisition={"batch": 4, "diversity": 0})
+    run_campaign(engine, settings, config_from_document(document))  # the random round
+    iron = bulk("Cu", "fcc", a=3.6, cubic=True)
+    iron[0].symbol = "Fe"
+    unscreened = store_crystals(engine, {"Cu3Fe": iron})["Cu3Fe"]
+    events = []
+    outcome = run_campaign(engine, settings, config_from_document({**document, "budget": 14}), on_event=events.append)
+    assert (outcome.spent, outcome.rounds) == (14, 1)
+    with session_scope(engine) as session:
+        round_row = session.scalars(select(Round).where(Round.number == 1)).one()
+        chosen = list(session.scalars(select(Acquisition.structure_id).where(Acquisition.round_id == round_row.id)))
+    assert round_row.summary["screen"]["failed"] == 2  # Cu3Fe and the elemental reference of Fe
+    assert len(chosen) == 4 and unscreened not in chosen
+    assert (f"round 1: 1 candidates have no emt.energy_per_atom (the prior) and are not predicted for {target}"
+            in events)
+    assert f"round 1: 4 of {len(alloys) - 10} candidates chosen by probability" in " ".join(events)
+    # With no candidate left that has the prior, a round would rank nothing, again and again.
+    with session_scope(engine) as session:
+        ledger = set(session.scalars(select(Acquisition.structure_id)))
+        prior_id = session.scalar(select(TargetDefinition.id).where(TargetDefinition.name == "emt.energy_per_atom"))
+        session.execute(delete(TargetValue).where(TargetValue.target_id == prior_id,
+                                                  TargetValue.structure_id.not_in(ledger)))
+    with pytest.raises(InputError, match="no candidate left has a value of emt.energy_per_atom"):
+        run_campaign(engine, settings, config_from_document({**document, "budget": 18}))
 
 
 @pytest.mark.slow

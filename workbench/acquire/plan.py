@@ -82,6 +82,12 @@ def _check(name: str, values: np.ndarray, count: int) -> np.ndarray:
     return values
 
 
+def _last_if_nan(values: np.ndarray) -> np.ndarray:
+    """NaN (no prediction) as ``-inf``, which ranks last; unlike ``np.nan_to_num``, an
+    infinite value stays infinite rather than becoming a float that costs can swamp."""
+    return np.where(np.isnan(values), -np.inf, values)
+
+
 def plan_batch(predictions: dict[str, tuple[np.ndarray, np.ndarray]], objective: Objective,
                settings: AcquisitionSettings, *, size: int, count: int | None = None,
                costs: np.ndarray | None = None, embeddings: Embeddings | None = None,
@@ -115,14 +121,14 @@ def plan_batch(predictions: dict[str, tuple[np.ndarray, np.ndarray]], objective:
         raise ValueError(f"acquisition {function.name!r} needs predictions of {', '.join(missing)}")
     rng = rng or np.random.default_rng()
     inputs = ScoreInputs(count, predictions, objective, settings.kappa, best_labeled, rng)
-    scores = np.nan_to_num(_check("scores", function.score(inputs), count), nan=-np.inf)
+    scores = _last_if_nan(_check("scores", function.score(inputs), count))
     weighed = settings.cost_aware and function.scale is not Scale.NONE
     if settings.cost_aware:
         if costs is None:
             raise ValueError("cost-aware acquisition needs the expected cost of every candidate")
         scores = function.scale.per_cost(scores, _check("costs", costs, count))
     tie_break = (np.zeros(count) if function.tie_break is None
-                 else np.nan_to_num(_check("tie-break", function.tie_break(inputs), count), nan=-np.inf))
+                 else _last_if_nan(_check("tie-break", function.tie_break(inputs), count)))
     # lexsort: the last key first. Exact ties in score and tie-break fall to chance.
     order = np.lexsort((rng.random(count), -tie_break, -scores))
     ranks = np.empty(count, int)
@@ -145,8 +151,7 @@ def _explained(function: ScoreFunction, weighed: bool, scores: np.ndarray, ranks
     if not function.needs_model:
         return BatchPlan(function.name, scores, ranks, chosen, tuple(f"{function.name} pick" for _ in chosen))
     label = f"{function.name}{' per expected second' if weighed else ''}"
-    values, sizes = np.unique(scores, return_counts=True)
-    shared = dict(zip(values.tolist(), sizes.tolist(), strict=True))
+    values = np.unique(scores)
     left_out = np.ones(count, bool)
     left_out[chosen] = False
     at_cut = np.intersect1d(scores[chosen], scores[left_out])
@@ -163,7 +168,7 @@ def _explained(function: ScoreFunction, weighed: bool, scores: np.ndarray, ranks
         rank = int(ranks[position])
         reason = (f"diversity pick: rank {rank} of {count} by {label}, far from the batch so far in the model's "
                   "embedding" if rank > size else f"rank {rank} of {count} by {label}")
-        others = shared[float(scores[position])] - 1
+        others = int(np.sum(scores == scores[position])) - 1
         if others:
             reason += f", tied with {others} other{'s' if others > 1 else ''}"
         reasons.append(reason)

@@ -122,13 +122,19 @@ class Scale(enum.StrEnum):
     NONE = "none"  # not weighed by cost (random)
 
     def per_cost(self, scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        """``scores`` weighed by ``costs``. A score that is not finite (``-inf``: no
+        prediction, ranked last) is kept as it is, and the signed margin is taken over the
+        worst finite score: an infinite one would make every margin infinite."""
+        finite = np.isfinite(scores)
         if self is Scale.LOG:
-            return scores - np.log(costs)
-        if self is Scale.POSITIVE:
-            return scores / costs
-        if self is Scale.SIGNED:
-            return (scores - np.min(scores)) / costs
-        return scores
+            weighed = scores - np.log(costs)
+        elif self is Scale.POSITIVE:
+            weighed = scores / costs
+        elif self is Scale.SIGNED:
+            weighed = (scores - np.min(scores, where=finite, initial=np.inf)) / costs
+        else:
+            return scores
+        return np.where(finite, weighed, scores)
 
 
 @dataclass(frozen=True)

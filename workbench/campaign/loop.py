@@ -34,6 +34,7 @@ from workbench.acquire.objective import Constraint
 from workbench.acquire.plan import AcquisitionSettings, BatchPlan, plan_batch
 from workbench.acquire.scores import SCORE_FUNCTIONS
 from workbench.campaign.config import CampaignConfig, config_from_document
+from workbench.campaign.replay import embed
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
@@ -68,6 +69,7 @@ from workbench.store.schema import (
 )
 from workbench.train.ensemble import pick_device
 from workbench.train.pipeline import (
+    MIN_LABELS,
     TrainRequest,
     featurizer_of,
     predict_into_store,
@@ -76,8 +78,6 @@ from workbench.train.pipeline import (
 )
 from workbench.train.registry import download_ensemble
 
-# train_and_register holds out validation and test structures: below this it refuses.
-MIN_LABELS = 10
 RANDOM = "random"
 # Config fields a resumed campaign may change; anything else would make its ledger lie.
 ADJUSTABLE = ("budget", "stop")
@@ -298,7 +298,7 @@ def screen(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
         return
     if on_event:
         on_event(f"round {round_ref.number}: screening {len(queued)} structures with {preset.name}")
-    options = RunOptions(workdir=settings.dft_dir, jobs=config.screen.jobs)
+    options = RunOptions.from_settings(settings, jobs=config.screen.jobs)
     report = run_queued(engine, preset, options, calculation_ids=queued)
     with session_scope(engine) as session:
         seconds = session.scalar(select(func.sum(Calculation.wall_time_s)).where(one_of(session, Calculation.id, queued)))
@@ -358,13 +358,10 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
         uris = {target: f"{version.name}/{version.registry_version}" for target, version in versions.items()}
     eligible = eligible_candidates(engine, round_ref.campaign_id, config)
     first_target = config.learned_targets[0]
-    with_prior = eligible
-    if config.model.prior and first_target in uris:  # its model adds the prior back: it needs its value
-        values = prior_values(engine, config.model.prior, eligible)
-        with_prior = [structure_id for structure_id in eligible if structure_id in values]
-        if on_event and len(with_prior) < len(eligible):
-            on_event(f"round {round_ref.number}: {len(eligible) - len(with_prior)} candidates have no "
-                     f"{config.model.prior} (the prior) and are not predicted for {first_target}")
+    with_prior = _with_prior(engine, config, models, eligible)
+    if on_event and len(with_prior) < len(eligible):
+        on_event(f"round {round_ref.number}: {len(eligible) - len(with_prior)} candidates have no "
+                 f"{config.model.prior} (the prior) and are not predicted for {first_target}")
     written = sum(predict_into_store(engine, settings, uri, structure_ids=with_prior if target == first_target
                                      else eligible) for target, uri in uris.items())
     with session_scope(engine) as session:
@@ -372,6 +369,15 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
     if on_event:
         on_event(f"round {round_ref.number}: {written} predictions of {len(eligible)} candidates written")
     return written
+
+
+def _with_prior(engine: Engine, config: CampaignConfig, models: dict[str, int], eligible: list[int]) -> list[int]:
+    """The candidates the round's models can predict: with ``model.prior``, those with a
+    value of it, as the first learned target's model adds the prior back; else all."""
+    if not config.model.prior or config.learned_targets[0] not in models:
+        return eligible
+    values = prior_values(engine, config.model.prior, eligible)
+    return [structure_id for structure_id in eligible if structure_id in values]
 
 
 def _scalar_predictions(engine: Engine, models: dict[str, int], structure_ids: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -401,8 +407,10 @@ def _best_labeled(engine: Engine, constraint: Constraint) -> float:
     return float(best)
 
 
-def _embeddings(engine: Engine, settings: Settings, model_version_id: int, structure_ids: list[int]) -> np.ndarray:
-    """The first member's pooled representation of each structure (for diverse batches)."""
+def _embeddings(engine: Engine, settings: Settings, model_version_id: int, structure_ids: list[int],
+                device: torch.device) -> np.ndarray:
+    """The first member's pooled representation of each structure, computed on ``device``
+    (for diverse batches)."""
     import mlflow
 
     with session_scope(engine) as session:
@@ -415,13 +423,7 @@ def _embeddings(engine: Engine, settings: Settings, model_version_id: int, struc
     graphs = load_graphs(engine, featurizer_key, structure_ids)
     table = featurizer.feature_table()
     triplets = needs_triplets(model.config.architecture)
-    from torch_geometric.data import Batch
-
-    device = pick_device("auto")
-    model = model.to(device).eval()
-    with torch.no_grad():
-        batch = Batch.from_data_list([graph_to_data(graphs[i], table, triplets=triplets) for i in structure_ids])
-        return model.embed(batch.to(device)).cpu().numpy()
+    return embed(model, [graph_to_data(graphs[i], table, triplets=triplets) for i in structure_ids], device)
 
 
 def _lean_on_prior(engine: Engine, settings: Settings, config: CampaignConfig, models: dict[str, int],
@@ -484,6 +486,13 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
         size = max(1, min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible)))
         policy, predictions = AcquisitionSettings(function=RANDOM, cost_aware=config.acquisition.cost_aware), {}
     else:
+        # Only what predict predicted: a candidate without the prior has no prediction.
+        predicted = _with_prior(engine, config, models, eligible)
+        if eligible and not predicted:  # else every round would rank nothing, and never end
+            raise InputError(f"campaign {config.name!r}: no candidate left has a value of {config.model.prior} "
+                             "(the prior), which its model needs; compute it (workbench dft retry) or remove "
+                             "model.prior", field="model.prior")
+        eligible = predicted
         policy = config.acquisition.settings()
         size = min(policy.batch, config.budget - state.spent, len(eligible))
         basis, predictions = _lean_on_prior(engine, settings, config, models, eligible,
@@ -494,7 +503,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     plan = plan_batch(
         predictions, objective, policy, size=size, count=len(eligible), costs=costs,
         embeddings=None if model_version_id is None else lambda positions: _embeddings(
-            engine, settings, model_version_id, [eligible[i] for i in positions]),
+            engine, settings, model_version_id, [eligible[i] for i in positions], pick_device(config.model.device)),
         best_labeled=(_best_labeled(engine, objective.constraints[0])
                       if SCORE_FUNCTIONS[policy.function].needs_best_label else None),
         rng=np.random.default_rng([config.seed, round_ref.number]))
@@ -541,7 +550,7 @@ def relax(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: 
         calculation_ids = queue_calculations(engine, round_structures(engine, round_ref.round_id), preset)
         if on_event:
             on_event(f"round {round_ref.number}: relaxing {len(calculation_ids)} structures with {preset.name}")
-        run_queued(engine, preset, RunOptions(workdir=settings.dft_dir, jobs=config.relax.jobs),
+        run_queued(engine, preset, RunOptions.from_settings(settings, jobs=config.relax.jobs),
                    calculation_ids=calculation_ids, references=False)
         with session_scope(engine) as session:
             rows = session.execute(select(Calculation.status, Calculation.wall_time_s).where(
@@ -608,9 +617,8 @@ def compute(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
     instead); those done already are not touched, lost ones are re-queued first."""
     config = campaign_config(engine, round_ref.campaign_id)
     say = on_event or (lambda message: None)
-    options = RunOptions(workdir=settings.dft_dir, threads=config.dft.threads, jobs=config.dft.jobs,
-                         wall_time_s=config.dft.wall_time_s, espresso_pseudo_dir=settings.espresso_pseudo_dir,
-                         espresso_command=settings.espresso_command)
+    options = RunOptions.from_settings(settings, threads=config.dft.threads, jobs=config.dft.jobs,
+                                       wall_time_s=config.dft.wall_time_s)
     run_queued(engine, load_preset(config.dft.preset), options,
                calculation_ids=round_calculations(engine, round_ref.round_id), references=config.dft.references,
                on_event=lambda calculation_id, message: say(f"calculation {calculation_id}: {message}"))

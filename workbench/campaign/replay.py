@@ -252,7 +252,9 @@ def _fit(pool: _Pool, target: str, train_positions: np.ndarray, model_config: Mo
 
 
 @torch.no_grad()
-def _embed(model: CrystalModel, items: list[CrystalGraphData], device: torch.device) -> np.ndarray:
+def embed(model: CrystalModel, items: list[CrystalGraphData], device: torch.device) -> np.ndarray:
+    """The model's pooled representation of each item, computed on ``device`` (for diverse
+    batches: a replay's and a campaign round's)."""
     from torch_geometric.data import Batch
 
     return model.to(device).eval().embed(Batch.from_data_list(items).to(device)).cpu().numpy()
@@ -303,7 +305,7 @@ def _replay_seed(pool: _Pool, config: ReplayConfig, featurizer: Featurizer, seed
             predictions, config.objective, config.acquisition, size=min(config.acquisition.batch,
                                                                          config.budget - len(revealed)),
             costs=None if pool.costs is None else pool.costs[hidden],
-            embeddings=lambda positions, hidden=hidden, member=ensembles[first.target].members[0]: _embed(
+            embeddings=lambda positions, hidden=hidden, member=ensembles[first.target].members[0]: embed(
                 member, [pool.data[hidden[position]] for position in positions], device),
             best_labeled=(float(known.max() if first.maximizes else known.min()) if needs_best else None), rng=rng)
         revealed.extend(hidden[plan.chosen].tolist())

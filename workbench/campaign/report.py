@@ -132,7 +132,9 @@ def _parity(rows: list[LedgerRow], target: str, path: Path) -> Path | None:
 
 
 def _dos_figure(engine: Engine, campaign_id: int, target: str, path: Path) -> Path | None:
-    """Computed vs predicted spectra of the newest candidates that have both."""
+    """Computed vs predicted spectra of the newest candidates that have both: computed on
+    the structure the candidate was labeled on (where its relaxation ended, if it was
+    relaxed), predicted for the candidate as chosen."""
     with session_scope(engine) as session:
         definition = session.scalar(select(TargetDefinition).where(TargetDefinition.name == target))
         if definition is None or definition.kind is not TargetKind.SPECTRUM:
@@ -147,7 +149,9 @@ def _dos_figure(engine: Engine, campaign_id: int, target: str, path: Path) -> Pa
             rows = session.execute(
                 select(Structure.formula, TargetValue.value_array, Prediction.mean_array, Prediction.std_array)
                 .join(Acquisition, Acquisition.structure_id == Structure.id)
-                .join(TargetValue, (TargetValue.structure_id == Structure.id) & (TargetValue.target_id == definition.id))
+                .join(Calculation, Calculation.id == Acquisition.calculation_id)
+                .join(TargetValue, (TargetValue.structure_id == Calculation.structure_id)
+                      & (TargetValue.target_id == definition.id))
                 .join(Prediction, (Prediction.structure_id == Structure.id)
                       & (Prediction.model_version_id == model_version_id))
                 .where(Acquisition.round_id == round_row.id).order_by(Acquisition.batch)
