@@ -419,7 +419,7 @@ def prepare_prior(engine, settings: Settings, prior: str) -> str:
     preset = load_preset(prior.partition(".")[0])  # a preset's target reads <preset>.<quantity>
     from_dcdft = import_references(engine)
     calculation_ids = queue_calculations(engine, select_structures(engine, preset.name, every=True), preset)
-    report = run_queued(engine, preset, RunOptions(workdir=settings.dft_dir, jobs=PRIOR_JOBS),
+    report = run_queued(engine, preset, RunOptions.from_settings(settings, jobs=PRIOR_JOBS),
                         calculation_ids=calculation_ids)
     minutes = (time.perf_counter() - started) / 60
     failed = f"; {len(report.failed)} failed ({', '.join(sorted(set(report.failed.values())))})" if report.failed else ""

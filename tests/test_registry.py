@@ -89,6 +89,8 @@ def test_train_register_predict_and_load_the_champion(engine, settings, rows, tm
         assert (version.name, version.mlflow_run_id, version.targets) == ("perov-heat", first.run_id, ["heat_ref"])
     assert predict_into_store(engine, settings, "perov-heat@champion") == 150
     assert predict_into_store(engine, settings, "perov-heat@champion") == 0  # nothing twice
+    with pytest.raises(RuntimeError, match="meta tensors"):  # the device asked for predicts: meta holds no values
+        predict_into_store(engine, settings, "perov-heat/2", device="meta")
     assert predict_into_store(engine, settings, "perov-heat/2", where="nsites = 5") == 150
     candidates = run_read_only(engine, "SELECT structure_id, mean, std, model_version_id FROM candidates "
                                        "WHERE target = 'heat_ref' ORDER BY std DESC")

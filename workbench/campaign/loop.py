@@ -363,7 +363,7 @@ def predict(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event
         on_event(f"round {round_ref.number}: {len(eligible) - len(with_prior)} candidates have no "
                  f"{config.model.prior} (the prior) and are not predicted for {first_target}")
     written = sum(predict_into_store(engine, settings, uri, structure_ids=with_prior if target == first_target
-                                     else eligible) for target, uri in uris.items())
+                                     else eligible, device=config.model.device) for target, uri in uris.items())
     with session_scope(engine) as session:
         advance(session, round_ref)
     if on_event:

@@ -161,6 +161,7 @@ def predict(
     ids: StructureIdsOption = "",
     where: WhereOption = "",
     jobs: Annotated[int, typer.Option(help="Worker processes for featurizing.")] = DEFAULT_JOBS,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Write a registered model's predictions (mean and std) into the store."""
     from workbench.train.pipeline import predict_into_store
@@ -170,7 +171,7 @@ def predict(
         task = progress.add_task(f"predicting with {model}", total=None)
         written = predict_into_store(
             run.engine, run.settings, model, structure_ids=id_list(ids), where=where or None,
-            executor=executor, on_total=lambda n: progress.update(task, total=n),
+            executor=executor, device=device, on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda n: progress.advance(task, n),
         )
     console.print(f"Wrote {written} predictions of {model}")

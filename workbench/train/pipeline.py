@@ -319,12 +319,13 @@ def featurizer_of(engine: Engine, key: str) -> Featurizer:
 
 def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
                        structure_ids: Iterable[int] | None = None, where: str | None = None,
-                       executor: Executor | None = None,
+                       executor: Executor | None = None, device: str = "auto",
                        on_total: Callable[[int], None] | None = None,
                        on_progress: Callable[[int], None] | None = None) -> int:
     """Write the predictions of ``model_uri`` (``NAME@alias`` or ``NAME/version``) for all
     structures, the given ids, or those matching the SQL condition ``where`` on
-    ``structures``; structures this version has predicted already are skipped."""
+    ``structures``, computed on ``device``; structures this version has predicted already
+    are skipped."""
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     name, registry_version = resolve(model_uri)
     with session_scope(engine) as session:
@@ -353,14 +354,14 @@ def predict_into_store(engine: Engine, settings: Settings, model_uri: str, *,
         on_total(len(todo))
     table, written = featurizer.feature_table(), 0
     triplets = needs_triplets(ensemble.config.architecture)
-    device = pick_device("auto")
+    compute_device = pick_device(device)
     for start in range(0, len(todo), PREDICT_CHUNK):
         chunk = todo[start:start + PREDICT_CHUNK]
         graphs = load_graphs(engine, featurizer.key, chunk)
         data = [graph_to_data(graphs[structure_id], table, triplets=triplets) for structure_id in chunk]
         if prior:
             attach_prior(engine, prior.target, chunk, data, target=target, kind=TargetKind.SCALAR)
-        mean, std = ensemble.predict(data, device=device)
+        mean, std = ensemble.predict(data, device=compute_device)
         rows = _prediction_rows(ensemble.config.head, chunk, data, mean, std, model_version_id, target_id)
         with session_scope(engine) as session:
             insert_ignoring_duplicates(session, Prediction.__table__, rows)
