@@ -27,6 +27,7 @@ from workbench.io.structure_text import (
     CIF_SITE_COLUMNS,
     cif_blocks,
     crystal_from_block,
+    guess_text_format,
     read_poscar,
 )
 from workbench.store.schema import TargetKind
@@ -193,8 +194,7 @@ def _read_json(path: Path, options: ReadOptions) -> list[Entry]:
     for index, (external_id, item) in enumerate(items, start=1):
         row = f"entry {index} (id {external_id})"
         if isinstance(item, str):
-            text_format = "cif" if "data_" in item else "poscar"
-            entries.append(Entry(row, str(external_id), text=item, text_format=text_format,
+            entries.append(Entry(row, str(external_id), text=item, text_format=guess_text_format(item),
                                  site_targets=_site_targets(options)))
         elif isinstance(item, dict):
             try:
@@ -240,7 +240,7 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Entry]:
         external_id = (row.get(id_column) or "").strip() if id_column else str(number)
         where = f"row {number}" + (f" (id {external_id})" if id_column and external_id else "")
         text = row.get(structure_column) or ""
-        text_format = fixed_format or ("cif" if "data_" in text else "poscar")
+        text_format = fixed_format or guess_text_format(text)
         entry = Entry(where, external_id, text=text, text_format=text_format, site_targets=_site_targets(options))
         if not external_id:  # this row's error, so that --skip-bad leaves out just this row
             entry.error = InputError(f"empty {id_column}", row=where, field=id_column)

@@ -98,6 +98,11 @@ def read_poscar(text: str) -> Crystal:
     return Crystal.from_ase(ase.io.read(io.StringIO(text), format="vasp"))
 
 
+def guess_text_format(text: str) -> str:
+    """``cif`` for text with a CIF data block header, else ``poscar``."""
+    return "cif" if "data_" in text else "poscar"
+
+
 def parse_structure_text(text: str, text_format: str) -> tuple[Crystal, dict[str, np.ndarray]]:
     """One structure from text; a CIF must hold exactly one data block."""
     if text_format == "cif":

@@ -25,7 +25,7 @@ from pymatgen.core import Structure as PymatgenStructure
 import workbench
 from workbench.featurize.data import graph_to_data
 from workbench.featurize.featurizer import Featurizer
-from workbench.io.structure_text import parse_structure_text
+from workbench.io.structure_text import guess_text_format, parse_structure_text
 from workbench.models import needs_triplets
 from workbench.models.model import MissingPrior, backbone_classes
 from workbench.models.prior import PriorFit
@@ -92,7 +92,7 @@ def _crystal(item) -> Crystal:
     if isinstance(item, PymatgenStructure):
         return Crystal.from_pymatgen(item)
     if isinstance(item, str):
-        return parse_structure_text(item, "cif" if "data_" in item else "poscar")[0]
+        return parse_structure_text(item, guess_text_format(item))[0]
     raise TypeError(f"expected a CIF/POSCAR string or a pymatgen Structure, got {type(item).__name__}")
 
 
