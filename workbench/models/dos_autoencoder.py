@@ -15,11 +15,12 @@ left linear, so that no latent unit can die and the model's predicted codes may 
 any sign. A held-out spectrum above the training maximum is clipped at it.
 """
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from workbench.models.early_stopping import EarlyStopping
 
 # Decreasing widths, as in the paper's Fig. 3 (the text does not give its sizes).
 AUTOENCODER_HIDDEN = (128, 64)
@@ -96,7 +97,7 @@ def fit_dos_autoencoder(train: torch.Tensor, validation: torch.Tensor | None, *,
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    best_loss, best_state, best_epoch = float("inf"), copy.deepcopy(autoencoder.state_dict()), 0
+    stopping = EarlyStopping(autoencoder, patience)
     for epoch in range(epochs):
         autoencoder.train()
         for rows in torch.randperm(len(train), generator=generator).split(batch_size):
@@ -108,11 +109,9 @@ def fit_dos_autoencoder(train: torch.Tensor, validation: torch.Tensor | None, *,
         autoencoder.eval()
         with torch.no_grad():
             losses.append(_normalised_error(autoencoder, watched).item())
-        if losses[-1] < best_loss:
-            best_loss, best_state, best_epoch = losses[-1], copy.deepcopy(autoencoder.state_dict()), epoch
-        elif epoch - best_epoch >= patience:
+        if stopping.should_stop(epoch, losses[-1]):
             break
-    autoencoder.load_state_dict(best_state)
+    stopping.restore()
     return autoencoder.cpu().eval(), losses
 
 

@@ -3,7 +3,6 @@ with early stopping on a validation split; their spread, scaled to fit the valid
 errors, is the uncertainty, optionally beside each crystal's distance to the training
 crystals in the members' embedding (:mod:`workbench.train.neighbours`)."""
 
-import copy
 import enum
 import multiprocessing
 import time
@@ -20,6 +19,7 @@ from torch_geometric.loader import DataLoader
 
 from workbench.featurize.data import CrystalGraphData
 from workbench.models import CrystalModel, ModelConfig
+from workbench.models.early_stopping import EarlyStopping
 from workbench.store.schema import TargetKind
 from workbench.train.config import TrainConfig, available_cores
 from workbench.train.kinds import KINDS
@@ -498,7 +498,7 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator,
                         drop_last=len(train) > config.batch_size)  # BatchNorm needs 2+ crystals
-    best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
+    stopping = EarlyStopping(model, config.patience)
     for epoch in range(config.epochs):
         model.train()
         total, count = 0.0, 0
@@ -517,13 +517,12 @@ def _train_member(model: CrystalModel, train, validation, config: TrainConfig, s
         history.validation_loss.append(validation_loss)
         history.learning_rate.append(optimizer.param_groups[0]["lr"])
         on_epoch(epoch, train_loss, validation_loss)
-        if validation_loss < best_loss:
-            best_loss, best_state, history.best_epoch = validation_loss, copy.deepcopy(model.state_dict()), epoch
-        elif epoch - history.best_epoch >= config.patience:
+        if stopping.should_stop(epoch, validation_loss):
             break
         if decay:
             decay.step(validation_loss)
-    model.load_state_dict(best_state)
+    stopping.restore()
+    history.best_epoch = stopping.best_epoch
     history.seconds = time.perf_counter() - started
     return history
 
