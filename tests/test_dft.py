@@ -15,8 +15,15 @@ from sqlalchemy.exc import OperationalError
 
 from tests.dft_helpers import calculation_of, count_rows, cu3au, store_crystals, targets_of
 from workbench.dft.ingest import ingest_outputs
+from workbench.dft.job import CALCULATOR_LOG, build_calculator
 from workbench.dft.outputs import DOS_GRID, band_gaps, broadened_dos, electrons_below, standard_dos
-from workbench.dft.presets import BUILTIN_PRESETS, PresetError, load_preset, resolve_parameters
+from workbench.dft.presets import (
+    BUILTIN_PRESETS,
+    Preset,
+    PresetError,
+    load_preset,
+    resolve_parameters,
+)
 from workbench.dft.runner import (
     RunOptions,
     job_record,
@@ -66,6 +73,43 @@ def test_presets_from_names_and_files(tmp_path):
         load_preset(str(bad))
     with pytest.raises(PresetError, match="unknown preset 'gpw'"):
         load_preset("gpw")
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ("scf_ladder: {maxiter: 1000}", "scf_ladder must be a list of mappings"),
+    ("relax: true", "relax must be a mapping or null"),
+    ("properties: energy", "properties must be a list of names"),
+    ("parameters: [1, 2]", "parameters must be a mapping"),
+    ("max_attempts: four", "max_attempts must be an integer, not 'four'"),
+    ("relax: {fmax: small}", "relax.fmax must be a number, not 'small'"),
+    ("relax: {fmax: -1}", "relaxation fmax must be positive"),
+    ("wall_time_s: 0", "wall_time_s and kpoint_density must be positive"),
+])
+def test_a_malformed_preset_file_is_refused_by_file_and_field(tmp_path, fields, message):
+    preset_file = tmp_path / "malformed.yaml"
+    preset_file.write_text(f"name: malformed\ncalculator: emt\n{fields}\n")
+    with pytest.raises(PresetError, match=f"malformed.yaml: .*{message}"):
+        load_preset(str(preset_file))
+
+
+def test_a_calculator_spelled_by_its_import_path_is_set_up_the_same(tmp_path):
+    gpaw = BUILTIN_PRESETS["gpaw-fast"]
+    preset_file = tmp_path / "gpaw-path.yaml"
+    preset_file.write_text(json.dumps(gpaw.to_dict() | {"name": "gpaw-path", "calculator": "gpaw:GPAW"}))
+    spelled = load_preset(str(preset_file))
+    for atoms in (bulk("Si"), bulk("Fe")):
+        assert resolve_parameters(spelled, atoms) == resolve_parameters(gpaw, atoms)
+    assert resolve_parameters(spelled, bulk("Fe"))["spinpol"] is True
+    # Built as the job builds it (nothing computed): GPAW's log beside the job's files.
+    build_calculator(job_record(spelled, Crystal.from_ase(bulk("Si")), 0, RunOptions(workdir=tmp_path)), tmp_path)
+    assert (tmp_path / CALCULATOR_LOG).is_file()
+
+
+def test_a_ladder_rung_that_sets_kpts_keeps_them():
+    preset = Preset(name="lj", calculator="ase.calculators.lj:LennardJones", kpoint_density=2.0,
+                    scf_ladder=({"kpts": [1, 1, 1]},), spin="off")
+    assert resolve_parameters(preset, bulk("Cu"))["kpts"] != [1, 1, 1]
+    assert resolve_parameters(preset, bulk("Cu"), rung=1)["kpts"] == [1, 1, 1]
 
 
 def test_resolved_parameters_follow_the_structure():
@@ -176,7 +220,7 @@ def test_result_of_a_finished_job_is_ingested_not_recomputed(engine, options):
     (calculation_id,) = queue_calculations(engine, [ids["Cu"]], EMT)
     directory = options.workdir / "finished"
     directory.mkdir(parents=True)
-    job = {"calculator": "emt", "calculator_path": "ase.calculators.emt:EMT", "parameters": {},
+    job = {"calculator_path": "ase.calculators.emt:EMT", "parameters": {},
            "structure": {"symbols": ["Cu"], "cell": (np.eye(3) * 2.55).tolist(),
                          "frac_coords": [[0.0, 0.0, 0.0]], "initial_magmoms": None},
            "dos": False, "runner_pid": os.getpid(), "espresso_pseudo_dir": "",

@@ -16,7 +16,7 @@ from workbench.generate.prototypes import (
     resolve_prototype,
     source_structures,
 )
-from workbench.generate.store import store_decorations
+from workbench.generate.store import decorate, store_decorations
 from workbench.generate.substitute import (
     ChargeBalance,
     Substitution,
@@ -162,6 +162,17 @@ def test_prototype_from_a_file(engine, tmp_path):
 def test_bad_sites_are_refused(option, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_sites([option], ["Ca", "O", "Ti"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_campaigns_decorations_are_checked_like_the_command_lines(engine):
+    # What a campaign's generate section runs: an unknown element is refused by name
+    # before anything is written, as `--site` refuses it.
+    with pytest.raises(InputError, match="field 'sites': unknown element 'Qq'"):
+        decorate(engine, PEROVSKITE, {"Ca": ["Ba", "Qq"]})
+    with pytest.raises(InputError, match=f"site 'Sr' is not an element of the prototype {PEROVSKITE}"):
+        decorate(engine, PEROVSKITE, {"Sr": ["Ba"]})
+    assert count(engine, StructureLineage) == 0
 
 
 def test_bad_prototypes_are_refused(engine, tmp_path):

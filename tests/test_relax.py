@@ -8,9 +8,10 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.eos import EquationOfState
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from tests.dft_helpers import calculation_of, count_rows, cu3au, store_crystals, targets_of
+from workbench.dft.ingest import add_formation_energies
 from workbench.dft.presets import (
     BUILTIN_PRESETS,
     PresetError,
@@ -134,6 +135,27 @@ def test_emt_relaxation_stores_the_relaxed_structure(engine, options):
     again = run_queued(engine, EMT_RELAX, options)
     assert not again.done and not again.failed
     assert (count_rows(engine, Structure), count_rows(engine, StructureLineage)) == (structures, links)
+
+
+def test_formation_energies_of_relaxations_are_not_looked_for_again(engine, options):
+    ids = store_crystals(engine, {"strained": strained_cu3au()})
+    queue_calculations(engine, [ids["strained"]], EMT_RELAX)
+    run_queued(engine, EMT_RELAX, options)  # adds the formation energies at its end
+    calculation, _ = calculation_of(engine, ids["strained"], "emt-relax")
+    assert calculation.results["relaxation"]["structure_id"] != ids["strained"]
+    # Each relaxation has its formation energy, on the structure it ended in: a later call
+    # has nothing to select, so it writes (or defines) nothing.
+    statements = []
+
+    def listener(_connection, _cursor, statement, *_) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert add_formation_energies(engine, "emt-relax") == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert not [statement for statement in statements if statement.lstrip().upper().startswith(("INSERT", "UPDATE"))]
 
 
 def test_relaxed_structure_equal_to_a_stored_crystal_is_linked_to_it(engine, options):

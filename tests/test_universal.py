@@ -160,7 +160,7 @@ def test_a_calculator_that_cannot_be_built_fails_its_batch_with_the_reason(engin
 def write_batch(folder, items: dict[str, str]) -> None:
     """A batch.json of one-atom EMT cells: ``{item folder: element}``."""
     folder.mkdir(parents=True, exist_ok=True)
-    batch = {"calculator": "emt", "calculator_path": "ase.calculators.emt:EMT", "parameters": {},
+    batch = {"calculator_path": "ase.calculators.emt:EMT", "parameters": {},
              "properties": ["energy", "forces", "stress"], "dos": False, "runner_pid": os.getpid(),
              "espresso_pseudo_dir": "", "espresso_command": "pw.x",
              "items": [{"calculation_id": n, "directory": directory,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from workbench.dft.outputs import (
@@ -124,6 +124,11 @@ def target_structure_id(calculation: Calculation) -> int:
     return (calculation.results or {}).get("relaxation", {}).get("structure_id", calculation.structure_id)
 
 
+# :func:`target_structure_id` as an SQL expression over ``calculations``.
+TARGET_STRUCTURE_ID = func.coalesce(Calculation.results[("relaxation", "structure_id")].as_integer(),
+                                    Calculation.structure_id)
+
+
 def write_targets(session: Session, calculation: Calculation, values: dict) -> int:
     """Store ``{quantity: value}`` as target values of the calculation (on
     :func:`target_structure_id`); returns how many are new."""
@@ -224,7 +229,7 @@ def add_formation_energies(engine: Engine, preset: str) -> int:
             select(Calculation, Structure.species)
             .join(Structure, Structure.id == Calculation.structure_id)
             .where(Calculation.preset == preset, Calculation.status == CalculationStatus.DONE,
-                   Calculation.structure_id.not_in(have))
+                   TARGET_STRUCTURE_ID.not_in(have))
         ).all()
         for calculation, species in rows:
             counts = Counter(species)

@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,8 @@ EXIT_SCF = 3
 EXIT_CRASH = 1
 PARENT_POLL_S = 1.0  # how often the job checks that its runner is still alive (not Linux)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# GPAW's all-electron density on a grid this many times finer than the SCF's, for Bader.
+BADER_GRID_REFINEMENT = 4
 
 
 class JobFailed(WorkbenchError):
@@ -74,28 +78,35 @@ def build_calculator(job: dict, directory: Path):
     """The ASE calculator of the job, writing its output into ``directory``."""
     module_name, _, class_name = job["calculator_path"].partition(":")
     calculator_class = getattr(importlib.import_module(module_name), class_name)
-    parameters = dict(job["parameters"])
-    kind = job["calculator"]
-    if kind == "gpaw":
-        return calculator_class(txt=str(directory / CALCULATOR_LOG), **parameters)
-    if kind == "espresso":
-        from ase.calculators.espresso import EspressoProfile
+    return calculator_spec(job["calculator_path"]).build(calculator_class, job, dict(job["parameters"]), directory)
 
-        pseudo_dir = Path(job["espresso_pseudo_dir"] or _packaged_pseudopotentials())
-        if not pseudo_dir.is_dir():
-            raise JobFailed("crash", f"espresso pseudopotential directory {str(pseudo_dir)!r} "
-                                     "does not exist (set WORKBENCH_ESPRESSO_PSEUDO_DIR)")
-        profile = EspressoProfile(command=job["espresso_command"], pseudo_dir=str(pseudo_dir))
-        pseudopotentials = {
-            symbol: _pseudopotential(pseudo_dir, symbol) for symbol in set(job["structure"]["symbols"])
-        }
-        return calculator_class(profile=profile, directory=str(directory),
-                                pseudopotentials=pseudopotentials, **parameters)
+
+def _build_in_directory(calculator_class: type, job: dict, parameters: dict, directory: Path):
     try:
         return calculator_class(directory=str(directory), **parameters)
     except TypeError:
         # Calculators without a working directory (EMT, LJ, ...).
         return calculator_class(**parameters)
+
+
+def _build_gpaw(calculator_class: type, job: dict, parameters: dict, directory: Path):
+    # GPAW takes no working directory: its log would go to stdout.
+    return calculator_class(txt=str(directory / CALCULATOR_LOG), **parameters)
+
+
+def _build_espresso(calculator_class: type, job: dict, parameters: dict, directory: Path):
+    from ase.calculators.espresso import EspressoProfile
+
+    pseudo_dir = Path(job["espresso_pseudo_dir"] or _packaged_pseudopotentials())
+    if not pseudo_dir.is_dir():
+        raise JobFailed("crash", f"espresso pseudopotential directory {str(pseudo_dir)!r} "
+                                 "does not exist (set WORKBENCH_ESPRESSO_PSEUDO_DIR)")
+    profile = EspressoProfile(command=job["espresso_command"], pseudo_dir=str(pseudo_dir))
+    pseudopotentials = {
+        symbol: _pseudopotential(pseudo_dir, symbol) for symbol in set(job["structure"]["symbols"])
+    }
+    return calculator_class(profile=profile, directory=str(directory),
+                            pseudopotentials=pseudopotentials, **parameters)
 
 
 def _packaged_pseudopotentials() -> str:
@@ -121,7 +132,45 @@ ESPRESSO_SCF_FAILURES = ("convergence NOT achieved", "Error in routine cdiaghg",
                          "Error in routine c_bands")
 
 
-def _classify(error: BaseException, directory: Path) -> str:
+def _espresso_scf_failed(directory: Path) -> bool:
+    output = directory / "espresso.pwo"
+    return output.is_file() and any(marker in output.read_text(errors="replace") for marker in ESPRESSO_SCF_FAILURES)
+
+
+@dataclass(frozen=True)
+class CalculatorSpec:
+    """What the workbench does differently for one calculator class: an entry of
+    :data:`CALCULATORS`, whatever a preset calls the class by.
+
+    Attributes:
+        gamma_kpts: the k-point mesh is passed as ``{"size": mesh, "gamma": True}``, so
+            that even meshes are Γ-centred.
+        spin_flag: the parameter set true for a spin-polarised run, besides the initial moments.
+        build: ``(class, job, parameters, directory) -> calculator``.
+        scf_failed: whether the output in the attempt's folder shows an SCF that did not
+            converge, for a program whose failure reaches Python as an unspecific error.
+    """
+
+    gamma_kpts: bool = False
+    spin_flag: str | None = None
+    build: Callable[[type, dict, dict, Path], object] = _build_in_directory
+    scf_failed: Callable[[Path], bool] | None = None
+
+
+# Calculators set up their own way, by resolved import path ``module:Class`` (the short
+# names of :data:`workbench.dft.presets.CALCULATOR_PATHS` are aliases of these paths).
+CALCULATORS = {
+    "gpaw:GPAW": CalculatorSpec(gamma_kpts=True, spin_flag="spinpol", build=_build_gpaw),
+    "ase.calculators.espresso:Espresso": CalculatorSpec(build=_build_espresso, scf_failed=_espresso_scf_failed),
+}
+
+
+def calculator_spec(path: str) -> CalculatorSpec:
+    """The entry of the calculator at import path ``path``; any other takes the defaults."""
+    return CALCULATORS.get(path, CalculatorSpec())
+
+
+def _classify(error: BaseException, directory: Path, spec: CalculatorSpec) -> str:
     names = {cls.__name__ for cls in type(error).__mro__}
     if names & {"ConvergenceError", "KohnShamConvergenceError", "SCFError"}:
         return "scf"
@@ -132,8 +181,7 @@ def _classify(error: BaseException, directory: Path) -> str:
         f"{os.sep}ase{os.sep}io{os.sep}" in frame.filename for frame in frames
     ):
         return "parse"
-    output = directory / "espresso.pwo"
-    if output.is_file() and any(marker in output.read_text(errors="replace") for marker in ESPRESSO_SCF_FAILURES):
+    if spec.scf_failed is not None and spec.scf_failed(directory):
         return "scf"
     return "crash"
 
@@ -225,7 +273,7 @@ def bader_charges(atoms: Atoms, calculator, directory: Path) -> np.ndarray | Non
     from ase.io import write
     from ase.units import Bohr
 
-    density = calculator.get_all_electron_density(gridrefinement=4) * Bohr**3
+    density = calculator.get_all_electron_density(gridrefinement=BADER_GRID_REFINEMENT) * Bohr**3
     write(directory / "density.cube", atoms, data=density)
     subprocess.run([program, "density.cube"], cwd=directory, check=True, capture_output=True)
     rows = (directory / "ACF.dat").read_text().splitlines()[2:2 + len(atoms)]
@@ -259,9 +307,10 @@ def _write_json(path: Path, record: dict) -> None:
     partial.replace(path)
 
 
-def _write_error(directory: Path, error: Exception) -> str:
-    """Record why an attempt failed; returns the reason."""
-    reason = error.reason if isinstance(error, JobFailed) else _classify(error, directory)
+def _write_error(directory: Path, error: Exception, job: dict) -> str:
+    """Record why an attempt of ``job`` (or its batch) failed; returns the reason."""
+    reason = error.reason if isinstance(error, JobFailed) else _classify(
+        error, directory, calculator_spec(job["calculator_path"]))
     _write_json(directory / ERROR_FILE, {
         "reason": reason, "message": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(),
     })
@@ -322,7 +371,7 @@ def run(directory: Path) -> int:
     try:
         _compute(job, job["structure"], build_calculator(job, directory), directory, started)
     except Exception as error:  # noqa: BLE001 - every failure must reach the runner as a reason
-        return EXIT_SCF if _write_error(directory, error) == "scf" else EXIT_CRASH
+        return EXIT_SCF if _write_error(directory, error, job) == "scf" else EXIT_CRASH
     return 0
 
 
@@ -334,7 +383,7 @@ def run_batch(directory: Path) -> int:
     try:
         calculator = build_calculator(batch, directory)
     except Exception as error:  # noqa: BLE001 - the runner fails every item with this reason
-        _write_error(directory, error)
+        _write_error(directory, error, batch)
         return EXIT_CRASH
     for item in batch["items"]:
         started = time.perf_counter()
@@ -343,7 +392,7 @@ def run_batch(directory: Path) -> int:
         try:
             _compute(batch, item["structure"], calculator, item_directory, started)
         except Exception as error:  # noqa: BLE001 - one structure fails alone
-            _write_error(item_directory, error)
+            _write_error(item_directory, error, batch)
     return 0
 
 

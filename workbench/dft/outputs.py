@@ -16,9 +16,9 @@ DOS_BROADENING_EV = 0.1
 RAW_DOS_STEP_EV = 0.01
 
 
-def broadened_dos(eigenvalues: np.ndarray, weights: np.ndarray, energies: np.ndarray,
-                  width: float = DOS_BROADENING_EV) -> np.ndarray:
-    """States per eV per cell on ``energies``, summed over spins.
+def broadened_dos(eigenvalues: np.ndarray, weights: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """States per eV per cell on ``energies`` (each level a Gaussian of width
+    :data:`DOS_BROADENING_EV`), summed over spins.
 
     Args:
         eigenvalues: ``(spins, kpoints, bands)`` in eV.
@@ -31,9 +31,9 @@ def broadened_dos(eigenvalues: np.ndarray, weights: np.ndarray, energies: np.nda
     dos = np.zeros_like(energies, dtype=float)
     for spin in range(spins):
         for weight, levels in zip(weights, eigenvalues[spin]):
-            offsets = (energies[:, None] - levels[None, :]) / width
+            offsets = (energies[:, None] - levels[None, :]) / DOS_BROADENING_EV
             dos += occupancy * weight * np.exp(-0.5 * offsets**2).sum(axis=1)
-    return dos / (width * np.sqrt(2.0 * np.pi))
+    return dos / (DOS_BROADENING_EV * np.sqrt(2.0 * np.pi))
 
 
 def standard_dos(eigenvalues: np.ndarray, weights: np.ndarray, fermi_level: float,

@@ -23,6 +23,7 @@ calculation per structure, its targets are ``<preset>-relax.<quantity>`` and nev
 with the single points of ``<preset>``.
 """
 
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -32,10 +33,11 @@ import yaml
 from ase import Atoms
 from ase.calculators.calculator import kptdensity2monkhorstpack
 
-from workbench.dft.job import DFT_PROPERTIES, PROPERTY_EXTRACTORS
+from workbench.dft.job import DFT_PROPERTIES, PROPERTY_EXTRACTORS, calculator_spec
 from workbench.errors import WorkbenchError
 
-# Calculators the job knows by short name; anything else is "module:Class".
+# Short names of calculators; anything else is "module:Class". What the workbench does
+# differently for a calculator is its entry in workbench.dft.job.CALCULATORS, by path.
 CALCULATOR_PATHS = {
     "gpaw": "gpaw:GPAW",
     "emt": "ase.calculators.emt:EMT",
@@ -45,7 +47,7 @@ CALCULATOR_PATHS = {
     "chgnet": "workbench.dft.universal:chgnet",
 }
 # Models whose weights ship inside the calculator's package, so they load with no network:
-# the value of the preset parameter ``model``. Any other model name is refused.
+# the value of the preset parameter ``model``, the first by default. Any other is refused.
 OFFLINE_MODELS = {
     "sevennet": ("7net-0", "7net-0_22may2024", "7net-l3i5"),
     "chgnet": ("0.3.0", "0.2.0", "r2scan"),
@@ -61,6 +63,22 @@ SPIN_MODES = ("auto", "on", "off")
 
 class PresetError(WorkbenchError, ValueError):
     """A preset that cannot be used, named in the message."""
+
+
+# What a preset file may hold for a field of each scalar type (YAML reads 5 as an integer).
+SCALAR_TYPES = {
+    int: ((int,), "an integer"), float: ((int, float), "a number"),
+    float | None: ((int, float, type(None)), "a number or null"), bool: ((bool,), "true or false"),
+    str: ((str,), "a string"),
+}
+
+
+def _wrong_types(cls: type, record: dict, prefix: str = "") -> list[str]:
+    """Why each scalar field of ``record`` (fields of the dataclass ``cls``) is not of its type."""
+    hints = typing.get_type_hints(cls)
+    return [f"{prefix}{name} must be {SCALAR_TYPES[hints[name]][1]}, not {value!r}"
+            for name, value in record.items()
+            if hints[name] in SCALAR_TYPES and not isinstance(value, SCALAR_TYPES[hints[name]][0])]
 
 
 # ASE optimisers a relaxation may use, by their class name in ase.optimize.
@@ -159,6 +177,8 @@ class Preset:
             raise PresetError(f"preset {self.name!r}: spin must be one of {SPIN_MODES}, not {self.spin!r}")
         if self.max_attempts < 1:
             raise PresetError(f"preset {self.name!r}: max_attempts must be at least 1")
+        if not self.wall_time_s > 0 or (self.kpoint_density is not None and not self.kpoint_density > 0):
+            raise PresetError(f"preset {self.name!r}: wall_time_s and kpoint_density must be positive")
         unknown = sorted(set(self.properties) - set(PROPERTY_EXTRACTORS))
         if unknown or "energy" not in self.properties:
             raise PresetError(f"preset {self.name!r}: properties must include 'energy' and come from "
@@ -187,17 +207,34 @@ class Preset:
         if "name" not in record or "calculator" not in record:
             raise PresetError(f"{origin}: a preset needs 'name' and 'calculator'")
         record = dict(record)
-        record["scf_ladder"] = tuple(record.get("scf_ladder") or ())
-        if isinstance(record.get("relax"), dict):
-            unknown = set(record["relax"]) - set(Relaxation.__dataclass_fields__)
-            if unknown:
-                raise PresetError(f"{origin}: unknown relax fields {sorted(unknown)}")
-            record["relax"] = Relaxation(**record["relax"])
-        if "properties" in record:
-            record["properties"] = tuple(record["properties"])
         if isinstance(record.get("spin"), bool):  # YAML reads a bare on/off as a boolean
             record["spin"] = "on" if record["spin"] else "off"
-        return cls(**record)
+        ladder, relax, properties = record.get("scf_ladder") or [], record.get("relax"), record.get("properties", [])
+        unknown = set(relax) - set(Relaxation.__dataclass_fields__) if isinstance(relax, dict) else set()
+        if unknown:
+            raise PresetError(f"{origin}: unknown relax fields {sorted(unknown)}")
+        # A field of another shape or type would pass here and fail in the runner, naming no file.
+        shapes = {
+            "parameters": (isinstance(record.get("parameters", {}), dict), "a mapping"),
+            "scf_ladder": (isinstance(ladder, list | tuple) and all(isinstance(rung, dict) for rung in ladder),
+                           "a list of mappings"),
+            "relax": (relax is None or isinstance(relax, dict), "a mapping or null"),
+            "properties": (isinstance(properties, list | tuple) and all(isinstance(name, str) for name in properties),
+                           "a list of names"),
+        }
+        wrong = [f"{name} must be {shape}" for name, (right, shape) in shapes.items() if not right]
+        wrong += _wrong_types(cls, record) + (_wrong_types(Relaxation, relax, "relax.") if isinstance(relax, dict) else [])
+        if wrong:
+            raise PresetError(f"{origin}: {'; '.join(wrong)}")
+        record["scf_ladder"] = tuple(ladder)
+        if "properties" in record:
+            record["properties"] = tuple(properties)
+        try:
+            if relax is not None:
+                record["relax"] = Relaxation(**relax)
+            return cls(**record)
+        except PresetError as error:
+            raise PresetError(f"{origin}: {error}") from None
 
 
 def calculator_path(preset: Preset) -> tuple[str, str]:
@@ -217,12 +254,19 @@ def check_offline(preset: Preset) -> None:
     module, _ = calculator_path(preset)
     if preset.calculator in DOWNLOADING_MODELS or module.partition(".")[0] in DOWNLOADING_MODELS.values():
         raise PresetError(f"preset {preset.name!r}: {_downloads(preset.calculator)}")
-    offline = OFFLINE_MODELS.get(preset.calculator)
-    if offline is not None and preset.parameters.get("model") not in offline:
-        raise PresetError(
-            f"preset {preset.name!r}: {preset.calculator} model {preset.parameters.get('model')!r} is not "
-            f"inside the installed package and would need a download; offline models: {_offline_listing()}"
-        )
+    try:
+        check_offline_model(preset.calculator, preset.parameters.get("model"))
+    except PresetError as error:
+        raise PresetError(f"preset {preset.name!r}: {error}") from None
+
+
+def check_offline_model(calculator: str, model: object) -> None:
+    """Refuse a ``model`` of the universal ``calculator`` whose weights are not inside its
+    installed package; any other calculator passes."""
+    offline = OFFLINE_MODELS.get(calculator)
+    if offline is not None and model not in offline:
+        raise PresetError(f"{calculator} model {model!r} is not inside the installed package and would need a "
+                          f"download; offline models: {_offline_listing()}")
 
 
 def _downloads(model: str) -> str:
@@ -429,15 +473,15 @@ def resolve_parameters(preset: Preset, atoms: Atoms, rung: int = 0) -> dict:
 
     Rung 0 is the preset itself; rung ``r`` merges ``scf_ladder[r - 1]``.
     """
+    spec = calculator_spec(":".join(calculator_path(preset)))
     parameters = dict(preset.parameters)
     if rung:
         parameters = merge(parameters, preset.scf_ladder[rung - 1])
-    if preset.kpoint_density is not None and "kpts" not in preset.parameters:
+    if preset.kpoint_density is not None and "kpts" not in parameters:
         mesh = kptdensity2monkhorstpack(atoms, preset.kpoint_density, even=False)
         mesh = [int(n) if periodic else 1 for n, periodic in zip(mesh, atoms.pbc)]
-        parameters["kpts"] = {"size": mesh, "gamma": True} if preset.calculator == "gpaw" else mesh
-    moments = initial_moments(atoms, preset.spin)
-    if preset.calculator == "gpaw" and moments is not None:
-        parameters["spinpol"] = True
+        parameters["kpts"] = {"size": mesh, "gamma": True} if spec.gamma_kpts else mesh
+    if spec.spin_flag is not None and initial_moments(atoms, preset.spin) is not None:
+        parameters[spec.spin_flag] = True
     return parameters
 

@@ -367,7 +367,6 @@ def calculator_record(preset: Preset, atoms, rung: int, options: RunOptions) -> 
     """The calculator part of a job (or batch) record: which calculator, set up how."""
     module, class_name = calculator_path(preset)
     return {
-        "calculator": preset.calculator,
         "calculator_path": f"{module}:{class_name}",
         "parameters": resolve_parameters(preset, atoms, rung),
         "properties": list(preset.properties),
@@ -385,7 +384,7 @@ def starting_crystal(calculation: Calculation, structure: Structure) -> Crystal:
     start = (calculation.parameters or {}).get("start")
     lattice, frac_coords = (start["lattice"], start["frac_coords"]) if start else (
         structure.lattice, structure.frac_coords)
-    return Crystal(np.asarray(lattice), tuple(structure.species), np.asarray(frac_coords))
+    return Crystal.from_stored(lattice, structure.species, frac_coords)
 
 
 def job_record(preset: Preset, crystal: Crystal, rung: int, options: RunOptions) -> dict:

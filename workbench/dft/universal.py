@@ -7,28 +7,22 @@ before its package could try to download one. torch and the model packages are i
 here only when a calculator is built, so importing this module stays cheap.
 """
 
-from workbench.dft.presets import OFFLINE_MODELS, PresetError
+from workbench.dft.presets import OFFLINE_MODELS, check_offline_model
 
 
-def _offline(calculator: str, model: str) -> None:
-    if model not in OFFLINE_MODELS[calculator]:
-        raise PresetError(f"{calculator} model {model!r} is not inside the installed package and would "
-                          f"need a download; offline: {', '.join(OFFLINE_MODELS[calculator])}")
-
-
-def sevennet(model: str = "7net-0", device: str = "auto", **calculator_options):
+def sevennet(model: str = OFFLINE_MODELS["sevennet"][0], device: str = "auto", **calculator_options):
     """SevenNet: energies at the level of its training set (raw MPtrj PBE/PBE+U, no
     MP2020 corrections), forces and stress."""
-    _offline("sevennet", model)
+    check_offline_model("sevennet", model)
     from sevenn.calculator import SevenNetCalculator
 
     return SevenNetCalculator(model=model, device=device, **calculator_options)
 
 
-def chgnet(model: str = "0.3.0", device: str = "auto", **calculator_options):
+def chgnet(model: str = OFFLINE_MODELS["chgnet"][0], device: str = "auto", **calculator_options):
     """CHGNet: MP2020-corrected energies, forces, stress and per-site magnetic moments
     (magnitudes: CHGNet predicts no sign)."""
-    _offline("chgnet", model)
+    check_offline_model("chgnet", model)
     from chgnet.model import CHGNet, CHGNetCalculator
 
     use_device = None if device == "auto" else device

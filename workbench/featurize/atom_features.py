@@ -28,6 +28,11 @@ from ase.data import covalent_radii
 from pymatgen.core import Element
 
 MAX_ATOMIC_NUMBER = 100
+GROUPS = 18
+PERIODS = 7
+# Valence electrons: the group up to group 12, then the group less the ten d-block groups.
+MAX_VALENCE = 12
+D_BLOCK_GROUPS = 10
 BINS = 10
 BLOCKS = ("s", "p", "d", "f")
 CONTINUOUS = {  # name: (lower bound, upper bound, value of an element or nan)
@@ -37,7 +42,7 @@ CONTINUOUS = {  # name: (lower bound, upper bound, value of an element or nan)
     "electron_affinity": (-3.0, 3.7, lambda e: e.electron_affinity),
     "molar_volume": (1.5, 4.3, lambda e: math.log(float(e.molar_volume))),
 }
-FEATURE_SIZE = 18 + 7 + 12 + len(BLOCKS) + BINS * len(CONTINUOUS)
+FEATURE_SIZE = GROUPS + PERIODS + MAX_VALENCE + len(BLOCKS) + BINS * len(CONTINUOUS)
 
 
 def one_hot(index: int | None, size: int) -> np.ndarray:
@@ -60,8 +65,8 @@ def element_features(atomic_number: int) -> np.ndarray:
         warnings.simplefilter("ignore")  # pymatgen warns about missing data, which we zero
         element = Element.from_Z(atomic_number)
         group, period = element.group, element.row
-        valence = group if group <= 12 else group - 10
-        parts = [one_hot(group - 1, 18), one_hot(period - 1, 7), one_hot(valence - 1, 12),
+        valence = group if group <= MAX_VALENCE else group - D_BLOCK_GROUPS
+        parts = [one_hot(group - 1, GROUPS), one_hot(period - 1, PERIODS), one_hot(valence - 1, MAX_VALENCE),
                  one_hot(BLOCKS.index(element.block) if element.block in BLOCKS else None, len(BLOCKS))]
         for lower, upper, read in CONTINUOUS.values():
             try:

@@ -2,10 +2,11 @@
 
 A featurizer with ``atom_features="sevennet"`` or ``"chgnet"`` runs the model once per
 structure, keeps each atom's node features after the model's last interaction block (the
-vectors its energy readout reads; :attr:`PretrainedModel.layer`), and stores them in the
-graph (``pretrained_embedding``). The featurizer's key holds the package, its version and
-the SHA-256 of the weights file, so a changed model gets a new key and never serves
-embeddings cached by the old one.
+vectors its energy readout reads: :class:`SevenNetEmbedder`, :class:`CHGNetEmbedder`), and
+stores them in the graph (``pretrained_embedding``). The featurizer's key holds the
+package, its version and the SHA-256 of the weights file, so a changed model gets a new
+key and never serves embeddings cached by the old one. The model runs on the GPU when
+torch sees one (:func:`workbench.train.ensemble.pick_device`).
 
 Both models' weights ship in their wheels (no download). This module stays free of torch
 and the model packages at import: they are imported when a model is loaded or its weights
@@ -53,12 +54,6 @@ def _chgnet_checkpoint(model: str) -> Path:
     return found[0]
 
 
-def _device(device: str):
-    import torch
-
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-
-
 def _passes(sizes: Sequence[int]) -> list[list[int]]:
     """Indices grouped into passes of at most ``ATOMS_PER_PASS`` atoms (one structure at least)."""
     passes, current, atoms = [], [], 0
@@ -102,13 +97,15 @@ class SevenNetEmbedder:
 
     READOUT = "reduce_input_to_hidden"
 
-    def __init__(self, model: str, device: str = "auto"):
+    def __init__(self, model: str):
         import sevenn._keys as keys
         from ase.data import chemical_symbols
         from sevenn.util import load_checkpoint, pretrained_name_to_path
 
+        from workbench.train.ensemble import pick_device
+
         self.keys = keys
-        self.device = _device(device)
+        self.device = pick_device()
         checkpoint = load_checkpoint(pretrained_name_to_path(model))
         self.network = checkpoint.build_model().to(self.device).eval()
         self.network.set_is_batch_data(True)
@@ -145,11 +142,14 @@ class CHGNetEmbedder:
     if any): the vectors its per-atom energy readout reads. Taken with a forward hook, as
     CHGNet's own ``return_atom_feas`` gives the layer before, where it reads magnetic moments."""
 
-    def __init__(self, model: str, device: str = "auto"):
+    def __init__(self, model: str):
         from chgnet.model import CHGNet
 
-        self.device = _device(device)
-        self.network = CHGNet.load(model_name=model, use_device=self.device.type, verbose=False).eval()
+        from workbench.train.ensemble import pick_device
+
+        self.device = pick_device()
+        # The whole device (cuda:1, not cuda): the graphs are moved to the same one.
+        self.network = CHGNet.load(model_name=model, use_device=str(self.device), verbose=False).eval()
 
     def __call__(self, crystals: Sequence) -> list:
         return _embed_in_passes(crystals, self._graph, self._forward)
@@ -180,16 +180,14 @@ class PretrainedModel:
         package: the Python distribution the model and its weights ship in.
         model: the model's name in that package (an offline one).
         width: entries per atom of its embedding.
-        layer: where the embedding is taken (documentation; the embedder does it).
         checkpoint: ``model -> path`` of the weights file, whose SHA-256 names the weights.
-        embedder: ``(model, device) -> callable`` that maps crystals to ``(N, width)``
-            float32 arrays, or to a message for a crystal it cannot embed.
+        embedder: ``model -> callable``, on the GPU if torch sees one, that maps crystals to
+            ``(N, width)`` float32 arrays, or to a message for a crystal it cannot embed.
     """
 
     package: str
     model: str
     width: int
-    layer: str
     checkpoint: Callable[[str], Path]
     embedder: Callable[..., Callable[[Sequence], list]]
 
@@ -208,15 +206,11 @@ class PretrainedModel:
         return {"package": self.package, "version": importlib.metadata.version(self.package),
                 "model": self.model, "weights_sha256": self.weights_hash, "width": self.width}
 
-    def load(self, device: str = "auto") -> Callable[[Sequence], list]:
-        return self.embedder(self.model, device)
+    def load(self) -> Callable[[Sequence], list]:
+        return self.embedder(self.model)
 
 
 PRETRAINED_MODELS = {
-    "sevennet": PretrainedModel(
-        "sevenn", "7net-0", 128, "node features after the last interaction block (128x0e), before the readout",
-        _sevennet_checkpoint, SevenNetEmbedder),
-    "chgnet": PretrainedModel(
-        "chgnet", "0.3.0", 64, "atom features after the last atom convolution, before the readout",
-        _chgnet_checkpoint, CHGNetEmbedder),
+    "sevennet": PretrainedModel("sevenn", "7net-0", 128, _sevennet_checkpoint, SevenNetEmbedder),
+    "chgnet": PretrainedModel("chgnet", "0.3.0", 64, _chgnet_checkpoint, CHGNetEmbedder),
 }

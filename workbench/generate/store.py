@@ -18,9 +18,14 @@ from itertools import islice
 
 from sqlalchemy import Engine, select
 
-from workbench.errors import ImportFailed, InputError
+from workbench.errors import ImportFailed
 from workbench.generate.prototypes import Prototype
-from workbench.generate.substitute import ChargeBalance, Substitution
+from workbench.generate.substitute import (
+    ChargeBalance,
+    Substitution,
+    check_sites,
+    explicit_substitutions,
+)
 from workbench.io.entries import Entry
 from workbench.io.importer import Checked, FileReport, StructureWriter
 from workbench.io.readers import ReadOptions
@@ -89,13 +94,9 @@ def decorate(engine: Engine, prototype: str, sites: dict[str, list[str]], *, sou
     the prototype ``prototype`` names (:func:`~workbench.generate.prototypes.resolve_prototype`),
     stored under ``source``: what a campaign's ``generate`` section runs."""
     from workbench.generate.prototypes import resolve_prototype
-    from workbench.generate.substitute import explicit_substitutions
 
     parent = resolve_prototype(engine, prototype)
-    foreign = sorted(set(sites) - set(parent.elements))
-    if foreign:
-        raise InputError(f"site {', '.join(map(repr, foreign))} is not an element of the prototype {prototype} "
-                         f"(its elements: {', '.join(parent.elements)})", field="sites")
+    check_sites(sites, parent.elements, prototype=prototype, field="sites")
     return store_decorations(engine, parent, explicit_substitutions(sites), source=source,
                              charge_balance=ChargeBalance() if charge_balanced else None)
 

@@ -36,8 +36,8 @@ class Substitution:
 
 
 def parse_sites(options: list[str], prototype_elements: list[str]) -> dict[str, list[str]]:
-    """``["Ca=Ba,Sr", "Ti=Zr"]`` as ``{"Ca": ["Ba", "Sr"], "Ti": ["Zr"]}``, checked against
-    the prototype's elements and the periodic table."""
+    """``["Ca=Ba,Sr", "Ti=Zr"]`` as ``{"Ca": ["Ba", "Sr"], "Ti": ["Zr"]}``, checked by
+    :func:`check_sites`."""
     sites: dict[str, list[str]] = {}
     for option in options:
         label, sep, choices = option.partition("=")
@@ -45,19 +45,32 @@ def parse_sites(options: list[str], prototype_elements: list[str]) -> dict[str, 
         elements = [element.strip() for element in choices.split(",") if element.strip()]
         if not sep or not label or not elements:
             raise InputError(f"expects SITE=ELEMENT,ELEMENT,..., got {option!r}", field="--site")
-        if label not in prototype_elements:
-            raise InputError(
-                f"site {label!r} is not an element of the prototype (its elements: "
-                f"{', '.join(prototype_elements)})", field="--site")
         if label in sites:
             raise InputError(f"site {label!r} is given twice", field="--site")
-        unknown = [element for element in elements if element not in ELEMENT_SYMBOLS]
-        if unknown:
-            raise InputError(f"unknown element {', '.join(map(repr, unknown))} in {option!r}", field="--site")
         sites[label] = list(dict.fromkeys(elements))
     if not sites:
         raise InputError("give at least one --site", field="--site")
+    check_sites(sites, prototype_elements, field="--site")
     return sites
+
+
+def check_sites(sites: dict[str, list[str]], prototype_elements: list[str] | None = None, *,
+                prototype: str = "", field: str | None = None) -> None:
+    """Refuse a site that is not an element of the prototype (``prototype_elements``; of
+    the periodic table while the prototype is not read yet), a site without a choice and a
+    choice that is no element; ``prototype`` names the prototype in the message."""
+    if prototype_elements is not None:
+        foreign = [label for label in sites if label not in prototype_elements]
+        if foreign:
+            raise InputError(f"site {', '.join(map(repr, foreign))} is not an element of the prototype"
+                             f"{' ' + prototype if prototype else ''} (its elements: {', '.join(prototype_elements)})",
+                             field=field)
+    if any(not choices for choices in sites.values()):
+        raise InputError("every site needs at least one element", field=field)
+    unknown = sorted({element for element in [*sites, *(e for choices in sites.values() for e in choices)]
+                      if element not in ELEMENT_SYMBOLS})
+    if unknown:
+        raise InputError(f"unknown element {', '.join(map(repr, unknown))}", field=field)
 
 
 def explicit_substitutions(sites: dict[str, list[str]]) -> Iterator[Substitution]:

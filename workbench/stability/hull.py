@@ -6,9 +6,11 @@ on those alone. A system lacking an entry of one of its elements has no hull; it
 reported, not guessed.
 """
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from itertools import combinations
+
+REFERENCE_KEY = "reference:"  # the key of an element at zero energy (element_zeros)
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,12 @@ class HullEntry:
 
     @property
     def elements(self) -> frozenset[str]:
-        return frozenset(element for element, amount in self.composition.items() if amount > 0)
+        return elements_of(self.composition)
+
+
+def elements_of(composition: dict[str, float]) -> frozenset[str]:
+    """The elements of ``{element: amount}`` present in it."""
+    return frozenset(element for element, amount in composition.items() if amount > 0)
 
 
 @dataclass(frozen=True)
@@ -50,19 +57,35 @@ def chemical_system(elements: frozenset[str]) -> str:
     return "-".join(sorted(elements))
 
 
-def convex_hull(entries: list[HullEntry]) -> Hull:
-    """Energy above hull and decomposition of every entry whose system is complete."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+def element_zeros(elements: Iterable[str]) -> list[HullEntry]:
+    """Each element at zero energy: the references of formation energies."""
+    return [HullEntry(f"{REFERENCE_KEY}{element}", {element: 1.0}, 0.0) for element in sorted(set(elements))]
+
+
+def pd_entry(entry: HullEntry):
+    """The entry as pymatgen's ``PDEntry`` (total energy of its composition)."""
+    from pymatgen.analysis.phase_diagram import PDEntry
     from pymatgen.core import Composition
 
-    phase_entries = []
-    for entry in entries:
-        composition = Composition(entry.composition)
-        phase_entries.append(PDEntry(composition, entry.energy_per_atom * composition.num_atoms))
-    keys = {id(phase_entry): entry.key for phase_entry, entry in zip(phase_entries, entries, strict=True)}
+    composition = Composition(entry.composition)
+    return PDEntry(composition, entry.energy_per_atom * composition.num_atoms)
+
+
+def by_system(entries: list[HullEntry]) -> dict[frozenset[str], list[int]]:
+    """Indices of ``entries`` per chemical system (the elements of their composition)."""
     systems: dict[frozenset[str], list[int]] = {}
     for index, entry in enumerate(entries):
         systems.setdefault(entry.elements, []).append(index)
+    return systems
+
+
+def convex_hull(entries: list[HullEntry]) -> Hull:
+    """Energy above hull and decomposition of every entry whose system is complete."""
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    phase_entries = [pd_entry(entry) for entry in entries]
+    keys = {id(phase_entry): entry.key for phase_entry, entry in zip(phase_entries, entries, strict=True)}
+    systems = by_system(entries)
     elements_with_entry = {next(iter(system)) for system in systems if len(system) == 1}
 
     points: dict[Hashable, HullPoint] = {}

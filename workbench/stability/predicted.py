@@ -19,11 +19,11 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from workbench.stability.hull import HullEntry, entries_within
-from workbench.stability.store import hull_level
+from workbench.stability.hull import by_system, element_zeros, elements_of, entries_within, pd_entry
+from workbench.stability.store import hull_level, level_values
 from workbench.store.bulk import one_of
 from workbench.store.engine import session_scope
-from workbench.store.schema import Structure, TargetDefinition, TargetValue
+from workbench.store.schema import Structure
 
 # What a model learns in place of the energy above the hull, at the same level.
 LEARNED = "formation_energy_per_atom"
@@ -42,29 +42,19 @@ def formation_hull(session: Session, level: str,
                    compositions: list[dict[str, float]]) -> np.ndarray:
     """Formation energy per atom (eV/atom) of the level's hull at each composition, from
     the level's stored formation energies with every element at 0."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.core import Composition
 
-    rows = session.execute(
-        select(Structure.composition, TargetValue.value).join(TargetValue, TargetValue.structure_id == Structure.id)
-        .join(TargetDefinition, TargetDefinition.id == TargetValue.target_id)
-        .where(TargetDefinition.name == f"{level}.{LEARNED}", TargetValue.value.is_not(None))).all()
-    entries = [HullEntry(n, composition, value) for n, (composition, value) in enumerate(rows)]
-    elements = sorted({element for composition in compositions for element, amount in composition.items() if amount > 0}
-                      | {element for entry in entries for element in entry.elements})
-    entries += [HullEntry(element, {element: 1.0}, 0.0) for element in elements]
-    systems: dict[frozenset[str], list[int]] = {}
-    for index, entry in enumerate(entries):
-        systems.setdefault(entry.elements, []).append(index)
+    asked = [elements_of(composition) for composition in compositions]
+    entries = level_values(session, f"{level}.{LEARNED}")
+    entries += element_zeros({element for elements in [*asked, *(entry.elements for entry in entries)]
+                              for element in elements})
+    systems = by_system(entries)
     diagrams: dict[frozenset[str], PhaseDiagram] = {}
     energies = np.empty(len(compositions))
-    for position, composition in enumerate(compositions):
-        system = frozenset(element for element, amount in composition.items() if amount > 0)
+    for position, (composition, system) in enumerate(zip(compositions, asked, strict=True)):
         if system not in diagrams:
-            diagrams[system] = PhaseDiagram([
-                PDEntry(Composition(entries[index].composition),
-                        entries[index].energy_per_atom * Composition(entries[index].composition).num_atoms)
-                for index in entries_within(system, systems)])
+            diagrams[system] = PhaseDiagram([pd_entry(entries[index]) for index in entries_within(system, systems)])
         energies[position] = diagrams[system].get_hull_energy_per_atom(Composition(composition))
     return energies
 

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from workbench.errors import InputError, WorkbenchError
-from workbench.stability.hull import HullEntry, chemical_system, convex_hull
+from workbench.stability.hull import HullEntry, chemical_system, convex_hull, element_zeros
 from workbench.store.bulk import insert_ignoring_duplicates, one_writer_at_a_time
 from workbench.store.engine import session_scope
 from workbench.store.queries import structures_where
@@ -32,7 +32,6 @@ E_ABOVE_HULL = "e_above_hull"
 ENERGY_BASES = ("energy_per_atom", "formation_energy_per_atom")
 # ``source_file`` of the values written here: a value from elsewhere is never overwritten.
 HULL_ORIGIN = "workbench hull"
-REFERENCE_KEY = "reference:"  # the zero-energy element of the formation-energy basis
 
 
 class NoElementalReferences(InputError):
@@ -66,21 +65,25 @@ class HullReport:
     systems_without_hull: dict[str, list[str]] = field(default_factory=dict)
 
 
+def level_values(session: Session, target: str) -> list[HullEntry]:
+    """The stored values of the scalar ``target`` as entries keyed by structure id, in id order."""
+    rows = session.execute(
+        select(Structure.id, Structure.composition, TargetValue.value)
+        .join(TargetValue, TargetValue.structure_id == Structure.id)
+        .join(TargetDefinition, TargetDefinition.id == TargetValue.target_id)
+        .where(TargetDefinition.name == target, TargetValue.value.is_not(None))
+        .order_by(Structure.id)
+    ).all()
+    return [HullEntry(row.id, row.composition, row.value) for row in rows]
+
+
 def level_entries(session: Session, level: str) -> tuple[str, list[HullEntry]]:
     """``(basis, entries)``: the level's energies, as the target name they come from."""
     for basis in ENERGY_BASES:
-        rows = session.execute(
-            select(Structure.id, Structure.composition, TargetValue.value)
-            .join(TargetValue, TargetValue.structure_id == Structure.id)
-            .join(TargetDefinition, TargetDefinition.id == TargetValue.target_id)
-            .where(TargetDefinition.name == f"{level}.{basis}", TargetValue.value.is_not(None))
-            .order_by(Structure.id)
-        ).all()
-        if rows:
-            entries = [HullEntry(row.id, row.composition, row.value) for row in rows]
+        entries = level_values(session, f"{level}.{basis}")
+        if entries:
             if basis == "formation_energy_per_atom":
-                elements = sorted({element for entry in entries for element in entry.elements})
-                entries += [HullEntry(f"{REFERENCE_KEY}{element}", {element: 1.0}, 0.0) for element in elements]
+                entries += element_zeros(element for entry in entries for element in entry.elements)
             return f"{level}.{basis}", entries
     names = " or ".join(f"{level}.{basis}" for basis in ENERGY_BASES)
     raise InputError(f"no energies at level {level!r}: no structure has {names}", field="--level")
