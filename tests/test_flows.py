@@ -140,6 +140,26 @@ def test_run_dft_flow(prefect_api, engine, database_url, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_run_dft_flow_computes_a_batched_preset_in_batches(prefect_api, engine, database_url, tmp_path,
+                                                          monkeypatch):
+    from flows.run_dft import run_dft
+    from tests.dft_helpers import calculation_of, l12, store_crystals
+
+    monkeypatch.setenv("WORKBENCH_DATABASE_URL", database_url)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    preset = tmp_path / "emt-batch.yaml"
+    preset.write_text("name: emt-batch\ncalculator: emt\nkpoint_density: null\nspin: off\ndos: false\n"
+                      "properties: [energy]\nbatch_size: 3\n")
+    ids = store_crystals(engine, {"Cu3Au": l12("Cu", "Au"), "Ni3Al": l12("Ni", "Al")})
+    outcome = run_dft(list(ids.values()), preset=str(preset), jobs=2)
+    assert len(outcome["done"]) == 6  # the references Cu, Au, Ni and Al, then the two alloys
+    batches = {calculation_of(engine, structure_id, "emt-batch")[1][0].parameters.get("batch")
+               for structure_id in ids.values()}
+    assert None not in batches  # computed by a batch worker, not one process each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_campaign_on_a_two_worker_local_dask_cluster(prefect_api, engine, alloys, database_url, mlflow_uri,
                                                      tmp_path, monkeypatch):
     import yaml
