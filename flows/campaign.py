@@ -27,6 +27,7 @@ from flows.tasks import store_task
 from workbench.campaign import loop, rounds
 from workbench.campaign.config import load_config
 from workbench.campaign.rounds import RoundRef, RoundStatus
+from workbench.campaign.store import campaign_config, campaign_id_of
 from workbench.settings import Settings
 from workbench.store.engine import open_engine
 
@@ -47,7 +48,7 @@ def open_campaign_task(config_path: str) -> str:
 def next_round_task(campaign: str) -> RoundRef | None:
     """The campaign's unfinished round, or a new one; ``None`` once it is finished."""
     with open_engine(Settings().database_url) as engine:
-        return loop.resume_round(engine, loop.campaign_id_of(engine, campaign))
+        return loop.resume_round(engine, campaign_id_of(engine, campaign))
 
 
 @store_task
@@ -91,11 +92,11 @@ def _compute(round_ref: RoundRef, settings: Settings) -> RoundRef:
     """The round's calculations by the ``run-dft`` flow (of the structures dispatch queued
     them on: relaxed ones, if the round relaxed), then the round marked computed."""
     with open_engine(settings.database_url) as engine:
-        dft = loop.campaign_config(engine, round_ref.campaign_id).dft
+        dft = campaign_config(engine, round_ref.campaign_id).dft
         structure_ids = loop.round_calculation_structures(engine, round_ref.round_id)
     run_dft.with_options(task_runner=task_runner(settings, dft.jobs))(
         structure_ids, preset=dft.preset, threads=dft.threads, wall_time_s=dft.wall_time_s,
-        references=dft.references)
+        references=dft.references, jobs=dft.jobs)
     return computed_task(round_ref)
 
 

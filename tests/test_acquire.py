@@ -126,7 +126,7 @@ def test_needs_are_declared_and_checked():
     predictions = _predictions(10)
     for name in ("ucb", "ei", "greedy"):
         assert SCORE_FUNCTIONS[name].one_sided
-        with pytest.raises(InputError, match=f"'{name}' needs a one-sided first constraint") as caught:
+        with pytest.raises(InputError, match=f"'{name}' needs a one-sided first objective constraint") as caught:
             plan_batch(predictions, WINDOW, AcquisitionSettings(function=name), size=2, best_labeled=0.0)
         assert caught.value.field == "acquisition.function"
     with pytest.raises(ValueError, match="needs the best label"):
@@ -250,6 +250,9 @@ def test_candidates_are_excluded_by_dedup_key(engine):
     everything = [ids["Cu"], ids["Cu-twin"], ids["Au"], ids["Al"]]
     assert eligible(engine, everything, ["gap"]) == [ids["Al"]]
     assert eligible(engine, everything, ["other"]) == [ids["Cu"], ids["Cu-twin"], ids["Al"]]
+    with session_scope(engine) as session:  # keys blocked besides, as a campaign's ledger's
+        ledger = {session.get(Structure, ids["Al"]).dedup_key}
+    assert eligible(engine, everything, ["other"], also_blocked=ledger) == [ids["Cu"], ids["Cu-twin"]]
 
 
 def test_std_scale_fits_held_out_errors():

@@ -20,13 +20,13 @@ from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost
 from workbench.campaign import rounds
 from workbench.campaign.config import config_from_document, load_config
 from workbench.campaign.loop import (
-    campaign_id_of,
     ledger_structures,
     open_campaign,
     resume_round,
     run_campaign,
 )
 from workbench.campaign.report import ledger, write_report
+from workbench.campaign.store import campaign_id_of
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
 from workbench.settings import Settings

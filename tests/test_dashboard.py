@@ -4,6 +4,9 @@ failed, spectra and per-site labels; read through an engine the database refuses
 through. HTTP through Starlette's TestClient; the browser tests are in
 test_dashboard_browser.py."""
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,7 +24,7 @@ from workbench.errors import InputError, NotFound
 from workbench.io.entries import Entry
 from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
-from workbench.store.engine import SQLITE_BUSY_TIMEOUT_MS, session_scope
+from workbench.store.engine import SQLITE_BUSY_TIMEOUT_MS, read_only_engine, session_scope
 from workbench.store.schema import (
     Acquisition,
     AcquisitionStatus,
@@ -93,7 +96,7 @@ def _seed(engine, alloys: dict[str, int], workdir) -> dict:
         session.add(Prediction(model_version_id=new.id, structure_id=first, target_id=dos.id,
                                mean_array=np.arange(5.0) + 0.5, std_array=np.full(5, 0.2)))
         random_round = Round(campaign_id=campaign_id, number=0, kind=RoundKind.RANDOM, status="done",
-                             summary={"acquired": 4, "hits": 3, "failed": 0}, finished_at=now)
+                             summary={"acquired": 4, "hits": 3, "failed": 0, "dft_seconds": 12.34}, finished_at=now)
         guided = Round(campaign_id=campaign_id, number=1, kind=RoundKind.MODEL, status="done",
                        model_version_id=old.id, models={TARGET: old.id}, summary={"acquired": 3}, finished_at=now)
         session.add_all([random_round, guided])
@@ -119,7 +122,7 @@ def _seed(engine, alloys: dict[str, int], workdir) -> dict:
 @pytest.fixture
 def store(engine, alloys, tmp_path, database_url):
     seeded = _seed(engine, alloys, tmp_path)
-    reader = queries.read_only_engine(database_url)
+    reader = read_only_engine(database_url)
     yield {**seeded, "engine": reader, "alloys": alloys}
     reader.dispose()
 
@@ -305,6 +308,20 @@ def test_every_page_answers(client, store):
     assert '<meta http-equiv="refresh" content="15">' in client.get("/campaigns/alloys").text
     assert client.get("/static/plotly.min.js").status_code == 200
     assert client.get("/static/dashboard.js").status_code == 200
+
+
+def test_the_rounds_table_shows_what_each_round_counted(client):
+    rounds = client.get("/campaigns/alloys").text.split('<table id="rounds">')[1].split("</table>")[0]
+    assert '<th class="n">acquired</th>' in rounds and '<th class="n">DFT s</th>' in rounds
+    assert '<td class="n">4</td>' in rounds and '<td class="n">12.3</td>' in rounds
+
+
+def test_the_dashboard_loads_without_the_training_and_dft_stack():
+    """Serving read-only pages needs neither torch nor the campaign loop (and the DFT runner)."""
+    stack = ["torch", "mlflow", "matplotlib", "workbench.campaign.loop", "workbench.dft.runner"]
+    script = f"import json, sys, workbench.dashboard.app; print(json.dumps([m for m in {stack!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_ledger_is_sorted_and_filtered_by_the_server(client):

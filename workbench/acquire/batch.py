@@ -14,7 +14,7 @@ SHORTLIST_FACTOR = 5
 
 def shortlist_size(size: int, count: int) -> int:
     """How many of ``count`` ranked candidates a diverse batch of ``size`` looks at."""
-    return min(count, max(size, SHORTLIST_FACTOR * size))
+    return min(count, SHORTLIST_FACTOR * size)
 
 
 def diverse_batch(points: np.ndarray, size: int, *, diversity: float = 1.0) -> np.ndarray:

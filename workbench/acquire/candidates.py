@@ -7,8 +7,11 @@ campaign and not yet labeled. Matching by key, not by id, keeps a campaign from 
 twice for one crystal stored under two ids.
 """
 
+from collections.abc import Collection
+
 from sqlalchemy import Engine, or_, select
 
+from workbench.store.bulk import one_of
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Acquisition,
@@ -39,11 +42,13 @@ def blocked_keys(engine: Engine, targets: list[str]) -> set[str]:
         ))
 
 
-def eligible(engine: Engine, structure_ids: list[int], targets: list[str]) -> list[int]:
-    """``structure_ids`` without the blocked ones, order kept."""
-    blocked = blocked_keys(engine, targets)
+def eligible(engine: Engine, structure_ids: list[int], targets: list[str], *,
+             also_blocked: Collection[str] = frozenset()) -> list[int]:
+    """``structure_ids`` without the blocked ones, nor those with a dedup key in
+    ``also_blocked`` (a campaign's ledger), order kept."""
+    blocked = blocked_keys(engine, targets) | set(also_blocked)
     with session_scope(engine) as session:
         keys = dict(session.execute(
-            select(Structure.id, Structure.dedup_key).where(Structure.id.in_(structure_ids))
+            select(Structure.id, Structure.dedup_key).where(one_of(session, Structure.id, structure_ids))
         ).all())
     return [structure_id for structure_id in structure_ids if keys.get(structure_id) not in blocked]

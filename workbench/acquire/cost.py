@@ -24,6 +24,8 @@ PRIOR_SPIN_LOG_FACTOR = math.log(2.0)
 PRIOR_WEIGHT = 3.0
 # The intercept (overall speed of the machine) is left to the data.
 INTERCEPT_PRIOR_WEIGHT = 1e-3
+# Floor on a recorded wall time (s) before its log: a time recorded as 0 would be log 0.
+MIN_WALL_TIME_S = 1e-3
 
 
 def spin_polarised(preset: Preset, elements: list[str]) -> bool:
@@ -53,7 +55,7 @@ def fit_cost_model(nsites: np.ndarray, spin: np.ndarray, seconds: np.ndarray) ->
     features = _features(np.asarray(nsites, float), np.asarray(spin, bool))
     prior = np.array([0.0, PRIOR_SIZE_EXPONENT, PRIOR_SPIN_LOG_FACTOR])
     weights = np.diag([INTERCEPT_PRIOR_WEIGHT, PRIOR_WEIGHT, PRIOR_WEIGHT])
-    log_seconds = np.log(np.maximum(np.asarray(seconds, float), 1e-3))
+    log_seconds = np.log(np.maximum(np.asarray(seconds, float), MIN_WALL_TIME_S))
     coefficients = np.linalg.solve(features.T @ features + weights, features.T @ log_seconds + weights @ prior)
     return CostModel(tuple(float(value) for value in coefficients), len(log_seconds))
 

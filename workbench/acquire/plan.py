@@ -111,9 +111,10 @@ def plan_batch(predictions: dict[str, tuple[np.ndarray, np.ndarray]], objective:
     function = score_function(settings.function)
     count = _count(predictions, count)
     first = objective.constraints[0]
-    if function.one_sided and first.is_window:
-        raise InputError(f"acquisition {function.name!r} needs a one-sided first constraint (e.g. 'heat_ref<1.0'), "
-                         f"not the window {first}; use 'probability'", field="acquisition.function")
+    try:
+        function.check_objective(first)
+    except ValueError as error:
+        raise InputError(str(error), field="acquisition.function") from None
     if function.needs_best_label and best_labeled is None:
         raise ValueError(f"acquisition {function.name!r} needs the best label so far of {first.target!r}")
     missing = [target for target in objective.targets if target not in predictions]

@@ -20,6 +20,8 @@ from workbench.acquire.objective import Constraint, Objective
 # Floor on the predictive std: a zero spread would make probabilities 0/1 steps.
 MIN_STD = 1e-9
 SQRT_2PI = np.sqrt(2 * np.pi)
+# The baseline function's name: what a random round ranks by, as its ledger rows say.
+RANDOM = "random"
 
 
 def greedy(mean: np.ndarray, *, maximize: bool = True) -> np.ndarray:
@@ -154,6 +156,13 @@ class ScoreFunction:
     needs_best_label: bool = False
     needs_model: bool = True
 
+    def check_objective(self, first: Constraint) -> None:
+        """Raise ValueError if the function is ``one_sided`` and ``first`` (the objective's
+        first constraint) is a window."""
+        if self.one_sided and first.is_window:
+            raise ValueError(f"function {self.name!r} needs a one-sided first objective constraint "
+                             f"(e.g. 'heat_ref<1.0'), not the window {first}; use 'probability'")
+
 
 def _ucb(inputs: ScoreInputs) -> np.ndarray:
     constraint, mean, std = inputs.first
@@ -187,7 +196,7 @@ SCORE_FUNCTIONS: dict[str, ScoreFunction] = {entry.name: entry for entry in (
                   tie_break=ScoreInputs.spread, tie_break_label="spread", one_sided=True),
     ScoreFunction("uncertainty", "spread of the objective's targets", ScoreInputs.spread, Scale.POSITIVE,
                   tie_break=ScoreInputs.closeness, tie_break_label="closeness of the means to the objective"),
-    ScoreFunction("random", "uniform random (the baseline; never weighed by cost)",
+    ScoreFunction(RANDOM, "uniform random (the baseline; never weighed by cost)",
                   lambda inputs: inputs.rng.random(inputs.count), Scale.NONE, needs_model=False),
 )}
 

@@ -14,6 +14,7 @@ error that names it rather than a setting silently ignored.
 
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import (
@@ -34,6 +35,9 @@ from workbench.featurize.config import ATOM_FEATURES, DEFAULT_ATOM_FEATURES
 from workbench.models.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from workbench.stability.predicted import learned_target
 from workbench.train.config import CAMPAIGN_TRAINING, TrainConfig
+
+if TYPE_CHECKING:  # presets are loaded when a config is read, not with this module
+    from workbench.dft.presets import Preset
 
 
 class _Strict(BaseModel):
@@ -189,15 +193,20 @@ class Acquisition(_Strict):
     kappa: float = Field(_ACQUISITION.kappa, ge=0)
     cost_aware: bool = _ACQUISITION.cost_aware
 
-    @field_validator("function")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in SCORE_FUNCTIONS:
-            raise ValueError(f"unknown acquisition function {name!r}; choose one of {', '.join(SCORE_FUNCTIONS)}")
-        return name
+    _registered = field_validator("function")(_one_of(SCORE_FUNCTIONS, "acquisition function"))
 
     def settings(self) -> AcquisitionSettings:
         return AcquisitionSettings(**self.model_dump())
+
+
+def _loaded_preset(name: str) -> "Preset":
+    """The DFT preset ``name``; a field check's ValueError, saying why, if there is none."""
+    from workbench.dft.presets import PresetError, load_preset
+
+    try:
+        return load_preset(name)
+    except PresetError as error:
+        raise ValueError(str(error)) from None
 
 
 class Dft(_Strict):
@@ -212,12 +221,7 @@ class Dft(_Strict):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        from workbench.dft.presets import PresetError, load_preset
-
-        try:
-            load_preset(name)
-        except PresetError as error:
-            raise ValueError(str(error)) from None
+        _loaded_preset(name)
         return name
 
 
@@ -247,13 +251,7 @@ class Relax(_Strict):
     @field_validator("preset")
     @classmethod
     def _a_relaxation(cls, name: str) -> str:
-        from workbench.dft.presets import PresetError, load_preset
-
-        try:
-            preset = load_preset(name)
-        except PresetError as error:
-            raise ValueError(str(error)) from None
-        if preset.relax is None:
+        if _loaded_preset(name).relax is None:
             raise ValueError(f"preset {name!r} does not relax; use a relaxation preset such as {name}-relax")
         return name
 
@@ -271,14 +269,9 @@ class Decorations(_Strict):
     @field_validator("sites")
     @classmethod
     def _elements(cls, sites: dict[str, list[str]]) -> dict[str, list[str]]:
-        from workbench.generate.substitute import ELEMENT_SYMBOLS
+        from workbench.generate.substitute import check_sites
 
-        unknown = sorted({element for element in [*sites, *(e for choices in sites.values() for e in choices)]
-                          if element not in ELEMENT_SYMBOLS})
-        if unknown:
-            raise ValueError(f"unknown element {', '.join(map(repr, unknown))}")
-        if any(not choices for choices in sites.values()):
-            raise ValueError("every site needs at least one element")
+        check_sites(sites)  # against the prototype's elements once it is read (decorate)
         return sites
 
 
@@ -321,10 +314,7 @@ class CampaignConfig(_Strict):
     def _acquisition_fits_objective(cls, acquisition: Acquisition, info: ValidationInfo) -> Acquisition:
         if "objective" not in info.data:  # already refused
             return acquisition
-        first = parse_objective(info.data["objective"]).constraints[0]
-        if SCORE_FUNCTIONS[acquisition.function].one_sided and first.is_window:
-            raise ValueError(f"function {acquisition.function!r} needs a one-sided first objective constraint "
-                             f"(e.g. 'heat_ref<1.0'), not the window {first}; use 'probability'")
+        SCORE_FUNCTIONS[acquisition.function].check_objective(parse_objective(info.data["objective"]).constraints[0])
         return acquisition
 
     @model_validator(mode="after")

@@ -28,14 +28,15 @@ from workbench.acquire.basis import (
     prior_predictions,
     ranking_basis,
 )
-from workbench.acquire.candidates import blocked_keys
+from workbench.acquire.candidates import IN_FLIGHT, eligible
 from workbench.acquire.cost import expected_costs
 from workbench.acquire.objective import Constraint
 from workbench.acquire.plan import AcquisitionSettings, BatchPlan, plan_batch
-from workbench.acquire.scores import SCORE_FUNCTIONS
+from workbench.acquire.scores import RANDOM, SCORE_FUNCTIONS
 from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.campaign.replay import embed
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
+from workbench.campaign.store import CampaignStatus, RoundCount, campaign_config
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.dft.workflow import stage_ends
@@ -78,7 +79,6 @@ from workbench.train.pipeline import (
 )
 from workbench.train.registry import download_ensemble
 
-RANDOM = "random"
 # Config fields a resumed campaign may change; anything else would make its ledger lie.
 ADJUSTABLE = ("budget", "stop")
 
@@ -104,7 +104,7 @@ def open_campaign(engine: Engine, config: CampaignConfig) -> int:
     with session_scope(engine) as session:
         campaign = session.scalar(select(Campaign).where(Campaign.name == config.name))
         if campaign is None:
-            campaign = Campaign(name=config.name, config=document, status="active")
+            campaign = Campaign(name=config.name, config=document, status=CampaignStatus.ACTIVE)
             session.add(campaign)
             session.flush()
             return campaign.id
@@ -114,8 +114,8 @@ def open_campaign(engine: Engine, config: CampaignConfig) -> int:
             raise InputError(f"campaign {config.name!r} exists with other settings for {', '.join(changed)}; "
                              "resume it with its stored config or give the new one another name", field=changed[0])
         campaign.config = document
-        if campaign.status == "finished":
-            campaign.status, campaign.finished_at = "active", None
+        if campaign.status == CampaignStatus.FINISHED:
+            campaign.status, campaign.finished_at = CampaignStatus.ACTIVE, None
         return campaign.id
 
 
@@ -132,20 +132,6 @@ def _valid(campaign: Campaign) -> bool:
     except InputError:
         return False
     return True
-
-
-def campaign_config(engine: Engine, campaign_id: int) -> CampaignConfig:
-    with session_scope(engine) as session:
-        campaign = session.get(Campaign, campaign_id)
-        return config_from_document(campaign.config, origin=f"campaign {campaign.name!r}")
-
-
-def campaign_id_of(engine: Engine, name: str) -> int:
-    with session_scope(engine) as session:
-        campaign_id = session.scalar(select(Campaign.id).where(Campaign.name == name))
-    if campaign_id is None:
-        raise NotFound(f"no campaign named {name!r} in the store")
-    return campaign_id
 
 
 def candidate_ids(engine: Engine, config: CampaignConfig) -> list[int]:
@@ -185,12 +171,8 @@ def _ledger_keys(engine: Engine, campaign_id: int) -> set[str]:
 def eligible_candidates(engine: Engine, campaign_id: int, config: CampaignConfig) -> list[int]:
     """Candidates not labeled for an objective target (or what a model learns for it), not
     being computed, and not in this campaign's ledger already — all matched by dedup key."""
-    ids = candidate_ids(engine, config)
     labels = [*config.parsed_objective.targets, *config.learned_targets]
-    blocked = blocked_keys(engine, labels) | _ledger_keys(engine, campaign_id)
-    with session_scope(engine) as session:
-        keys = dict(session.execute(select(Structure.id, Structure.dedup_key).where(one_of(session, Structure.id, ids))).all())
-    return [structure_id for structure_id in ids if keys[structure_id] not in blocked]
+    return eligible(engine, candidate_ids(engine, config), labels, also_blocked=_ledger_keys(engine, campaign_id))
 
 
 def labeled_counts(engine: Engine, targets: list[str]) -> dict[str, int]:
@@ -236,9 +218,15 @@ def stop_reason(engine: Engine, campaign_id: int, config: CampaignConfig) -> str
     return None
 
 
+def _labels_wanted(config: CampaignConfig) -> int:
+    """Labels of each learned target bought at random before a model ranks: the config's
+    ``initial``, and at least what a model needs to train."""
+    return max(config.initial, MIN_LABELS)
+
+
 def _needs_random_round(engine: Engine, config: CampaignConfig) -> bool:
     counts = labeled_counts(engine, config.learned_targets)
-    return min(counts.values()) < max(config.initial, MIN_LABELS) and config.acquisition.function != RANDOM
+    return min(counts.values()) < _labels_wanted(config) and config.acquisition.function != RANDOM
 
 
 def unfinished_round(engine: Engine, campaign_id: int) -> RoundRef | None:
@@ -259,7 +247,7 @@ def resume_round(engine: Engine, campaign_id: int) -> RoundRef | None:
     with session_scope(engine) as session:
         campaign = session.get(Campaign, campaign_id)
         if reason is not None:
-            campaign.status, campaign.finished_at = "finished", campaign.finished_at or _now()
+            campaign.status, campaign.finished_at = CampaignStatus.FINISHED, campaign.finished_at or _now()
             return None
         last = session.scalar(select(func.max(Round.number)).where(Round.campaign_id == campaign_id))
         number = 0 if last is None else last + 1
@@ -483,7 +471,7 @@ def rank(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event: E
     basis = None
     if round_ref.kind is RoundKind.RANDOM:
         labeled = min(labeled_counts(engine, config.learned_targets).values())
-        size = max(1, min(max(config.initial, MIN_LABELS) - labeled, config.budget - state.spent, len(eligible)))
+        size = max(1, min(_labels_wanted(config) - labeled, config.budget - state.spent, len(eligible)))
         policy, predictions = AcquisitionSettings(function=RANDOM, cost_aware=config.acquisition.cost_aware), {}
     else:
         # Only what predict predicted: a candidate without the prior has no prediction.
@@ -631,7 +619,7 @@ def mark_computed(engine: Engine, settings: Settings, round_ref: RoundRef, *, on
     with session_scope(engine) as session:
         pending = session.scalar(select(func.count(Calculation.id)).where(
             Calculation.id.in_(select(Acquisition.calculation_id).where(Acquisition.round_id == round_ref.round_id)),
-            Calculation.status.in_((CalculationStatus.QUEUED, CalculationStatus.RUNNING))))
+            Calculation.status.in_(IN_FLIGHT)))
         if pending:
             raise RuntimeError(f"round {round_ref.number} still has {pending} calculations queued or running")
         advance(session, round_ref)
@@ -692,8 +680,8 @@ def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
                 acquisition.status = AcquisitionStatus.FAILED
                 failed += 1
         round_row = session.get(Round, round_ref.round_id)
-        summary = {**(round_row.summary or {}), "acquired": len(acquisitions), "hits": hits, "failed": failed,
-                   "dft_seconds": round(cost, 1)} | ({"hull": {
+        summary = {**(round_row.summary or {}), RoundCount.ACQUIRED: len(acquisitions), RoundCount.HITS: hits,
+                   RoundCount.FAILED: failed, RoundCount.DFT_SECONDS: round(cost, 1)} | ({"hull": {
                        level: report if isinstance(report, str) else
                        {"values": report.values, "new": report.new, "updated": report.updated}
                        for level, report in hulls.items()}} if hulls else {})

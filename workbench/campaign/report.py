@@ -14,14 +14,15 @@
   (first round started to last round finished).
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from sqlalchemy import Engine, select
 
-from workbench.campaign.loop import campaign_config, progress, stop_reason
+from workbench.acquire.scores import RANDOM
+from workbench.campaign.loop import progress, stop_reason
+from workbench.campaign.store import LedgerRow, RoundCount, campaign_config
 from workbench.provenance import current
 from workbench.stability.store import binary_hulls, hull_level
 from workbench.store.engine import session_scope
@@ -48,23 +49,6 @@ HULL_PANELS = 4
 ON_HULL = 1e-6
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    round: int
-    batch: int
-    structure_id: int
-    formula: str
-    function: str
-    score: float
-    rank: int
-    status: str
-    predicted: dict
-    outcome: dict
-    calculation_id: int | None
-    dft_seconds: float | None
-    model_version: str | None
-
-
 def ledger(engine: Engine, campaign_id: int) -> list[LedgerRow]:
     """The campaign's acquisitions in the order they were chosen."""
     with session_scope(engine) as session:
@@ -86,7 +70,7 @@ def ledger(engine: Engine, campaign_id: int) -> list[LedgerRow]:
 def discovery_curve(rows: list[LedgerRow], path: Path, *, title: str) -> Path:
     spent = np.arange(1, len(rows) + 1)
     hits = np.cumsum([bool(row.outcome.get("hit")) for row in rows])
-    random_rows = [row for row in rows if row.function == "random"]
+    random_rows = [row for row in rows if row.function == RANDOM]
     figure = Figure(figsize=(6, 4))
     axis = figure.subplots()
     axis.step(spent, hits, where="post", color="tab:blue", linewidth=2, label="campaign")
@@ -107,8 +91,8 @@ def hit_rates(rows: list[LedgerRow]) -> str | None:
     """The model-guided rounds' hit rate beside the random rounds' (the pool's base rate as
     far as it has been seen), per candidate chosen (a failed calculation counts as no
     hit); None until both kinds of round have chosen some."""
-    chosen = {"random": [row for row in rows if row.function == "random"],
-              "guided": [row for row in rows if row.function != "random"]}
+    chosen = {"random": [row for row in rows if row.function == RANDOM],
+              "guided": [row for row in rows if row.function != RANDOM]}
     if not all(chosen.values()):
         return None
     hits = {kind: sum(bool(row.outcome.get("hit")) for row in group) for kind, group in chosen.items()}
@@ -211,7 +195,7 @@ def _number(value: float | None) -> str:
 def _chosen_by(round_row: Round, function: str) -> str:
     """What ranked a round: random, or the function over the model's or the prior's predictions."""
     if round_row.kind is RoundKind.RANDOM:
-        return "random"
+        return RANDOM
     basis = ((round_row.summary or {}).get("acquisition") or {}).get("basis")
     return f"{function} ({basis})" if basis else function
 
@@ -229,9 +213,8 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
         rounds = session.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)).all()
         round_lines = [
             f"| {r.number} | {r.status} | {_chosen_by(r, config.acquisition.function)} "
-            f"| {', '.join(f'{t}: {v}' for t, v in (r.models or {}).items())} | {(r.summary or {}).get('acquired', '')} "
-            f"| {(r.summary or {}).get('hits', '')} | {(r.summary or {}).get('failed', '')} "
-            f"| {(r.summary or {}).get('dft_seconds', '')} |"
+            f"| {', '.join(f'{t}: {v}' for t, v in (r.models or {}).items())} "
+            f"| {' | '.join(str((r.summary or {}).get(count, '')) for count in RoundCount)} |"
             for r in rounds
         ]
         # What the acquisition said about a round: e.g. that its scores could not tell candidates apart.
@@ -266,9 +249,10 @@ def write_report(engine: Engine, campaign_id: int, out: Path) -> Path:
         if figure:
             figures.append(figure)
     lines += [f"![{figure.stem}]({figure.name})" for figure in figures] + [""]
+    counted = " | ".join(count.heading for count in RoundCount)
     lines += ["## Rounds", "",
-              "| round | status | chosen by | models (target: model_versions.id) | acquired | hits | failed | DFT s |",
-              "|---:|---|---|---|---:|---:|---:|---:|", *round_lines, "", *([*notes, ""] if notes else [])]
+              f"| round | status | chosen by | models (target: model_versions.id) | {counted} |",
+              "|---:|---|---|---|" + "---:|" * len(RoundCount), *round_lines, "", *([*notes, ""] if notes else [])]
     targets = objective.targets
     header = " | ".join(f"{t} predicted | {t} computed" for t in targets)
     lines += ["## Ledger", "", "Predicted: the ensemble's mean ± std when the candidate was chosen.", "",

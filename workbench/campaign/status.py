@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
-from workbench.campaign.loop import campaign_config, campaign_id_of, progress, stop_reason
+from workbench.campaign.loop import progress, stop_reason
+from workbench.campaign.store import campaign_config, campaign_id_of
 from workbench.store.engine import session_scope
 from workbench.store.schema import Round
 
@@ -13,11 +14,11 @@ from workbench.store.schema import Round
 class RoundLine:
     number: int
     status: str
-    summary: dict  # what the round found (acquired, hits, failed, dft_seconds), once done
+    summary: dict  # what the round found (its RoundCount keys), once done
 
 
 @dataclass(frozen=True)
-class CampaignStatus:
+class CampaignStanding:
     name: str
     rounds: list[RoundLine]
     spent: int  # calculations dispatched
@@ -26,7 +27,7 @@ class CampaignStatus:
     stopped_because: str | None  # None: more rounds to run
 
 
-def campaign_status(engine: Engine, name: str) -> CampaignStatus:
+def campaign_status(engine: Engine, name: str) -> CampaignStanding:
     """The status of the campaign called ``name`` (NotFound if there is none)."""
     campaign_id = campaign_id_of(engine, name)
     config = campaign_config(engine, campaign_id)
@@ -34,5 +35,5 @@ def campaign_status(engine: Engine, name: str) -> CampaignStatus:
         rounds = [RoundLine(row.number, str(row.status), dict(row.summary or {})) for row in session.scalars(
             select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number))]
     state = progress(engine, campaign_id)
-    return CampaignStatus(name=name, rounds=rounds, spent=state.spent, budget=config.budget, hits=state.hits,
-                          stopped_because=stop_reason(engine, campaign_id, config))
+    return CampaignStanding(name=name, rounds=rounds, spent=state.spent, budget=config.budget, hits=state.hits,
+                            stopped_because=stop_reason(engine, campaign_id, config))

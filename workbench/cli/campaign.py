@@ -52,12 +52,12 @@ def run(
 def status(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Campaign name.")]) -> None:
     """Rounds of a campaign with what each found."""
     from workbench.campaign.status import campaign_status
+    from workbench.campaign.store import RoundCount
 
     state = campaign_status(invocation(ctx).engine, name)
-    columns = ("acquired", "hits", "failed", "dft_seconds")
-    table = Table("round", "status", "acquired", "hits", "failed", "DFT s", title=f"campaign {name}")
+    table = Table("round", "status", *(count.heading for count in RoundCount), title=f"campaign {name}")
     for line in state.rounds:
-        table.add_row(str(line.number), line.status, *(str(line.summary.get(key, "")) for key in columns))
+        table.add_row(str(line.number), line.status, *(str(line.summary.get(count, "")) for count in RoundCount))
     print_table(table)
     console.print(f"{state.spent} of {state.budget} calculations spent, {state.hits} hits; "
                   f"{state.stopped_because or 'more rounds to run'}")
@@ -70,8 +70,8 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Folder (default WORKBENCH_HOME/reports/NAME).")] = None,
 ) -> None:
     """Write the campaign's report: discovery curve, parity, spectra, ledger."""
-    from workbench.campaign.loop import campaign_id_of
     from workbench.campaign.report import write_report
+    from workbench.campaign.store import campaign_id_of
 
     run = invocation(ctx)
     path = write_report(run.engine, campaign_id_of(run.engine, name), _report_folder(run, name, out))

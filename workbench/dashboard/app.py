@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from workbench.campaign.store import RoundCount
 from workbench.dashboard import figures, queries
 from workbench.errors import InputError, NotFound
 from workbench.store.schema import AcquisitionStatus
@@ -165,7 +166,7 @@ def create_app(dashboard: Dashboard, *, token: str | None = None) -> Starlette:
         plots |= {name: figure for name, figure in parities.items() if figure["data"]}  # drawn once computed
         plots |= {f"hull {system.system}": figures.hull(system)
                   for system in queries.campaign_hulls(engine, view, points.structure_ids)}
-        return render(request, "campaign.html", campaign=view, page=page, plots=plots,
+        return render(request, "campaign.html", campaign=view, page=page, plots=plots, round_counts=list(RoundCount),
                       statuses=[status.value for status in AcquisitionStatus], outcomes=list(queries.OUTCOME_FILTERS),
                       refresh=REFRESH_SECONDS if view.active else None)
 

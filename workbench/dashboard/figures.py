@@ -6,7 +6,7 @@ from html import escape
 
 import numpy as np
 
-from workbench.campaign.loop import RANDOM
+from workbench.acquire.scores import RANDOM
 from workbench.dashboard.queries import HullSystem, LedgerPoints, ParityPoints, StructureView
 
 # A phase this close to the hull (eV/atom) is drawn on it.

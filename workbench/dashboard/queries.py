@@ -7,7 +7,7 @@ candidates, search) are filtered, sorted and cut in SQL and come a page at a tim
 are SQL aggregates. (:func:`workbench.campaign.report.ledger` and
 :func:`workbench.campaign.loop.progress` load every acquisition of a campaign: right for
 a report, too slow for a page of a 10,000-row ledger.) The ledger's rows are the report's
-:class:`~workbench.campaign.report.LedgerRow`.
+:class:`~workbench.campaign.store.LedgerRow`.
 """
 
 from collections.abc import Callable
@@ -21,8 +21,7 @@ from sqlalchemy import ColumnElement, Engine, case, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
-from workbench.campaign.loop import campaign_config, campaign_id_of
-from workbench.campaign.report import LedgerRow
+from workbench.campaign.store import CampaignStatus, LedgerRow, campaign_config, campaign_id_of
 from workbench.errors import InputError, NotFound
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
@@ -149,7 +148,7 @@ class RoundView:
 class CampaignView:
     id: int
     name: str
-    status: str  # active or finished
+    status: str  # a CampaignStatus
     objective: list[str]
     targets: list[str]  # the objective's targets, the ledger's columns
     function: str
@@ -162,7 +161,7 @@ class CampaignView:
 
     @property
     def active(self) -> bool:
-        return self.status == "active"
+        return self.status == CampaignStatus.ACTIVE
 
 
 def _hit():
