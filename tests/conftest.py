@@ -217,6 +217,14 @@ def mlflow_uri(mlflow_template, tmp_path) -> str:
 
 
 @pytest.fixture
+def settings(tmp_path, database_url, mlflow_uri):
+    """The settings of a command on the test's store and MLflow store, its home in tmp_path."""
+    from workbench.settings import Settings
+
+    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
+
+
+@pytest.fixture
 def alloys(engine) -> dict[str, int]:
     """42 L1_2 alloys of the metals EMT knows, stored under source ``test``."""
     from tests.dft_helpers import LATTICE, l12, store_crystals

@@ -14,18 +14,12 @@ from workbench.campaign import loop, replay
 from workbench.campaign.config import config_from_document
 from workbench.campaign.loop import run_campaign
 from workbench.errors import InputError
-from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import Acquisition, Prediction, Round, RoundKind
 from workbench.train.ensemble import pick_device
 
 TARGET = "emt.energy_per_atom"
 TINY_MODEL = {"members": 2, "epochs": 4, "patience": 4, "device": "cpu", "backbone": {"hidden": 8, "layers": 1}}
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
 
 
 def _config(name: str, budget: int, **overrides):

@@ -48,11 +48,6 @@ from workbench.store.schema import (
 )
 
 
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
-
-
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(InputError, match=r"acquisition.batchsize: Extra inputs"):
         config_from_document(campaign_document("x", 10, acquisition={"batchsize": 4}))

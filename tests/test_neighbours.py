@@ -16,7 +16,6 @@ from workbench.featurize import Featurizer, featurize_structures
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
-from workbench.settings import Settings
 from workbench.store.schema import TargetKind
 from workbench.train.config import TrainConfig
 from workbench.train.dataset import load_labeled_graphs
@@ -102,11 +101,6 @@ def test_a_few_validation_labels_leave_the_distance_out(perovskites):
                                  device=torch.device("cpu"))
     assert ensemble.calibration.method == CalibrationMethod.SHRUNK
     assert ensemble.calibration.distance_scale == 0.0
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -26,7 +26,6 @@ from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
 from workbench.models.model import MissingPrior
 from workbench.models.prior import PriorFit, composition_of
-from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Calculation,
@@ -57,11 +56,6 @@ def toy_value(atoms) -> float:
     energy = atoms.copy()
     energy.calc = EMT()
     return SLOPE * energy.get_potential_energy() / len(atoms) + INTERCEPT + 0.001 * atoms.numbers[0]
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from workbench.featurize import Featurizer
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
 from workbench.models import CrystalModel, ModelConfig
-from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.queries import run_read_only
 from workbench.store.schema import ModelVersion, Prediction, Structure, StructureSource
@@ -45,12 +44,6 @@ def imported_distributions() -> list[list[str]]:
                     packages.add(node.module.partition(".")[0])
     return sorted(providers[package] for package in packages
                   if package not in sys.stdlib_module_names and package != "workbench")
-
-
-@pytest.fixture
-def settings(tmp_path, database_url) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url,
-                    mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ from workbench.io.importer import import_entries
 from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
 from workbench.models.prior import PriorFit
-from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import (
     Acquisition,
@@ -69,11 +68,6 @@ SMALL = {"hidden": 8, "layers": 1}
 # is tiny next to their errors, so the fitted scale is huge, as with the demo's 16 labels.
 UNTRAINED = TrainConfig(members=2, epochs=0, batch_size=4)
 TINY_MODEL = {"members": 2, "epochs": 8, "patience": 8, "device": "cpu", "backbone": {"hidden": 16, "layers": 1}}
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
 
 
 def _graphs(count: int, label: float) -> list:

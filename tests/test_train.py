@@ -16,7 +16,6 @@ from workbench.io.entries import Entry, Label
 from workbench.io.importer import import_entries, import_file
 from workbench.io.readers import ReadOptions
 from workbench.models import ModelConfig
-from workbench.settings import Settings
 from workbench.store.engine import session_scope
 from workbench.store.schema import Graph, TargetKind
 from workbench.structures.crystal import Crystal
@@ -39,11 +38,6 @@ def perovskites(engine, tmp_path):
     import_file(engine, tmp_path / "perov.csv", source="castelli", options=ReadOptions())
     featurize_structures(engine, FEATURIZER)
     return load_labeled_graphs(engine, "heat_ref", FEATURIZER)
-
-
-@pytest.fixture
-def settings(tmp_path, database_url, mlflow_uri) -> Settings:
-    return Settings(home=tmp_path / "home", database_url=database_url, mlflow_tracking_uri=mlflow_uri)
 
 
 def _store_labeled(engine, crystals: dict) -> None:
