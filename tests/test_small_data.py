@@ -194,18 +194,27 @@ def _guided_round(engine, settings, document: dict) -> tuple[dict, list[Acquisit
         return round_row.summary, rows, session.get(ModelVersion, round_row.model_version_id)
 
 
+EMT_CONFIRM_TARGET = "emt-confirm.energy_per_atom"
+
+
+def _screened_campaign(name: str, budget: int, folder) -> dict:
+    """A campaign screened with EMT (its prior, ``emt.energy_per_atom``) that confirms with
+    EMT under another preset name, so the prior's line is exact."""
+    expensive = folder / "emt-confirm.yaml"
+    expensive.write_text("name: emt-confirm\ncalculator: emt\nspin: \"off\"\ndos: false\nwall_time_s: 300\n")
+    return campaign_document(name, budget, objective=[f"{EMT_CONFIRM_TARGET}<={emt_threshold():.4f}"],
+                             dft={"preset": str(expensive), "jobs": 2}, screen={"preset": "emt", "jobs": 2},
+                             model={**TINY_MODEL, "prior": "emt.energy_per_atom"},
+                             acquisition={"batch": 4, "diversity": 0})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engine, settings, alloys, tmp_path):
     """The screen's EMT energies are the prior of the campaign's own EMT energies (another
     preset name): the prior's line is exact, so the residual model cannot beat it."""
-    expensive = tmp_path / "emt-confirm.yaml"
-    expensive.write_text("name: emt-confirm\ncalculator: emt\nspin: \"off\"\ndos: false\nwall_time_s: 300\n")
-    target = "emt-confirm.energy_per_atom"
-    document = campaign_document("leaning", 14, objective=[f"{target}<={emt_threshold():.4f}"],
-                                 dft={"preset": str(expensive), "jobs": 2}, screen={"preset": "emt", "jobs": 2},
-                                 model={**TINY_MODEL, "prior": "emt.energy_per_atom"},
-                                 acquisition={"batch": 4, "diversity": 0})
+    target = EMT_CONFIRM_TARGET
+    document = _screened_campaign("leaning", 14, tmp_path)
     summary, rows, version = _guided_round(engine, settings, document)
     assert version.metrics["mae"] >= version.metrics["prior.mae"]
     assert summary["acquisition"]["basis"] == "prior"
@@ -241,13 +250,8 @@ def test_a_model_that_does_not_beat_its_prior_leaves_the_batch_to_the_prior(engi
 def test_a_candidate_without_its_prior_is_left_out_of_the_ranking(engine, settings, alloys, tmp_path):
     """A candidate added after the random round that the screen cannot compute (EMT knows
     no Fe) has no prior, so no prediction: the round ranks the others."""
-    expensive = tmp_path / "emt-confirm.yaml"
-    expensive.write_text("name: emt-confirm\ncalculator: emt\nspin: \"off\"\ndos: false\nwall_time_s: 300\n")
-    target = "emt-confirm.energy_per_atom"
-    document = campaign_document("unscreened", 10, objective=[f"{target}<={emt_threshold():.4f}"],
-                                 dft={"preset": str(expensive), "jobs": 2}, screen={"preset": "emt", "jobs": 2},
-                                 model={**TINY_MODEL, "prior": "emt.energy_per_atom"},
-                                 acquisition={"batch": 4, "diversity": 0})
+    target = EMT_CONFIRM_TARGET
+    document = _screened_campaign("unscreened", 10, tmp_path)
     run_campaign(engine, settings, config_from_document(document))  # the random round
     iron = bulk("Cu", "fcc", a=3.6, cubic=True)
     iron[0].symbol = "Fe"
