@@ -20,8 +20,10 @@ from workbench.acquire.cost import PRIOR_SIZE_EXPONENT, expected_costs, fit_cost
 from workbench.campaign import rounds
 from workbench.campaign.config import config_from_document, load_config
 from workbench.campaign.loop import (
+    ingest,
     ledger_structures,
     open_campaign,
+    progress,
     resume_round,
     run_campaign,
 )
@@ -287,6 +289,42 @@ def test_the_dos_figure_shows_relaxed_candidates(engine, tmp_path):
     text = write_report(engine, campaign_id, tmp_path / "report").read_text()
     assert "![spectra-emt.dos](spectra-emt.dos.png)" in text
     assert (tmp_path / "report" / "spectra-emt.dos.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_candidates_relaxed_into_one_structure_are_counted_once(engine, settings):
+    """Two candidates whose relaxations ended in the same structure share its calculation:
+    the round counts one calculation's seconds and one hit, and the budget one calculation."""
+    strained = cu3au()
+    strained.set_cell(strained.cell * 1.02, scale_atoms=True)
+    relaxed = cu3au()
+    relaxed.set_cell(relaxed.cell * 0.98, scale_atoms=True)
+    ids = store_crystals(engine, {"first": cu3au(), "second": strained, "relaxed": relaxed})
+    campaign_id = open_campaign(engine, config_from_document(campaign_document(
+        "converged", 10, objective=["emt.energy_per_atom<=0"], relax={"preset": "emt-relax"})))
+    with session_scope(engine) as session:
+        definition = TargetDefinition(name="emt.energy_per_atom", kind=TargetKind.SCALAR, units="eV/atom")
+        calculation = Calculation(structure_id=ids["relaxed"], preset="emt", parameters={},
+                                  status=CalculationStatus.DONE, wall_time_s=10.0)
+        session.add_all([definition, calculation])
+        session.flush()
+        round_row = Round(campaign_id=campaign_id, number=1, kind=RoundKind.MODEL, status="computed", models={})
+        session.add_all([round_row, TargetValue(structure_id=ids["relaxed"], target_id=definition.id, value=-1.0,
+                                                calculation_id=calculation.id)])
+        session.flush()
+        session.add_all([Acquisition(round_id=round_row.id, structure_id=ids[name], acquisition_function="probability",
+                                     score=0.0, rank=rank, batch=1, status=AcquisitionStatus.DISPATCHED,
+                                     calculation_id=calculation.id)
+                         for rank, name in enumerate(("first", "second"), start=1)])
+        session.flush()
+        round_ref = rounds.RoundRef.of(round_row)
+    summary = ingest(engine, settings, round_ref)
+    assert (summary["acquired"], summary["hits"], summary["dft_seconds"]) == (2, 1, 10.0)
+    with session_scope(engine) as session:
+        first, second = session.scalars(select(Acquisition).order_by(Acquisition.id)).all()
+        assert first.outcome["hit"] and "duplicate_of" not in first.outcome
+        assert (second.outcome["hit"], second.outcome["duplicate_of"]) == (False, first.id)
+    assert (progress(engine, campaign_id).spent, progress(engine, campaign_id).hits) == (1, 1)
 
 
 def _wait_for(engine, condition, process, timeout_s: float = 240.0) -> None:

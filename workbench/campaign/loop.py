@@ -199,7 +199,10 @@ def progress(engine: Engine, campaign_id: int) -> Progress:
         model_rounds = session.scalar(select(func.count(Round.id)).where(
             Round.campaign_id == campaign_id, Round.status == RoundStatus.DONE,
             Round.model_version_id.is_not(None)))
-        spent = sum(row.status is not AcquisitionStatus.PROPOSED for row in rows)
+        # A calculation is spent once, however many acquisitions it labeled (candidates
+        # whose relaxations ended in one structure); an acquisition without one is its own.
+        spent = len({row.calculation_id or f"acquisition {row.id}" for row in rows
+                     if row.status is not AcquisitionStatus.PROPOSED})
         hits = sum(bool(row.outcome and row.outcome.get("hit")) for row in rows)
     return Progress(spent, hits, model_rounds)
 
@@ -646,13 +649,21 @@ def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
     """Rewrite the hull of every level the round's energies reach (:func:`_hull_levels`),
     record each acquisition's outcome on it (computed values of the structure it was
     labeled on, hit or not, or why it failed) and close the round with its summary, in
-    one transaction."""
+    one transaction. An acquisition whose calculation an earlier one (of this round or
+    before) was labeled by, its relaxation having ended in the same structure, is recorded
+    as ``duplicate_of`` that one: neither its cost nor its hit is counted again."""
     config = campaign_config(engine, round_ref.campaign_id)
     objective = config.parsed_objective
     targets = list(dict.fromkeys([*objective.targets, *config.modelled_targets]))
     with session_scope(engine) as session:
         hulls = refresh_hulls(session, _hull_levels(session, config))
-        acquisitions = session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)).all()
+        acquisitions = session.scalars(select(Acquisition).where(Acquisition.round_id == round_ref.round_id)
+                                       .order_by(Acquisition.id)).all()
+        first_by_calculation = dict(session.execute(
+            select(Acquisition.calculation_id, func.min(Acquisition.id)).join(Round)
+            .where(Round.campaign_id == round_ref.campaign_id, Round.id != round_ref.round_id,
+                   Acquisition.calculation_id.is_not(None))
+            .group_by(Acquisition.calculation_id)).all())
         calculations = {row.id: row for row in session.scalars(select(Calculation).where(
             Calculation.id.in_([a.calculation_id for a in acquisitions if a.calculation_id])))}
         labeled_on = {a.id: calculations[a.calculation_id].structure_id if a.calculation_id in calculations
@@ -662,16 +673,20 @@ def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
         cost = 0.0
         for acquisition in acquisitions:
             calculation = calculations.get(acquisition.calculation_id)
+            first = (first_by_calculation.setdefault(acquisition.calculation_id, acquisition.id)
+                     if acquisition.calculation_id else acquisition.id)
             structure_id = labeled_on[acquisition.id]
             computed = {target: labels[(structure_id, target)] for target in targets
                         if (structure_id, target) in labels}
             complete = all(target in computed for target in objective.targets)
-            if calculation is not None and calculation.wall_time_s:
+            if calculation is not None and calculation.wall_time_s and first == acquisition.id:
                 cost += calculation.wall_time_s
             if complete:
-                hit = bool(objective.holds({target: np.array([computed[target]]) for target in objective.targets})[0])
+                hit = (first == acquisition.id
+                       and bool(objective.holds({target: np.array([computed[target]]) for target in objective.targets})[0]))
                 acquisition.outcome = {"computed": computed, "hit": hit} | (
-                    {"structure_id": structure_id} if structure_id != acquisition.structure_id else {})
+                    {"structure_id": structure_id} if structure_id != acquisition.structure_id else {}) | (
+                    {"duplicate_of": first} if first != acquisition.id else {})
                 acquisition.status = AcquisitionStatus.LABELED
                 hits += hit
             else:
