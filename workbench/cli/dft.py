@@ -42,13 +42,15 @@ def _run_options(run: Invocation, threads: int, jobs: int, wall_time: float | No
                                     max_attempts=max_attempts)
 
 
+def _print_event(calculation_id: int, message: str) -> None:
+    """What the runner reports of a calculation, on the console."""
+    console.print(f"calculation {calculation_id}: {message}")
+
+
 def _run_and_report(engine, preset, options, calculation_ids) -> None:
     from workbench.dft.runner import run_queued
 
-    def event(calculation_id: int, message: str) -> None:
-        console.print(f"calculation {calculation_id}: {message}")
-
-    report = run_queued(engine, preset, options, calculation_ids=calculation_ids, on_event=event)
+    report = run_queued(engine, preset, options, calculation_ids=calculation_ids, on_event=_print_event)
     if report.requeued:
         console.print(f"Re-queued {len(report.requeued)} calculations whose worker was gone: {report.requeued}")
     for element, why in report.references_missing.items():

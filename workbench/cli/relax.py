@@ -12,6 +12,7 @@ from workbench.cli.dft import (
     ThreadsOption,
     WallTimeOption,
     _preset,
+    _print_event,
     _run_and_report,
     _run_options,
 )
@@ -57,8 +58,8 @@ def relax(
     from dataclasses import replace
 
     from workbench.dft.presets import PresetError, Relaxation, relax_preset
-    from workbench.dft.relaxation import relaxation_products, relaxation_summaries
-    from workbench.dft.runner import queue_calculations, select_structures
+    from workbench.dft.relaxation import relaxation_summaries
+    from workbench.dft.runner import queue_calculations
 
     check_structure_choice(ids, where, all_)
     run = invocation(ctx)
@@ -69,11 +70,7 @@ def relax(
             relaxation_preset = replace(relaxation_preset, batch_size=batch_size)
     except PresetError as error:
         raise typer.BadParameter(str(error)) from None
-    structure_ids = select_structures(engine, relaxation_preset.name, ids=id_list(ids),
-                                      where=where or None, every=all_)
-    if all_:
-        products = relaxation_products(engine, relaxation_preset.name)
-        structure_ids = [structure_id for structure_id in structure_ids if structure_id not in products]
+    structure_ids = _starting_structures(engine, relaxation_preset.name, ids, where, all_)
     calculation_ids = queue_calculations(engine, structure_ids, relaxation_preset)
     console.print(f"{len(calculation_ids)} structures chosen for {relaxation_preset.name}")
     try:
@@ -121,8 +118,6 @@ def workflow(
     gpaw-fast single point), each stage a recorded calculation starting from the structure
     the previous stage ended in."""
     from workbench.dft.presets import PresetError
-    from workbench.dft.relaxation import relaxation_products
-    from workbench.dft.runner import select_structures
     from workbench.dft.workflow import WORKFLOWS, load_workflow, run_workflow
 
     if list_ or not name:
@@ -139,16 +134,9 @@ def workflow(
     run = invocation(ctx)
     engine = run.engine
     first = chosen.stages[0].build()
-    structure_ids = select_structures(engine, first.name, ids=id_list(ids), where=where or None, every=all_)
-    if all_:
-        products = relaxation_products(engine, first.name)
-        structure_ids = [structure_id for structure_id in structure_ids if structure_id not in products]
-
-    def event(calculation_id: int, message: str) -> None:
-        console.print(f"calculation {calculation_id}: {message}")
-
+    structure_ids = _starting_structures(engine, first.name, ids, where, all_)
     report = run_workflow(engine, chosen, structure_ids, _run_options(run, threads, jobs, wall_time, max_attempts),
-                          on_event=event)
+                          on_event=_print_event)
     table = Table("stage", "preset", "done", "failed", title=f"workflow {chosen.name}")
     for number, (preset_name, stage_report) in enumerate(report.stages, start=1):
         table.add_row(str(number), preset_name, str(len(stage_report.done)), str(len(stage_report.failed)))
@@ -156,3 +144,16 @@ def workflow(
     console.print(f"{len(report.ends)} of {len(structure_ids)} structures went through every stage")
     if len(report.ends) < len(structure_ids):
         raise typer.Exit(2)
+
+
+def _starting_structures(engine, preset_name: str, ids: str, where: str, every: bool) -> list[int]:
+    """The structures a relaxation (or a workflow's first stage) ``preset_name`` starts
+    from; with ``every``, not those that are a relaxation's product already."""
+    from workbench.dft.relaxation import relaxation_products
+    from workbench.dft.runner import select_structures
+
+    structure_ids = select_structures(engine, preset_name, ids=id_list(ids), where=where or None, every=every)
+    if every:
+        products = relaxation_products(engine, preset_name)
+        structure_ids = [structure_id for structure_id in structure_ids if structure_id not in products]
+    return structure_ids
