@@ -1,6 +1,7 @@
 """Prefect flow ``run-dft``: ``workbench dft run`` as a flow, one task per calculation, or
 per batch for a preset that computes several structures in one process (``batch_size``:
-the universal models), cut as ``workbench dft run`` cuts them for ``jobs`` workers.
+the universal models), cut for ``jobs`` workers stage by stage (references, then the
+structures).
 
 Every step is a :mod:`workbench.dft.runner` function; tasks pass ids, not objects. The
 calculation tasks carry the tag ``dft``, so a concurrency limit caps how many run at once

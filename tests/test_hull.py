@@ -202,9 +202,9 @@ def test_a_value_from_elsewhere_is_not_overwritten(engine):
     import_entries(engine, [entry], source="alloys", file="mine.csv", options=ReadOptions())
     with pytest.raises(HullConflict, match="from mine.csv"):
         update_hull(engine, "emt")
-    # A refresh after new energies (a DFT run's end, a campaign's ingest) says why instead.
-    with session_scope(engine) as session:
-        assert "from mine.csv" in refresh_hulls(session, ["emt"])["emt"]
+    # A refresh after new energies refuses the same way (a campaign judged on it stops).
+    with pytest.raises(HullConflict, match="from mine.csv"), session_scope(engine) as session:
+        refresh_hulls(session, ["emt"])
 
 
 def test_a_dft_run_whose_hull_cannot_be_rewritten_keeps_its_results(engine, tmp_path):

@@ -47,7 +47,8 @@ CALCULATOR_PATHS = {
     "chgnet": "workbench.dft.universal:chgnet",
 }
 # Models whose weights ship inside the calculator's package, so they load with no network:
-# the value of the preset parameter ``model``, the first by default. Any other is refused.
+# the values of the preset parameter ``model`` (the first is the calculator factories'
+# default, workbench.dft.universal). Any other is refused.
 OFFLINE_MODELS = {
     "sevennet": ("7net-0", "7net-0_22may2024", "7net-l3i5"),
     "chgnet": ("0.3.0", "0.2.0", "r2scan"),

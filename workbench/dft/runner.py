@@ -9,7 +9,8 @@ of one of its targets from another origin), and ingest a result in one transacti
 also marks the calculation ``done``. SCF non-convergence climbs the preset's ladder of
 changed settings; a crash is retried ``crash_retries`` times; a time-out is not retried
 unless the preset says so. An error of the runner itself fails the calculations it had
-claimed (``crash``) before it is raised, so that none stays ``running``.
+claimed (``crash``) before it is raised, so that none stays ``running``; a database
+error leaves them running, for :func:`requeue_lost` once the store is back.
 
 A worker refreshes ``heartbeat_at`` while its job runs. A ``running`` calculation whose
 worker process is gone (same host) or whose heartbeat is older than ``stale_after_s``
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from workbench.dft import job as job_protocol
 from workbench.dft.ingest import IngestConflict, add_formation_energies, ingest_outputs
@@ -424,6 +426,8 @@ def run_calculation(engine: Engine, calculation_id: int, preset: Preset, options
         return None
     try:
         return _run_claimed(engine, calculation_id, preset, options, on_event or (lambda _id, _message: None))
+    except DBAPIError:
+        raise  # the store went away for a while: left running, the claim is re-queued as lost
     except Exception as error:
         _abandon(engine, [calculation_id], error)
         raise
@@ -640,6 +644,8 @@ def run_batch(engine: Engine, calculation_ids: list[int], preset: Preset, option
     try:
         statuses.update(_run_claimed_batch(engine, claimed, preset, options,
                                            on_event or (lambda _id, _message: None)))
+    except DBAPIError:
+        raise  # as in run_calculation
     except Exception as error:
         _abandon(engine, claimed, error)
         raise
@@ -885,10 +891,15 @@ def _refresh_hull(engine: Engine, level: str):
     """Rewrite ``level``'s energies above the hull if the store has them (``workbench hull``
     or a campaign wrote them), so they never lag the energies: its ``HullReport`` (or why
     it has none), or None when the level has no hull."""
-    from workbench.stability.store import levels_with_hull, refresh_hulls
+    from workbench.stability.store import HullConflict, levels_with_hull, refresh_hulls
 
-    with session_scope(engine) as session:
-        return refresh_hulls(session, levels_with_hull(session, [level])).get(level)
+    try:
+        with session_scope(engine) as session:
+            return refresh_hulls(session, levels_with_hull(session, [level])).get(level)
+    except HullConflict as error:
+        # The run's results are stored already: say why the hull stays as it is (rolled
+        # back whole), not fail the run.
+        return str(error)
 
 
 def _reason(engine: Engine, calculation_id: int) -> str:

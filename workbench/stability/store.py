@@ -162,14 +162,14 @@ def levels_with_hull(session: Session, levels: Iterable[str]) -> list[str]:
 def refresh_hulls(session: Session, levels: Iterable[str]) -> dict[str, HullReport | str]:
     """Rewrite the hull of each level, in the caller's transaction, after new energies
     arrived: per level its report, or why it has no hull yet (no energies or no
-    elemental reference at the level) or cannot have one (a value it would overwrite came
-    from elsewhere; nothing of the level is written then). Idempotent: values that did not
-    change stay."""
+    elemental reference at the level). Idempotent: values that did not change stay.
+    Raises :class:`HullConflict` where a value it would overwrite came from elsewhere: a
+    campaign judged on that hull must stop and say so."""
     reports: dict[str, HullReport | str] = {}
     for level in dict.fromkeys(levels):
         try:
             reports[level] = write_hull(session, level)
-        except (InputError, HullConflict) as error:
+        except InputError as error:
             # The energies that called for the refresh are stored already: say why, not fail them.
             reports[level] = str(error)
     return reports
