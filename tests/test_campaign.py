@@ -29,6 +29,7 @@ from workbench.campaign.loop import (
 )
 from workbench.campaign.report import ledger, write_report
 from workbench.campaign.store import campaign_id_of
+from workbench.dashboard.queries import campaign_view
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
 from workbench.settings import Settings
@@ -325,6 +326,8 @@ def test_candidates_relaxed_into_one_structure_are_counted_once(engine, settings
         assert first.outcome["hit"] and "duplicate_of" not in first.outcome
         assert (second.outcome["hit"], second.outcome["duplicate_of"]) == (False, first.id)
     assert (progress(engine, campaign_id).spent, progress(engine, campaign_id).hits) == (1, 1)
+    view = campaign_view(engine, "converged")  # the dashboard counts in SQL what progress counts
+    assert (view.spent, view.hits) == (1, 1)
 
 
 def _wait_for(engine, condition, process, timeout_s: float = 240.0) -> None:

@@ -144,6 +144,7 @@ def test_sql_and_serve_read_the_read_only_url_checked_like_the_store(tmp_path):
             assert f"No workbench store at {missing}: run `workbench init` first." in \
                 " ".join(refused.output.split()), args
     assert not (tmp_path / "unused.db").exists()
+    assert not (tmp_path / "missing.db").exists()  # a reader creates nothing
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -22,7 +22,7 @@ from tests.conftest import (
     perovskite_rows,
     write_csv,
 )
-from workbench.io.entries import ID_COLUMNS
+from workbench.io.entries import FRAME_ID_KEYS
 from workbench.io.importer import import_file
 from workbench.io.readers import ReadOptions
 from workbench.store.engine import session_scope
@@ -249,7 +249,7 @@ def test_csv_column_empty_in_the_first_row_is_still_a_target(engine, tmp_path):
     assert sorted(labels_of(engine, "dir_gap").values()) == sorted(float(row["dir_gap"]) for row in rows[1:])
 
 
-@pytest.mark.parametrize("id_key", ID_COLUMNS)
+@pytest.mark.parametrize("id_key", FRAME_ID_KEYS)
 def test_a_numeric_extxyz_frame_id_is_the_id_not_a_label(id_key, engine, tmp_path):
     frames = [bulk("Cu", "fcc", a=3.61, cubic=True), bulk("Ni", "fcc", a=3.52, cubic=True)]
     for frame, frame_id in zip(frames, ("1.1", "1.2"), strict=True):
@@ -260,3 +260,14 @@ def test_a_numeric_extxyz_frame_id_is_the_id_not_a_label(id_key, engine, tmp_pat
     with session_scope(engine) as session:
         assert set(session.scalars(select(StructureSource.external_id))) == {"1.1", "1.2"}
         assert set(session.scalars(select(TargetDefinition.name))) == {"gap"}
+
+
+def test_extxyz_frames_that_share_a_name_import_under_their_positions(engine, tmp_path):
+    """A frame's ``name`` is no id (trajectories repeat it): frames are ``<stem>:<n>``."""
+    frames = [bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.60)]
+    for frame in frames:
+        frame.info["name"] = "Si-bulk"
+    ase.io.write(tmp_path / "t.extxyz", frames, format="extxyz")
+    import_file(engine, tmp_path / "t.extxyz", source="s", options=ReadOptions())
+    with session_scope(engine) as session:
+        assert set(session.scalars(select(StructureSource.external_id))) == {"t:1", "t:2"}

@@ -662,7 +662,7 @@ def ingest(engine: Engine, settings: Settings, round_ref: RoundRef, *, on_event:
         first_by_calculation = dict(session.execute(
             select(Acquisition.calculation_id, func.min(Acquisition.id)).join(Round)
             .where(Round.campaign_id == round_ref.campaign_id, Round.id != round_ref.round_id,
-                   Acquisition.calculation_id.is_not(None))
+                   Acquisition.calculation_id.is_not(None), Acquisition.status == AcquisitionStatus.LABELED)
             .group_by(Acquisition.calculation_id)).all())
         calculations = {row.id: row for row in session.scalars(select(Calculation).where(
             Calculation.id.in_([a.calculation_id for a in acquisitions if a.calculation_id])))}

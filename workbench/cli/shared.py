@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -95,16 +96,20 @@ class Invocation:
     def read_only_engine(self) -> Engine:
         """The store at :attr:`read_only_url` through an engine the database refuses writes
         through; checked like :attr:`engine` (once)."""
+        from sqlalchemy.engine import make_url
+
         from workbench.store import migrate
-        from workbench.store.engine import open_engine
 
         url = self.read_only_url
-        if (url, True) not in self._engines:
-            # Checked through a plain engine, closed after: SQLite opens no missing file
-            # read-only, and a missing store is refused in the same words as for any command.
-            with open_engine(url) as engine:
-                migrate.require_current(engine, shown(url))
-        return self._open(url, read_only=True)
+        if (url, True) in self._engines:
+            return self._engines[(url, True)]
+        parsed = make_url(url)
+        # A reader creates nothing: a missing SQLite file is refused before it is opened.
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+            raise migrate.missing_store(shown(url))
+        engine = self._open(url, read_only=True)
+        migrate.require_current(engine, shown(url))
+        return engine
 
     @property
     def shown_url(self) -> str:

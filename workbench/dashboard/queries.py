@@ -169,12 +169,13 @@ def _hit():
 
 
 def _spent_and_hits(session, campaign_ids: list[int]) -> dict[int, tuple[int, int]]:
-    """Per campaign: acquisitions dispatched (each a DFT calculation) and hits, counted in
-    SQL (what :func:`workbench.campaign.loop.progress` counts, without loading the ledger)."""
+    """Per campaign: DFT calculations spent (each once, however many acquisitions it
+    labeled; an acquisition without one counts alone) and hits, counted in SQL (what
+    :func:`workbench.campaign.loop.progress` counts, without loading the ledger)."""
+    spent = case((Acquisition.status != AcquisitionStatus.PROPOSED,
+                  func.coalesce(Acquisition.calculation_id, -Acquisition.id)))
     rows = session.execute(
-        select(Round.campaign_id,
-               func.count(case((Acquisition.status != AcquisitionStatus.PROPOSED, 1))),
-               func.count(case((_hit().is_(True), 1))))
+        select(Round.campaign_id, func.count(spent.distinct()), func.count(case((_hit().is_(True), 1))))
         .join(Acquisition, Acquisition.round_id == Round.id)
         .where(Round.campaign_id.in_(campaign_ids)).group_by(Round.campaign_id)
     ).all()

@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from workbench.errors import InputError
-from workbench.io.entries import ID_COLUMNS, Entry, Label
+from workbench.io.entries import FRAME_ID_KEYS, Entry, Label
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
@@ -54,7 +54,7 @@ def entries_from_atoms(
     entries = []
     for index, atoms in enumerate(frames, start=1):
         info = atoms.info
-        id_key = next((key for key in ID_COLUMNS if key in info), None)
+        id_key = next((key for key in FRAME_ID_KEYS if key in info), None)
         external_id = str(info[id_key]) if id_key else f"{stem}:{index}"
         row = f"{row_word} {index}"
         labels: dict[str, Label] = {}

@@ -8,9 +8,12 @@ from workbench.errors import InputError
 from workbench.store.schema import TargetKind
 from workbench.structures.crystal import Crystal
 
-# Names under which a file gives an entry's own id (a CSV column, an extxyz frame's info
-# key), the first present wins. The value is the entry's id, never one of its labels.
-ID_COLUMNS = ("material_id", "external_id", "id", "jid", "name")
+# Info keys under which an extxyz frame gives its own id, the first present wins; the value
+# is the frame's id, never one of its labels. (Not ``name``: frames often share one.)
+FRAME_ID_KEYS = ("material_id", "external_id", "id")
+# CSV columns that hold an entry's id, the first present wins: those, JARVIS's ``jid``
+# and a ``name`` column.
+ID_COLUMNS = (*FRAME_ID_KEYS, "jid", "name")
 
 
 @dataclass(frozen=True)

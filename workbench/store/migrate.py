@@ -90,12 +90,17 @@ def head_revision() -> str | None:
     return _scripts().get_current_head()
 
 
+def missing_store(shown_url: str) -> NotFound:
+    """The error for a store that was never created."""
+    return NotFound(f"No workbench store at {shown_url}: run `workbench init` first.")
+
+
 def require_current(engine: Engine, shown_url: str) -> None:
     """Refuse a store that was never created or whose schema is not this code's, with what
     to do (one query; Alembic is imported only to word a refusal)."""
     revision = current_revision(engine)
     if revision is None:
-        raise NotFound(f"No workbench store at {shown_url}: run `workbench init` first.")
+        raise missing_store(shown_url)
     if revision == SCHEMA_REVISION:
         return
     # A revision among our scripts is older than the head, which `init` upgrades; any other
