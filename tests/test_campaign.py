@@ -28,8 +28,9 @@ from workbench.campaign.loop import (
     run_campaign,
 )
 from workbench.campaign.report import ledger, write_report
-from workbench.campaign.store import campaign_id_of
-from workbench.dashboard.queries import campaign_view
+from workbench.campaign.store import calculations_spent, campaign_id_of
+from workbench.dashboard.figures import discovery
+from workbench.dashboard.queries import campaign_view, ledger_points
 from workbench.dft.presets import load_preset
 from workbench.errors import InputError
 from workbench.settings import Settings
@@ -328,6 +329,9 @@ def test_candidates_relaxed_into_one_structure_are_counted_once(engine, settings
     assert (progress(engine, campaign_id).spent, progress(engine, campaign_id).hits) == (1, 1)
     view = campaign_view(engine, "converged")  # the dashboard counts in SQL what progress counts
     assert (view.spent, view.hits) == (1, 1)
+    curve = discovery(ledger_points(engine, view), "t")["data"][0]  # and plots hits against it
+    assert (curve["x"], curve["y"]) == ([1, 1], [1, 1])
+    assert calculations_spent([4, 4, None, 5, None]) == [1, 1, 2, 3, 4]
 
 
 def _wait_for(engine, condition, process, timeout_s: float = 240.0) -> None:

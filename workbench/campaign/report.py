@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 
 from workbench.acquire.scores import RANDOM
 from workbench.campaign.loop import progress, stop_reason
-from workbench.campaign.store import LedgerRow, RoundCount, campaign_config
+from workbench.campaign.store import LedgerRow, RoundCount, calculations_spent, campaign_config
 from workbench.provenance import current
 from workbench.stability.store import binary_hulls, hull_level
 from workbench.store.engine import session_scope
@@ -68,7 +68,7 @@ def ledger(engine: Engine, campaign_id: int) -> list[LedgerRow]:
 
 
 def discovery_curve(rows: list[LedgerRow], path: Path, *, title: str) -> Path:
-    spent = np.arange(1, len(rows) + 1)
+    spent = np.array(calculations_spent([row.calculation_id for row in rows]))
     hits = np.cumsum([bool(row.outcome.get("hit")) for row in rows])
     random_rows = [row for row in rows if row.function == RANDOM]
     figure = Figure(figsize=(6, 4))
@@ -78,8 +78,8 @@ def discovery_curve(rows: list[LedgerRow], path: Path, *, title: str) -> Path:
         rate = sum(bool(row.outcome.get("hit")) for row in random_rows) / len(random_rows)
         axis.plot(spent, rate * spent, "--", color="tab:grey",
                   label=f"random at the rate of the random rounds ({rate:.0%})")
-    for boundary in np.flatnonzero(np.diff([row.round for row in rows])) + 1:
-        axis.axvline(boundary + 0.5, color="0.85", linewidth=0.8)
+    for boundary in np.flatnonzero(np.diff([row.round for row in rows])):
+        axis.axvline(spent[boundary] + 0.5, color="0.85", linewidth=0.8)
     axis.set(xlabel="DFT calculations", ylabel="hits found", title=title)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -3,6 +3,7 @@ read-only dashboard imports this, not :mod:`workbench.campaign.loop`): its statu
 stored config, what a done round counts, and a row of its ledger."""
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -69,3 +70,15 @@ def campaign_id_of(engine: Engine, name: str) -> int:
     if campaign_id is None:
         raise NotFound(f"no campaign named {name!r} in the store")
     return campaign_id
+
+
+def calculations_spent(calculation_ids: Sequence[int | None]) -> list[int]:
+    """The DFT calculations spent after each acquisition of a ledger, in its order: one
+    more for each new calculation (an acquisition without one counts alone), none for an
+    acquisition labeled by an earlier one's calculation (``duplicate_of``)."""
+    seen: set = set()
+    spent = []
+    for position, calculation_id in enumerate(calculation_ids):
+        seen.add(calculation_id if calculation_id is not None else f"acquisition {position}")
+        spent.append(len(seen))
+    return spent

@@ -7,6 +7,7 @@ from html import escape
 import numpy as np
 
 from workbench.acquire.scores import RANDOM
+from workbench.campaign.store import calculations_spent
 from workbench.dashboard.queries import HullSystem, LedgerPoints, ParityPoints, StructureView
 
 # A phase this close to the hull (eV/atom) is drawn on it.
@@ -20,7 +21,7 @@ def _figure(data: list[dict], **layout) -> dict:
 
 def discovery(points: LedgerPoints, title: str) -> dict:
     """Hits against calculations spent, beside the hit rate of the random rounds."""
-    spent = list(range(1, len(points.hits) + 1))
+    spent = calculations_spent(points.calculation_ids)
     data = [{"type": "scatter", "x": spent, "y": np.cumsum(points.hits).tolist(), "mode": "lines",
              "line": {"shape": "hv", "width": 3}, "name": "campaign", "customdata": points.structure_ids,
              "hovertemplate": "%{x} calculations, %{y} hits<br>last: structure %{customdata}<extra></extra>"}]
@@ -31,8 +32,8 @@ def discovery(points: LedgerPoints, title: str) -> dict:
                      "line": {"dash": "dash", "color": "grey"},
                      "name": f"random at the random rounds' rate ({rate:.0%})"})
     rounds = points.rounds
-    shapes = [{"type": "line", "x0": index + 0.5, "x1": index + 0.5, "yref": "paper", "y0": 0, "y1": 1,
-               "line": {"color": "#ddd", "width": 1}}
+    shapes = [{"type": "line", "x0": spent[index - 1] + 0.5, "x1": spent[index - 1] + 0.5, "yref": "paper",
+               "y0": 0, "y1": 1, "line": {"color": "#ddd", "width": 1}}
               for index in range(1, len(rounds)) if rounds[index] != rounds[index - 1]]
     return _figure(data, title={"text": escape(title)}, shapes=shapes,
                    xaxis={"title": {"text": "DFT calculations"}}, yaxis={"title": {"text": "hits found"}},

@@ -326,6 +326,7 @@ class LedgerPoints:
     functions: list[str]
     hits: list[bool]
     structure_ids: list[int]
+    calculation_ids: list[int | None]
     targets: dict[str, TargetPoints]
 
 
@@ -339,13 +340,16 @@ def ledger_points(engine: Engine, campaign: CampaignView) -> LedgerPoints:
                     Acquisition.outcome[("computed", target)].as_float()]
     with session_scope(engine) as session:
         rows = session.execute(
-            select(Round.number, Acquisition.acquisition_function, _hit(), Acquisition.structure_id, *columns)
+            select(Round.number, Acquisition.acquisition_function, _hit(), Acquisition.structure_id,
+                   Acquisition.calculation_id, *columns)
             .join(Round, Round.id == Acquisition.round_id)
             .where(Round.campaign_id == campaign.id).order_by(Round.number, Acquisition.batch)
         ).all()
-    by_column = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(4 + len(columns))]
-    targets = {target: TargetPoints(*by_column[4 + 3 * n:7 + 3 * n]) for n, target in enumerate(campaign.targets)}
-    return LedgerPoints(by_column[0], by_column[1], [bool(hit) for hit in by_column[2]], by_column[3], targets)
+    fixed = 5  # the columns before the targets'
+    by_column = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(fixed + len(columns))]
+    targets = {target: TargetPoints(*by_column[fixed + 3 * n:fixed + 3 + 3 * n]) for n, target in enumerate(campaign.targets)}
+    return LedgerPoints(by_column[0], by_column[1], [bool(hit) for hit in by_column[2]], by_column[3], by_column[4],
+                        targets)
 
 
 @dataclass(frozen=True)
