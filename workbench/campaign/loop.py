@@ -36,7 +36,7 @@ from workbench.acquire.scores import RANDOM, SCORE_FUNCTIONS
 from workbench.campaign.config import CampaignConfig, config_from_document
 from workbench.campaign.replay import embed
 from workbench.campaign.rounds import Events, RoundRef, RoundStatus, advance, run_step
-from workbench.campaign.store import CampaignStatus, RoundCount, campaign_config
+from workbench.campaign.store import CampaignStatus, RoundCount, calculations_spent, campaign_config
 from workbench.dft.presets import load_preset
 from workbench.dft.runner import RunOptions, queue_calculations, run_queued
 from workbench.dft.workflow import stage_ends
@@ -199,10 +199,8 @@ def progress(engine: Engine, campaign_id: int) -> Progress:
         model_rounds = session.scalar(select(func.count(Round.id)).where(
             Round.campaign_id == campaign_id, Round.status == RoundStatus.DONE,
             Round.model_version_id.is_not(None)))
-        # A calculation is spent once, however many acquisitions it labeled (candidates
-        # whose relaxations ended in one structure); an acquisition without one is its own.
-        spent = len({row.calculation_id or f"acquisition {row.id}" for row in rows
-                     if row.status is not AcquisitionStatus.PROPOSED})
+        dispatched = [row.calculation_id for row in rows if row.status is not AcquisitionStatus.PROPOSED]
+        spent = calculations_spent(dispatched)[-1] if dispatched else 0
         hits = sum(bool(row.outcome and row.outcome.get("hit")) for row in rows)
     return Progress(spent, hits, model_rounds)
 

@@ -119,7 +119,7 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     ensemble's members in parallel (e.g. on a Dask cluster), else ``request.workers``
     processes here do. ``on_epoch`` and ``on_member`` report progress
     (:func:`~workbench.train.ensemble.train_ensemble`)."""
-    check_request(engine, request)
+    definition = check_request(engine, request)
     experiment_id = use_experiment(settings, request.name)
     featurizer = request.featurizer
     featurize_structures(engine, featurizer, executor=executor)
@@ -128,7 +128,6 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     if len(labeled.data) < MIN_LABELS:
         raise InputError(f"target {request.target!r} has {len(labeled.data)} labeled structures; "
                          f"need {MIN_LABELS} or more")
-    definition = _definition(engine, request.target)
     if request.prior:
         attach_prior(engine, request.prior, labeled.structure_ids, labeled.data, target=request.target,
                      kind=labeled.kind)
@@ -193,9 +192,9 @@ def train_and_register(engine: Engine, settings: Settings, request: TrainRequest
     return TrainResult(model_version_id, request.name, registry_version, run_id, aliases, metrics)
 
 
-def check_request(engine: Engine, request: TrainRequest) -> None:
+def check_request(engine: Engine, request: TrainRequest) -> TargetDefinition:
     """Refuse what ``request`` gets wrong before any structure is featurized (minutes of
-    work for pretrained atom features)."""
+    work for pretrained atom features); returns its target's definition."""
     check_atom_features(request.architecture, request.featurizer.atom_features)
     if request.pooling not in POOLING:
         raise InputError(f"pooling {request.pooling!r} is not one of {', '.join(POOLING)}", field="pooling")
@@ -206,9 +205,9 @@ def check_request(engine: Engine, request: TrainRequest) -> None:
         raise InputError(f"target {request.target!r} is a {definition.kind.value} target: its spread is per site, "
                          "and latent neighbours give one distance per crystal (scalar and spectrum targets only)",
                          field="latent_neighbours")
-    if request.prior and definition.kind != TargetKind.SCALAR:
-        raise InputError(f"target {request.target!r} is a {definition.kind.value} target; a prior is for scalar "
-                         "targets only", field="prior")
+    if request.prior:
+        check_prior_target(request.target, definition.kind)
+    return definition
 
 
 def _definition(engine: Engine, target: str) -> TargetDefinition | None:
@@ -238,13 +237,19 @@ def prior_values(engine: Engine, prior: str, structure_ids: list[int]) -> dict[i
     return values
 
 
+def check_prior_target(target: str, kind: TargetKind) -> None:
+    """Refuse a prior for a target that is not scalar."""
+    if kind != TargetKind.SCALAR:
+        raise InputError(f"target {target!r} is a {kind.value} target; a prior is for scalar targets only",
+                         field="prior")
+
+
 def attach_prior(engine: Engine, prior: str, structure_ids: list[int], data: list, *, target: str,
                  kind: TargetKind) -> None:
     """Set ``data.prior`` (the stored value of ``prior``) on each graph, in the order of
     ``structure_ids``; refuses a non-scalar ``target`` and structures lacking the prior
     (rather than dropping them silently: compute the prior for them first)."""
-    if kind != TargetKind.SCALAR:
-        raise InputError(f"target {target!r} is a {kind.value} target; a prior is for scalar targets only")
+    check_prior_target(target, kind)
     values = prior_values(engine, prior, structure_ids)
     missing = [structure_id for structure_id in structure_ids if structure_id not in values]
     if missing:
